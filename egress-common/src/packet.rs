@@ -1,0 +1,244 @@
+//! Header parsing shared by the TC classifier and host tests.
+//!
+//! The parser is generic over [`Reader`], so the same code runs in the kernel (reading the skb)
+//! and on the host (reading a byte slice) where it gets unit tests and a fuzz target. Every loop
+//! has a constant bound so the verifier can prove termination.
+//!
+//! What is parsed, and what the rest gets, is documented in `docs/design.md` ("Parsing").
+
+use crate::maps::{family, v4_mapped};
+
+/// Reads `N` bytes at `off` from the start of the frame; `None` when they are not all there.
+pub trait Reader {
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+}
+
+impl Reader for [u8] {
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let end = off.checked_add(N)?;
+        let bytes = self.get(off..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Some(out)
+    }
+}
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// In-band VLAN tags (802.1Q / 802.1ad) skipped before giving up. Tags offloaded to skb
+/// metadata (the usual case on egress) are not in the frame at all.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up (fail-closed for denied destinations).
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// TCP flag bits in byte 13 of the TCP header.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The transport part of an IP packet, as far as it could be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP or UDP with its ports (and TCP flags; 0 for UDP).
+    Ports {
+        proto: u8,
+        sport: [u8; 2],
+        dport: [u8; 2],
+        tcp_flags: u8,
+    },
+    /// A non-first fragment: no transport header, no ports.
+    LaterFragment,
+    /// Another protocol (ICMP, ESP, GRE, SCTP, "no next header", ...).
+    Other(u8),
+    /// TCP/UDP whose header is cut short (a tiny first fragment or a truncated packet), or IPv6
+    /// with more extension headers than [`MAX_IPV6_EXT_HEADERS`]: the ports are unknown.
+    Unparsed,
+}
+
+/// An IP packet's addresses (IPv4-mapped for IPv4) and transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpPacket {
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub transport: Transport,
+}
+
+/// What the frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    NotIp,
+    Ip(IpPacket),
+}
+
+/// Why a frame could not be parsed far enough to know its destination address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// The Ethernet, VLAN or IP header is cut short.
+    Truncated,
+    /// More in-band VLAN tags than [`MAX_VLAN_TAGS`].
+    TooManyVlanTags,
+    /// The IP version nibble does not match the EtherType, or the IPv4 IHL is below 5.
+    BadIpHeader,
+}
+
+/// Parses an Ethernet frame.
+#[inline(always)]
+pub fn parse_frame<R: Reader + ?Sized>(r: &R) -> Result<Frame, ParseError> {
+    let mut off = 12;
+    let mut ethertype = u16::from_be_bytes(r.read::<2>(off).ok_or(ParseError::Truncated)?);
+    let mut tags = 0;
+    while tags < MAX_VLAN_TAGS + 1 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        if tags == MAX_VLAN_TAGS {
+            return Err(ParseError::TooManyVlanTags);
+        }
+        off += 4;
+        ethertype = u16::from_be_bytes(r.read::<2>(off).ok_or(ParseError::Truncated)?);
+        tags += 1;
+    }
+    let l3 = off + 2;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(r, l3).map(Frame::Ip),
+        ETH_P_IPV6 => parse_ipv6(r, l3).map(Frame::Ip),
+        _ => Ok(Frame::NotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseError> {
+    // version/IHL, TOS, total length, id, flags/fragment offset, TTL, protocol, checksum,
+    // saddr, daddr: the fixed 20 bytes in one read.
+    let h = r.read::<20>(l3).ok_or(ParseError::Truncated)?;
+    if h[0] >> 4 != 4 {
+        return Err(ParseError::BadIpHeader);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(ParseError::BadIpHeader);
+    }
+    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    let proto = h[9];
+    let saddr = v4_mapped([h[12], h[13], h[14], h[15]]);
+    let daddr = v4_mapped([h[16], h[17], h[18], h[19]]);
+    let transport = if frag_offset != 0 {
+        Transport::LaterFragment
+    } else {
+        parse_transport(r, l3 + ihl, proto)
+    };
+    Ok(IpPacket {
+        family: family::V4,
+        saddr,
+        daddr,
+        transport,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseError> {
+    let h = r.read::<40>(l3).ok_or(ParseError::Truncated)?;
+    if h[0] >> 4 != 6 {
+        return Err(ParseError::BadIpHeader);
+    }
+    let mut saddr = [0u8; 16];
+    saddr.copy_from_slice(&h[8..24]);
+    let mut daddr = [0u8; 16];
+    daddr.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut off = l3 + 40;
+    let mut transport = Transport::Unparsed;
+    let mut i = 0;
+    while i < MAX_IPV6_EXT_HEADERS + 1 {
+        i += 1;
+        match next {
+            // Hop-by-hop, routing, destination options, mobility, HIP, shim6, experimental:
+            // all share the "next header, length in 8-octet units beyond the first" layout
+            // (RFC 8200 section 4, RFC 7045).
+            0 | 43 | 60 | 135 | 139 | 140 | 253 | 254 => {
+                if i > MAX_IPV6_EXT_HEADERS {
+                    break;
+                }
+                let Some(e) = r.read::<2>(off) else {
+                    break;
+                };
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            // Authentication header: length in 4-octet units minus 2 (RFC 4302).
+            51 => {
+                if i > MAX_IPV6_EXT_HEADERS {
+                    break;
+                }
+                let Some(e) = r.read::<2>(off) else {
+                    break;
+                };
+                next = e[0];
+                off += (e[1] as usize + 2) * 4;
+            }
+            // Fragment header (RFC 8200 section 4.5): a non-zero offset means no transport
+            // header follows.
+            44 => {
+                if i > MAX_IPV6_EXT_HEADERS {
+                    break;
+                }
+                let Some(e) = r.read::<4>(off) else {
+                    break;
+                };
+                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                    transport = Transport::LaterFragment;
+                    break;
+                }
+                next = e[0];
+                off += 8;
+            }
+            proto => {
+                transport = parse_transport(r, off, proto);
+                break;
+            }
+        }
+    }
+    Ok(IpPacket {
+        family: family::V6,
+        saddr,
+        daddr,
+        transport,
+    })
+}
+
+#[inline(always)]
+fn parse_transport<R: Reader + ?Sized>(r: &R, l4: usize, proto: u8) -> Transport {
+    match proto {
+        IPPROTO_TCP => match r.read::<14>(l4) {
+            Some(t) => Transport::Ports {
+                proto,
+                sport: [t[0], t[1]],
+                dport: [t[2], t[3]],
+                tcp_flags: t[13],
+            },
+            None => Transport::Unparsed,
+        },
+        // The whole 8-byte UDP header must be there, not only the ports.
+        IPPROTO_UDP => match r.read::<8>(l4) {
+            Some(u) => Transport::Ports {
+                proto,
+                sport: [u[0], u[1]],
+                dport: [u[2], u[3]],
+                tcp_flags: 0,
+            },
+            None => Transport::Unparsed,
+        },
+        other => Transport::Other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests;

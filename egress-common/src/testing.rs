@@ -1,0 +1,140 @@
+//! Frame builders for tests of the parser (host) and of the classifier (`BPF_PROG_TEST_RUN`).
+//! Checksums are left zero: neither the parser nor the classifier reads them.
+extern crate std;
+
+use std::{net::IpAddr, vec, vec::Vec};
+
+use crate::packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_SYN};
+
+/// A frame to build; start from [`Packet::tcp`] or [`Packet::udp`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// In-band 802.1Q tags before the IP header.
+    pub vlan_tags: usize,
+    /// Fragment offset in 8-byte units (IPv4 header, or an IPv6 fragment header).
+    pub frag_offset: u16,
+    pub more_fragments: bool,
+    /// IPv6 extension header types (0, 43, 44, 60, 51, ...) inserted in order before the
+    /// transport header. A fragment header (44) takes `frag_offset`/`more_fragments`.
+    pub v6_ext: Vec<u8>,
+    /// Bytes of transport header kept (`None`: all of it); models tiny fragments.
+    pub transport_len: Option<usize>,
+    pub payload: usize,
+}
+
+impl Packet {
+    /// A TCP SYN from `src` to `dst:dport`.
+    pub fn tcp(src: IpAddr, dst: IpAddr, dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            proto: IPPROTO_TCP,
+            sport: 40_000,
+            dport,
+            tcp_flags: TCP_SYN,
+            vlan_tags: 0,
+            frag_offset: 0,
+            more_fragments: false,
+            v6_ext: Vec::new(),
+            transport_len: None,
+            payload: 0,
+        }
+    }
+
+    /// A UDP datagram from `src` to `dst:dport`.
+    pub fn udp(src: IpAddr, dst: IpAddr, dport: u16) -> Self {
+        Self {
+            proto: IPPROTO_UDP,
+            tcp_flags: 0,
+            payload: 16,
+            ..Self::tcp(src, dst, dport)
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        for _ in 0..self.vlan_tags {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&[0x00, 0x2a]);
+        }
+        let mut l4 = self.transport();
+        l4.resize(l4.len() + self.payload, 0xab);
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+                let total = (20 + l4.len()) as u16;
+                let frag = (u16::from(self.more_fragments) << 13) | self.frag_offset;
+                f.extend_from_slice(&[0x45, 0]);
+                f.extend_from_slice(&total.to_be_bytes());
+                f.extend_from_slice(&[0, 1]);
+                f.extend_from_slice(&frag.to_be_bytes());
+                f.extend_from_slice(&[64, self.proto, 0, 0]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                let mut ext = Vec::new();
+                for (i, &kind) in self.v6_ext.iter().enumerate() {
+                    let next = self.v6_ext.get(i + 1).copied().unwrap_or(self.proto);
+                    match kind {
+                        44 => {
+                            let fo = (self.frag_offset << 3) | u16::from(self.more_fragments);
+                            ext.extend_from_slice(&[next, 0]);
+                            ext.extend_from_slice(&fo.to_be_bytes());
+                            ext.extend_from_slice(&[0, 0, 0, 7]);
+                        }
+                        // AH: length field 1 => (1 + 2) * 4 = 12 bytes.
+                        51 => {
+                            ext.extend_from_slice(&[next, 1]);
+                            ext.extend_from_slice(&[0; 10]);
+                        }
+                        // Generic layout: length 0 => 8 bytes.
+                        _ => {
+                            ext.extend_from_slice(&[next, 0]);
+                            ext.extend_from_slice(&[1, 4, 0, 0, 0, 0]);
+                        }
+                    }
+                }
+                let first = self.v6_ext.first().copied().unwrap_or(self.proto);
+                let payload_len = (ext.len() + l4.len()) as u16;
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&payload_len.to_be_bytes());
+                f.extend_from_slice(&[first, 64]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+                f.extend_from_slice(&ext);
+            }
+            _ => panic!("source and destination must be of one family"),
+        }
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    fn transport(&self) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&self.sport.to_be_bytes());
+        t.extend_from_slice(&self.dport.to_be_bytes());
+        match self.proto {
+            IPPROTO_TCP => {
+                t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, self.tcp_flags]);
+                t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+            }
+            IPPROTO_UDP => t.extend_from_slice(&(8 + self.payload as u16).to_be_bytes()),
+            _ => {}
+        }
+        if self.proto == IPPROTO_UDP {
+            t.extend_from_slice(&[0, 0]);
+        }
+        if let Some(n) = self.transport_len {
+            t.truncate(n);
+        }
+        t
+    }
+}
