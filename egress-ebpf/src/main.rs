@@ -1,1 +1,282 @@
-fn main(){}
+//! The egress TC classifier.
+//!
+//! Attached to the egress of one interface. For TCP and UDP to an enforced port it passes
+//! packets of known flows, passes and records flows to allowed destinations (static CIDRs and
+//! unexpired DNS-learned addresses), and drops (enforce) or reports (audit) the rest. Everything
+//! else passes untouched. Verdicts and their fail-open/fail-closed reasoning are documented in
+//! `docs/design.md`; each path below names which it is.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns,
+    macros::{classifier, map},
+    maps::{Array, LruHashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::TcContext,
+};
+use egress_common::{
+    counters,
+    maps::{
+        Config, DenyEvent, EVENTS_BYTES, FLOW_CAPACITY, FLOW_TOUCH_INTERVAL_NS, FlowKey,
+        FlowValue, LEARNED_CAPACITY, LearnedValue, PORT_WORDS, RateState, STATIC_CAPACITY,
+        StaticValue, action, family, port_bit, reason, v4_of_mapped,
+    },
+    mode,
+    packet::{Frame, IPPROTO_TCP, IpPacket, ParseError, Reader, TCP_ACK, TCP_SYN, Transport, parse_frame},
+    tc_action::{DROP, PASS},
+};
+
+#[map]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+#[map]
+static PORTS: Array<u32> = Array::pinned(PORT_WORDS, 0);
+#[map]
+static STATIC_V4: LpmTrie<[u8; 4], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
+#[map]
+static STATIC_V6: LpmTrie<[u8; 16], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
+#[map]
+static LEARNED_V4: LpmTrie<[u8; 4], LearnedValue> = LpmTrie::pinned(LEARNED_CAPACITY, 0);
+#[map]
+static LEARNED_V6: LpmTrie<[u8; 16], LearnedValue> = LpmTrie::pinned(LEARNED_CAPACITY, 0);
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
+#[map]
+static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// Frames are read directly when the bytes are in the linear part of the skb, and through
+/// `bpf_skb_load_bytes` otherwise (non-linear GSO/GRO skbs), never with `bpf_skb_pull_data`:
+/// TCP hands TC cloned skbs, and pulling would copy the headers of every packet.
+struct Skb<'a>(&'a TcContext);
+
+/// The furthest header offset read. Bounding `off` lets the verifier prove the direct access
+/// below; without it: "math between pkt pointer and register with unbounded min value is not
+/// allowed".
+const MAX_HEADER_OFFSET: usize = 1024;
+
+impl Reader for Skb<'_> {
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if off > MAX_HEADER_OFFSET {
+            return None;
+        }
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + off + N <= end {
+            // SAFETY: `start + off .. start + off + N` lies inside the linear packet data,
+            // checked just above against `data_end` (the verifier checks it too).
+            Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+        } else {
+            self.0.load::<[u8; N]>(off).ok()
+        }
+    }
+}
+
+#[classifier]
+pub(crate) fn egress(ctx: TcContext) -> i32 {
+    // The single-slot array always has index 0; `None` cannot happen but must be handled.
+    let Some(cfg) = CONFIG.get(0) else {
+        return PASS;
+    };
+    if cfg.mode == mode::UNSET {
+        // Fail-open: the agent writes the configuration before it attaches the program, so
+        // this is only reachable by a program attached by hand to fresh maps.
+        count(counters::PASS_UNCONFIGURED);
+        return PASS;
+    }
+    match classify(&ctx, cfg) {
+        Ok(verdict) => verdict,
+        // Fail-closed: a frame whose headers are too short or malformed to show a destination
+        // address may be anything, including traffic the policy denies.
+        Err(_unparsable) => deny(cfg, None, reason::MALFORMED),
+    }
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext, cfg: &Config) -> Result<i32, ParseError> {
+    let Frame::Ip(p) = parse_frame(&Skb(ctx))? else {
+        count(counters::PASS_NOT_IP);
+        return Ok(PASS);
+    };
+    let verdict = match p.transport {
+        // Fail-open, by design: a later fragment carries no ports; the first fragment carries
+        // them and gets the full verdict, and without it the datagram cannot be reassembled.
+        Transport::LaterFragment => {
+            count(counters::PASS_FRAGMENT);
+            PASS
+        }
+        Transport::Other(_) => {
+            count(counters::PASS_NOT_ENFORCED);
+            PASS
+        }
+        // Fail-closed: the ports are unknown (tiny first fragment, truncated transport header,
+        // IPv6 extension headers past the walk bound), so only an allowed destination passes.
+        Transport::Unparsed => match allowed(&p, now()) {
+            Some(counter) => {
+                count(counter);
+                PASS
+            }
+            None => deny(cfg, Some((&p, 0, [0; 2])), reason::MALFORMED),
+        },
+        Transport::Ports { proto, sport, dport, tcp_flags } => {
+            enforce(cfg, &p, proto, sport, dport, tcp_flags)
+        }
+    };
+    Ok(verdict)
+}
+
+#[inline(always)]
+fn enforce(cfg: &Config, p: &IpPacket, proto: u8, sport: [u8; 2], dport: [u8; 2], tcp_flags: u8) -> i32 {
+    if !port_enforced(u16::from_be_bytes(dport)) {
+        count(counters::PASS_NOT_ENFORCED);
+        return PASS;
+    }
+    let now = now();
+    let key = FlowKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport,
+        dport,
+        proto,
+        family: p.family,
+        _pad: [0; 2],
+    };
+    let tcp = proto == IPPROTO_TCP;
+    let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A SYN opens a new connection: it is always judged by the allow maps, so a reused
+    // 5-tuple cannot ride on an old flow to an expired address.
+    if !syn && let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        let idle = if tcp { cfg.tcp_idle_ns } else { cfg.udp_idle_ns };
+        // SAFETY: the pointer comes from a successful lookup; LRU hash values stay valid for
+        // the program run (RCU), and a racing update only affects a timestamp.
+        let last = unsafe { (*flow).last_seen_ns };
+        let age = now.saturating_sub(last);
+        if age < idle {
+            if age > FLOW_TOUCH_INTERVAL_NS {
+                // SAFETY: as above.
+                unsafe { (*flow).last_seen_ns = now };
+            }
+            count(counters::PASS_FLOW);
+            return PASS;
+        }
+    }
+    match allowed(p, now) {
+        Some(counter) => {
+            if FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0).is_err() {
+                // The packet still passes: its destination is allowed right now.
+                count(counters::FLOW_INSERT_FAILED);
+            }
+            count(counter);
+            PASS
+        }
+        None => {
+            if tcp && !syn {
+                count(counters::DENY_NOT_SYN);
+            }
+            deny(cfg, Some((p, proto, dport)), reason::NOT_ALLOWED)
+        }
+    }
+}
+
+/// The counter to bump if the destination is allowed now, `None` if it is not.
+#[inline(always)]
+fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
+    if p.family == family::V4 {
+        let key = Key::new(32, v4_of_mapped(&p.daddr));
+        if STATIC_V4.get(&key).is_some() {
+            return Some(counters::PASS_STATIC);
+        }
+        match LEARNED_V4.get(&key) {
+            Some(v) if v.expires_ns > now => Some(counters::PASS_LEARNED),
+            _ => None,
+        }
+    } else {
+        let key = Key::new(128, p.daddr);
+        if STATIC_V6.get(&key).is_some() {
+            return Some(counters::PASS_STATIC);
+        }
+        match LEARNED_V6.get(&key) {
+            Some(v) if v.expires_ns > now => Some(counters::PASS_LEARNED),
+            _ => None,
+        }
+    }
+}
+
+/// Counts, reports (rate-limited) and returns the verdict for a denied packet.
+#[inline(always)]
+fn deny(cfg: &Config, what: Option<(&IpPacket, u8, [u8; 2])>, why: u8) -> i32 {
+    // Any mode other than audit enforces (fail-closed on a corrupted configuration).
+    let audit = cfg.mode == mode::AUDIT;
+    count(if audit { counters::AUDIT_DENIED } else { counters::DROP_DENIED });
+    if why == reason::MALFORMED {
+        count(counters::DENY_MALFORMED);
+    }
+    let mut event = DenyEvent {
+        ts_ns: now(),
+        action: if audit { action::AUDITED } else { action::DROPPED },
+        reason: why,
+        ..DenyEvent::default()
+    };
+    if let Some((p, proto, dport)) = what {
+        event.daddr = p.daddr;
+        event.family = p.family;
+        event.proto = proto;
+        event.dport = dport;
+    }
+    report(cfg, &event);
+    if audit { PASS } else { DROP }
+}
+
+#[inline(always)]
+fn report(cfg: &Config, event: &DenyEvent) {
+    let Some(state) = EVENT_RATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot from a successful lookup; no other program run touches it while
+    // this one runs on this CPU (TC programs do not nest on a CPU).
+    let state = unsafe { &mut *state };
+    if event.ts_ns.saturating_sub(state.window_start_ns) >= 1_000_000_000 {
+        state.window_start_ns = event.ts_ns;
+        state.sent = 0;
+    }
+    if state.sent >= u64::from(cfg.events_per_sec) {
+        count(counters::EVENT_RATE_LIMITED);
+        return;
+    }
+    state.sent += 1;
+    match EVENTS.output::<DenyEvent>(event, 0) {
+        Ok(()) => count(counters::EVENT_SENT),
+        Err(_) => count(counters::EVENT_RINGBUF_FULL),
+    }
+}
+
+#[inline(always)]
+fn port_enforced(port: u16) -> bool {
+    let (word, bit) = port_bit(port);
+    matches!(PORTS.get(word), Some(w) if w & bit != 0)
+}
+
+#[inline(always)]
+fn count(counter: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: per-CPU slot from a successful lookup, as in `report`.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: the helper takes no arguments and is available to TC programs since Linux 5.8.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // An infinite loop makes any reachable panic a verifier rejection ("infinite loop
+    // detected") instead of undefined behaviour.
+    loop {}
+}

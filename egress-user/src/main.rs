@@ -1,1 +1,134 @@
-fn main(){}
+//! `egress`: a transparent eBPF egress enforcer. See README.md.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use egress_user::{
+    agent, attach,
+    pins::{DEFAULT_PIN_DIR, PinDir},
+    policy::{self, Mode},
+    status,
+};
+
+#[derive(Parser)]
+#[command(name = "egress", version, about = "Allow outbound HTTPS only to the names and CIDRs in a policy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load, pin and attach the datapath, apply the policy, and keep it current.
+    Run {
+        /// Interface whose egress is enforced (repeat for several).
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// Policy file (YAML); see docs/policy.md.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Directory on a BPF filesystem for maps, program and links.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Address for /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        metrics_addr: SocketAddr,
+        /// Override the policy's mode.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// How to attach: TCX links (Linux >= 6.6) or a clsact filter; auto picks by kernel.
+        #[arg(long, value_enum, default_value = "auto")]
+        attach: attach::AttachMode,
+    },
+    /// Validate a policy file and print it normalized.
+    Check {
+        file: PathBuf,
+    },
+    /// Show what the pinned maps hold (works without a running agent).
+    Status {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove egress from an interface; with no interface left, remove every pin.
+    Detach {
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { ifaces, policy, pin_dir, metrics_addr, mode, attach } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(agent::RunOptions {
+                ifaces,
+                policy,
+                pin_dir,
+                metrics_addr,
+                mode,
+                attach,
+            }))
+        }
+        Command::Check { file } => {
+            let p = policy::load(&file)?;
+            print!("{}", serde_saphyr::to_string(&p)?);
+            Ok(())
+        }
+        Command::Status { pin_dir, json } => {
+            let s = status::collect(&PinDir::new(pin_dir))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", status::render(&s));
+            }
+            Ok(())
+        }
+        Command::Detach { ifaces, pin_dir } => {
+            let pins = PinDir::new(&pin_dir);
+            for iface in &ifaces {
+                if attach::detach(iface, &pins)? {
+                    eprintln!("detached from {iface}");
+                } else {
+                    eprintln!("nothing attached to {iface}");
+                }
+            }
+            if pins.linked_interfaces().is_empty() && pins.root().exists() {
+                for name in egress_common::maps::names::ALL {
+                    let _ = std::fs::remove_file(pins.map(name));
+                }
+                let _ = std::fs::remove_file(pins.program());
+                std::fs::remove_dir(pins.root()).map_err(|e| {
+                    anyhow::anyhow!("cannot remove {}: {e} (pins of another tool there?)", pins.root().display())
+                })?;
+                eprintln!("removed {}", pins.root().display());
+            }
+            Ok(())
+        }
+    }
+}

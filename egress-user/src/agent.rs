@@ -1,0 +1,208 @@
+//! `egress run`: load (or adopt) the datapath, apply the policy, attach, then serve metrics,
+//! drain events, collect garbage and reload on SIGHUP until SIGTERM/SIGINT. Stopping the agent
+//! leaves enforcement in place; `egress detach` removes it.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::{maps::RingBuf, programs::SchedClassifier};
+use egress_common::maps::{Config, names};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    attach::{self, AttachMode},
+    clock,
+    datapath::Datapath,
+    ebpf, events, http,
+    metrics::{self, AgentMetrics},
+    pins::PinDir,
+    policy::{self, Mode, Policy},
+};
+
+/// A TCP flow idle this long is forgotten; its next non-SYN packet is judged afresh.
+pub const TCP_IDLE: Duration = Duration::from_secs(3600);
+/// A UDP flow (QUIC) idle this long is forgotten.
+pub const UDP_IDLE: Duration = Duration::from_secs(300);
+/// Denied-destination events each CPU may send per second.
+pub const EVENTS_PER_SEC: u32 = 200;
+/// How often expired learned addresses and idle flows are removed.
+pub const GC_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub policy: PathBuf,
+    pub pin_dir: PathBuf,
+    pub metrics_addr: SocketAddr,
+    /// Overrides the policy's mode.
+    pub mode: Option<Mode>,
+    pub attach: AttachMode,
+}
+
+/// The kernel configuration a policy asks for.
+pub fn kernel_config(policy: &Policy, mode: Option<Mode>) -> Config {
+    Config {
+        mode: mode.unwrap_or(policy.mode).as_raw(),
+        events_per_sec: EVENTS_PER_SEC,
+        tcp_idle_ns: TCP_IDLE.as_nanos() as u64,
+        udp_idle_ns: UDP_IDLE.as_nanos() as u64,
+    }
+}
+
+/// Writes a policy into the maps. Additions go in before removals, so what both the old and the
+/// new policy allow is never denied in between.
+pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> anyhow::Result<()> {
+    dp.sync_static(&policy.allow.cidrs)?;
+    dp.set_ports(&policy.ports)?;
+    dp.set_config(&kernel_config(policy, mode))?;
+    Ok(())
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let RunOptions { ifaces, policy: policy_path, pin_dir, metrics_addr, mode, attach: attach_mode } = opts;
+    // Everything that can be checked is checked before the kernel is touched.
+    let policy = policy::load(&policy_path)?;
+    if ifaces.is_empty() {
+        bail!("no --iface given");
+    }
+    for iface in &ifaces {
+        check_ethernet(iface)?;
+    }
+    let listener = http::bind(metrics_addr).await?;
+    let pins = PinDir::new(&pin_dir);
+    pins.ensure()?;
+
+    let mut ebpf = ebpf::load(&pins).with_context(|| {
+        format!("cannot load the eBPF object with maps pinned under {}", pin_dir.display())
+    })?;
+    let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map missing")?)?;
+    let mut dp = Datapath::from_ebpf(&mut ebpf)?;
+    apply(&mut dp, &policy, mode).context("cannot apply the policy to the maps")?;
+
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(ebpf::PROGRAM)
+        .context("classifier missing from the eBPF object")?
+        .try_into()?;
+    prog.load().context("the kernel rejected the classifier")?;
+    for iface in &ifaces {
+        let how = attach::attach(prog, iface, &pins, attach_mode)?;
+        tracing::info!(iface, ?how, "attached to egress");
+    }
+    // The program pin is informational (links hold the program); replace it with ours.
+    let prog_pin = pins.program();
+    let _ = std::fs::remove_file(&prog_pin);
+    if let Err(e) = prog.pin(&prog_pin) {
+        tracing::warn!(error = %e, path = %prog_pin.display(), "cannot pin the program");
+    }
+    tracing::info!(
+        mode = ?mode.unwrap_or(policy.mode),
+        ports = ?policy.ports,
+        cidrs = policy.allow.cidrs.len(),
+        names = policy.allow.names.len(),
+        pin_dir = %pin_dir.display(),
+        "policy applied"
+    );
+
+    let dp = Arc::new(Mutex::new(dp));
+    let agent_metrics = AgentMetrics::default();
+    let event_stats = Arc::new(events::EventStats::default());
+    let state = Arc::new(http::HttpState {
+        registry: metrics::registry(dp.clone(), &agent_metrics, event_stats.clone()),
+        ready: false.into(),
+    });
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(http::serve(listener, state.clone(), cancel.clone()));
+    let drain = {
+        let (stats, cancel) = (event_stats.clone(), cancel.clone());
+        tokio::spawn(async move { events::drain(ring, &stats, cancel).await })
+    };
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(%metrics_addr, "ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut gc = tokio::time::interval(GC_INTERVAL);
+    let mut current = policy;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match policy::load(&policy_path) {
+                    Ok(new) => {
+                        let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
+                        match apply(&mut guard, &new, mode) {
+                            Ok(()) => {
+                                agent_metrics.reloads.inc();
+                                tracing::info!(path = %policy_path.display(), "policy reloaded");
+                                current = new;
+                            }
+                            Err(e) => {
+                                agent_metrics.reload_failures.inc();
+                                tracing::error!(error = %format!("{e:#}"), "cannot apply the reloaded policy; restoring the previous one");
+                                let _ = apply(&mut guard, &current, mode);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        agent_metrics.reload_failures.inc();
+                        tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                    }
+                }
+            }
+            _ = gc.tick() => {
+                let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
+                match guard.collect_garbage(clock::boot_ns()) {
+                    Ok((learned, flows)) => {
+                        agent_metrics.gc_learned_removed.inc_by(learned as u64);
+                        agent_metrics.gc_flows_removed.inc_by(flows as u64);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                }
+            }
+        }
+    }
+    tracing::info!("stopping; enforcement stays in place (use `egress detach` to remove it)");
+    cancel.cancel();
+    let _ = server.await;
+    let _ = drain.await;
+    Ok(())
+}
+
+/// The classifier parses Ethernet frames; any other link type (tun, WireGuard, ...) is refused
+/// rather than enforced wrongly.
+fn check_ethernet(iface: &str) -> anyhow::Result<()> {
+    const ARPHRD_ETHER: u16 = 1;
+    let hw_type = hardware_type(iface).with_context(|| format!("interface {iface:?} does not exist or cannot be inspected"))?;
+    if hw_type != ARPHRD_ETHER {
+        bail!("interface {iface:?} has link type {hw_type}, not Ethernet; egress only supports Ethernet-framed interfaces");
+    }
+    Ok(())
+}
+
+fn hardware_type(iface: &str) -> std::io::Result<u16> {
+    use std::os::fd::AsRawFd as _;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    // SAFETY: `ifreq` is plain data; zeroed is a valid starting value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= req.ifr_name.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad interface name"));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads `ifr_name` and writes `ifr_ifru.ifru_hwaddr` of our `ifreq`.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl succeeded, so the hwaddr member of the union is the one written.
+    Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+}

@@ -1,0 +1,199 @@
+//! Attaching the classifier to an interface's egress, adopting a previous attachment, and
+//! detaching.
+//!
+//! TCX (Linux >= 6.6) is preferred: the link is pinned, survives the agent, and a restarted
+//! agent swaps its program in with `bpf_link_update`, atomically. Older kernels get a clsact
+//! filter at a fixed priority and handle, so a restart replaces exactly that filter in place.
+//! Either way egress goes first in the chain and passes with `TC_ACT_UNSPEC`, so programs
+//! attached by others keep running and are never removed.
+
+use std::io;
+
+use aya::{
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    },
+    util::KernelVersion,
+};
+use thiserror::Error;
+
+use crate::pins::PinDir;
+
+/// clsact filter priority used on kernels without TCX (1 = evaluated first).
+pub const NETLINK_PRIORITY: u16 = 1;
+/// clsact filter handle used on kernels without TCX.
+pub const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0xe9e5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX when the kernel has it (>= 6.6), clsact otherwise.
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    TcxNew,
+    TcxAdopted,
+    Netlink,
+}
+
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("interface {iface} does not exist")]
+    NoInterface { iface: String },
+    #[error("cannot attach to the egress of {iface} with {how}")]
+    Attach {
+        iface: String,
+        how: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot pin the link of {iface} at {path}")]
+    Pin {
+        iface: String,
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot adopt the pinned link {path}")]
+    Adopt {
+        path: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("cannot detach from {iface}")]
+    Detach {
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn tcx_available() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+fn check_iface(iface: &str) -> Result<(), AttachError> {
+    if nix::net::if_::if_nametoindex(iface).is_err() {
+        return Err(AttachError::NoInterface { iface: iface.to_owned() });
+    }
+    Ok(())
+}
+
+/// Attaches `prog` (loaded) to the egress of `iface`, replacing our own earlier attachment in
+/// place if there is one.
+pub fn attach(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    pins: &PinDir,
+    mode: AttachMode,
+) -> Result<Attached, AttachError> {
+    check_iface(iface)?;
+    let tcx = match mode {
+        AttachMode::Auto => tcx_available(),
+        AttachMode::Tcx => true,
+        AttachMode::Netlink => false,
+    };
+    if tcx { attach_tcx(prog, iface, pins) } else { attach_netlink(prog, iface) }
+}
+
+fn attach_tcx(prog: &mut SchedClassifier, iface: &str, pins: &PinDir) -> Result<Attached, AttachError> {
+    let path = pins.link(iface);
+    let err = |how| {
+        let iface = iface.to_owned();
+        move |source| AttachError::Attach { iface, how, source }
+    };
+    match PinnedLink::from_pin(&path) {
+        Ok(pinned) => {
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+                AttachError::Adopt { path: path.display().to_string(), source }
+            })?;
+            let id = prog.attach_to_link(link).map_err(err("bpf_link_update"))?;
+            // The link stays pinned; dropping our handle only closes a file descriptor.
+            drop(prog.take_link(id).map_err(err("bpf_link_update"))?);
+            Ok(Attached::TcxAdopted)
+        }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+            let id = prog
+                .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .map_err(err("TCX"))?;
+            let link = prog.take_link(id).map_err(err("TCX"))?;
+            let fd_link = FdLink::try_from(link).map_err(|source| AttachError::Adopt {
+                path: path.display().to_string(),
+                source,
+            })?;
+            fd_link.pin(&path).map_err(|source| AttachError::Pin {
+                iface: iface.to_owned(),
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Attached::TcxNew)
+        }
+        Err(source) => Err(AttachError::Adopt { path: path.display().to_string(), source }),
+    }
+}
+
+fn attach_netlink(prog: &mut SchedClassifier, iface: &str) -> Result<Attached, AttachError> {
+    let err = |how| {
+        let iface = iface.to_owned();
+        move |source| AttachError::Attach { iface, how, source }
+    };
+    // An existing clsact qdisc (ours or anyone's) is kept as it is.
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        tracing::debug!(error = %e, iface, "clsact qdisc not added (already present?)");
+    }
+    let options = || {
+        TcAttachOptions::Netlink(NlOptions {
+            priority: NETLINK_PRIORITY,
+            handle: NETLINK_HANDLE,
+            classid: None,
+        })
+    };
+    let id = match SchedClassifierLink::attached(iface, TcAttachType::Egress, NETLINK_PRIORITY, NETLINK_HANDLE, None)
+        .map_err(|_| AttachError::NoInterface { iface: iface.to_owned() })
+        .and_then(|link| prog.attach_to_link(link).map_err(err("clsact replace")))
+    {
+        Ok(id) => id,
+        Err(_) => prog
+            .attach_with_options(iface, TcAttachType::Egress, options())
+            .map_err(err("clsact"))?,
+    };
+    let link = prog.take_link(id).map_err(err("clsact"))?;
+    // Dropping a netlink link removes the filter; enforcement must outlive the agent.
+    std::mem::forget(link);
+    Ok(Attached::Netlink)
+}
+
+/// Removes egress from `iface`: the pinned TCX link and/or our clsact filter. Returns whether
+/// anything was attached.
+pub fn detach(iface: &str, pins: &PinDir) -> Result<bool, AttachError> {
+    let mut found = false;
+    let path = pins.link(iface);
+    match PinnedLink::from_pin(&path) {
+        Ok(pinned) => {
+            // Unpinning drops the last reference once our descriptor closes: the link goes.
+            let fd = pinned
+                .unpin()
+                .map_err(|source| AttachError::Detach { iface: iface.to_owned(), source })?;
+            drop(fd);
+            found = true;
+        }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(AttachError::Adopt { path: path.display().to_string(), source }),
+    }
+    if check_iface(iface).is_ok() {
+        if let Ok(link) = SchedClassifierLink::attached(iface, TcAttachType::Egress, NETLINK_PRIORITY, NETLINK_HANDLE, None) {
+            use aya::programs::links::Link as _;
+            if link.detach().is_ok() {
+                found = true;
+            }
+        }
+    }
+    Ok(found)
+}

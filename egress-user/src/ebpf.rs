@@ -1,0 +1,19 @@
+//! The embedded eBPF object and how it is loaded against a pin directory.
+
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+use crate::pins::PinDir;
+
+/// The classifier object built from `egress-ebpf` by `build.rs`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
+
+/// Name of the classifier program in [`OBJECT`].
+pub const PROGRAM: &str = "egress";
+
+/// Loads the object; maps already pinned under `pins` are reused (adopted) and the others are
+/// created and pinned there, so a restart keeps learned addresses, flows and counters.
+pub fn load(pins: &PinDir) -> Result<Ebpf, EbpfError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(pins.root())
+        .load(OBJECT)
+}

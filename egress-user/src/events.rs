@@ -1,0 +1,101 @@
+//! Drains the denied-destination ring buffer: one structured log line per destination per
+//! interval (the kernel already rate-limits per CPU), and counters for metrics.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use egress_common::maps::{DenyEvent, action, family, reason, v4_of_mapped};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+
+/// A destination is logged at most once per this interval.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Destinations remembered for de-duplication before the memory is reset.
+const MAX_REMEMBERED: usize = 16_384;
+
+/// Counts of events received from the kernel.
+#[derive(Debug, Default)]
+pub struct EventStats {
+    pub dropped: AtomicU64,
+    pub audited: AtomicU64,
+}
+
+/// Decoded destination of an event.
+pub fn destination(ev: &DenyEvent) -> Option<IpAddr> {
+    match ev.family {
+        family::V4 => Some(IpAddr::from(v4_of_mapped(&ev.daddr))),
+        family::V6 => Some(IpAddr::from(ev.daddr)),
+        _ => None,
+    }
+}
+
+pub async fn drain(
+    ring: RingBuf<MapData>,
+    stats: &EventStats,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd for as long as it lives, and the `AsyncFd` owns
+    // the ring buffer, so the descriptor stays open and the same until the `AsyncFd` drops.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    let mut last_logged: HashMap<(Option<IpAddr>, u16, u8), Instant> = HashMap::new();
+    loop {
+        let mut guard = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            guard = fd.readable_mut() => guard?,
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<DenyEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `DenyEvent` (length checked above); it is
+            // `repr(C)` plain data, and `read_unaligned` copes with any alignment.
+            let ev: DenyEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            record(&ev, stats, &mut last_logged);
+        }
+        guard.clear_ready();
+    }
+}
+
+fn record(
+    ev: &DenyEvent,
+    stats: &EventStats,
+    last_logged: &mut HashMap<(Option<IpAddr>, u16, u8), Instant>,
+) {
+    let audited = ev.action == action::AUDITED;
+    if audited {
+        stats.audited.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    let dst = destination(ev);
+    let key = (dst, ev.dport(), ev.proto);
+    let now = Instant::now();
+    if last_logged
+        .get(&key)
+        .is_some_and(|t| now.duration_since(*t) < LOG_INTERVAL)
+    {
+        return;
+    }
+    if last_logged.len() >= MAX_REMEMBERED {
+        last_logged.clear();
+    }
+    last_logged.insert(key, now);
+    let proto = match ev.proto {
+        6 => "tcp",
+        17 => "udp",
+        _ => "unknown",
+    };
+    let why = if ev.reason == reason::MALFORMED { "unparsable headers" } else { "not allowed" };
+    let dst = dst.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
+    if audited {
+        tracing::warn!(%dst, port = ev.dport(), proto, reason = why, "audit: would drop");
+    } else {
+        tracing::info!(%dst, port = ev.dport(), proto, reason = why, "dropped");
+    }
+}

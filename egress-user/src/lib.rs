@@ -1,0 +1,14 @@
+//! The egress agent as a library: the `egress` binary is a thin CLI over these modules, and the
+//! integration tests use them to reach the pinned maps and the embedded eBPF object.
+
+pub mod agent;
+pub mod attach;
+pub mod clock;
+pub mod datapath;
+pub mod ebpf;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod pins;
+pub mod policy;
+pub mod status;

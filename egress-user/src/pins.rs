@@ -1,0 +1,115 @@
+//! The one place that knows where things are pinned.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/egress`):
+//! - one file per map, named as in `egress_common::maps::names` (aya pins by name);
+//! - `prog_egress`: the classifier program;
+//! - `link_egress_<iface>`: the TCX link of each interface (kernels >= 6.6).
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/egress";
+/// Where the kernel's BPF filesystem is conventionally mounted.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Error)]
+pub enum PinError {
+    #[error("pin directory {path} is on a {fs_type:#x} filesystem, not a BPF filesystem (bpffs); choose a directory under a bpffs mount such as /sys/fs/bpf")]
+    NotBpffs { path: PathBuf, fs_type: i64 },
+    #[error("cannot mount a BPF filesystem on {BPFFS_ROOT}")]
+    Mount {
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot inspect or create {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn program(&self) -> PathBuf {
+        self.root.join("prog_egress")
+    }
+
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.root.join(format!("link_egress_{iface}"))
+    }
+
+    /// Interfaces with a pinned TCX link in this directory.
+    pub fn linked_interfaces(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut ifaces: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix("link_egress_").map(str::to_owned))
+            .collect();
+        ifaces.sort();
+        ifaces
+    }
+
+    /// Makes sure the directory exists on a BPF filesystem. If `/sys/fs/bpf` itself is not one
+    /// (a minimal host or container), a bpffs is mounted there first; a pin directory on any
+    /// other non-bpffs filesystem is an error, because pins there would be impossible.
+    pub fn ensure(&self) -> Result<(), PinError> {
+        let root = Path::new(BPFFS_ROOT);
+        if self.root.starts_with(root) && root.is_dir() && fs_type(root)? != BPF_FS_MAGIC {
+            nix::mount::mount(
+                Some("bpf"),
+                root,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|source| PinError::Mount { source })?;
+            tracing::info!(path = BPFFS_ROOT, "mounted a BPF filesystem");
+        }
+        std::fs::create_dir_all(&self.root).map_err(|source| PinError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        let fs = fs_type(&self.root)?;
+        if fs != BPF_FS_MAGIC {
+            return Err(PinError::NotBpffs {
+                path: self.root.clone(),
+                fs_type: fs,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn fs_type(path: &Path) -> Result<i64, PinError> {
+    let st = nix::sys::statfs::statfs(path).map_err(|e| PinError::Io {
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    Ok(st.filesystem_type().0 as i64)
+}

@@ -1,0 +1,391 @@
+//! The policy file: parsing, validation and normalization.
+//!
+//! Every value is validated while it is deserialized, so an error carries the file, line and
+//! column of the offending value. Unknown keys are errors. A policy that fails validation
+//! changes nothing: callers only apply a [`Policy`] they got back whole.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use egress_common::MAX_PORTS;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize, de};
+use thiserror::Error;
+
+/// Longest accepted TTL floor; a larger one would keep stale addresses allowed for too long.
+pub const MAX_MIN_TTL: Duration = Duration::from_secs(3600);
+/// Longest accepted grace period.
+pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_raw(self) -> u32 {
+        match self {
+            Mode::Enforce => egress_common::mode::ENFORCE,
+            Mode::Audit => egress_common::mode::AUDIT,
+        }
+    }
+}
+
+/// A validated, normalized policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub mode: Mode,
+    pub ports: Vec<u16>,
+    /// `None`: the nameservers of `/etc/resolv.conf`, read when the agent starts.
+    pub resolvers: Option<Vec<IpAddr>>,
+    pub allow: Allow,
+    pub dns: Dns,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Allow {
+    pub names: Vec<NamePattern>,
+    pub cidrs: Vec<IpNet>,
+    pub presets: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dns {
+    #[serde(serialize_with = "ser_duration")]
+    pub min_ttl: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub grace: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            min_ttl: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An allowed name: exact, or `*.suffix` (any name strictly below `suffix`, at any depth).
+/// Stored lowercase, without a trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NamePattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+impl NamePattern {
+    /// Whether `name` (any case, trailing dot or not) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match self {
+            NamePattern::Exact(n) => name == *n,
+            NamePattern::Wildcard(suffix) => name
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        }
+    }
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NamePattern::Exact(n) => f.write_str(n),
+            NamePattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+impl Serialize for NamePattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl FromStr for NamePattern {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let lower = raw.trim().to_ascii_lowercase();
+        let name = lower.strip_suffix('.').unwrap_or(&lower);
+        let (wild, rest) = match name.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, name),
+        };
+        if rest.is_empty() {
+            return Err(format!("invalid name {raw:?}: empty"));
+        }
+        if rest.len() > 253 {
+            return Err(format!("invalid name {raw:?}: longer than 253 characters"));
+        }
+        for label in rest.split('.') {
+            if label.is_empty() {
+                return Err(format!("invalid name {raw:?}: empty label"));
+            }
+            if label.len() > 63 {
+                return Err(format!("invalid name {raw:?}: label {label:?} is longer than 63 characters"));
+            }
+            if label == "*" || label.contains('*') {
+                return Err(format!(
+                    "invalid name {raw:?}: '*' is only allowed as the whole leftmost label, as in \"*.example.com\""
+                ));
+            }
+            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(format!(
+                    "invalid name {raw:?}: label {label:?} may hold only letters, digits, '-' and '_' (write internationalized names in their xn-- form)"
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(format!("invalid name {raw:?}: label {label:?} starts or ends with '-'"));
+            }
+        }
+        Ok(if wild { Self::Wildcard(rest.to_owned()) } else { Self::Exact(rest.to_owned()) })
+    }
+}
+
+/// Parses a CIDR or a bare address (as a /32 or /128). Host bits set are an error, because
+/// `10.1.2.3/8` is more likely a typo than a wish to allow all of 10/8.
+pub fn parse_cidr(raw: &str) -> Result<IpNet, String> {
+    let raw = raw.trim();
+    let net = match raw.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match raw.parse::<IpAddr>() {
+            Ok(a) => IpNet::from(a),
+            Err(_) => return Err(format!("invalid CIDR {raw:?}: expected an address or address/prefix, as in 10.96.0.0/12 or 2001:db8::/32")),
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!("invalid CIDR {raw:?}: host bits are set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("invalid duration {raw:?}: {e} (write it as 5s, 1m, 2h30m)"))
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+// ---- the raw file, with validation at deserialization (so errors carry line:column) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    ports: Option<Ports>,
+    #[serde(default)]
+    resolvers: Option<Vec<Validated<Resolver>>>,
+    #[serde(default)]
+    allow: RawAllow,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    #[serde(default)]
+    names: Vec<Validated<NamePattern>>,
+    #[serde(default)]
+    cidrs: Vec<Validated<Cidr>>,
+    #[serde(default)]
+    presets: Vec<Preset>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    min_ttl: Option<Validated<MinTtl>>,
+    #[serde(default)]
+    grace: Option<Validated<Grace>>,
+}
+
+/// A value parsed from a string by `FromStr`, whose error becomes a located serde error.
+struct Validated<T>(T);
+
+impl<'de, T: FromStr<Err = String>> Deserialize<'de> for Validated<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse().map(Validated).map_err(de::Error::custom)
+    }
+}
+
+struct Cidr(IpNet);
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_cidr(s).map(Cidr)
+    }
+}
+
+struct Resolver(IpAddr);
+impl FromStr for Resolver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.trim().parse().map(Resolver).map_err(|_| {
+            format!("invalid resolver {s:?}: expected the IP address of a DNS server, as in 10.96.0.10")
+        })
+    }
+}
+
+struct MinTtl(Duration);
+impl FromStr for MinTtl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d = parse_duration(s)?;
+        if d > MAX_MIN_TTL {
+            return Err(format!("dns.min_ttl {s:?} is out of range: at most {}", humantime::format_duration(MAX_MIN_TTL)));
+        }
+        Ok(MinTtl(d))
+    }
+}
+
+struct Grace(Duration);
+impl FromStr for Grace {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d = parse_duration(s)?;
+        if d > MAX_GRACE {
+            return Err(format!("dns.grace {s:?} is out of range: at most {}", humantime::format_duration(MAX_GRACE)));
+        }
+        Ok(Grace(d))
+    }
+}
+
+/// Enforced ports: 1 to [`MAX_PORTS`] distinct ports, none of them 0.
+struct Ports(Vec<u16>);
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ports = Vec::<u64>::deserialize(d)?;
+        if ports.is_empty() {
+            return Err(de::Error::custom("ports is empty: list at least one port, as in [443]"));
+        }
+        if ports.len() > MAX_PORTS {
+            return Err(de::Error::custom(format!("ports lists {} ports; at most {MAX_PORTS} are supported", ports.len())));
+        }
+        if let Some(bad) = ports.iter().find(|&&p| p == 0 || p > u64::from(u16::MAX)) {
+            return Err(de::Error::custom(format!("port {bad} is out of range: ports are 1 to 65535")));
+        }
+        let mut seen = BTreeSet::new();
+        for p in &ports {
+            if !seen.insert(p) {
+                return Err(de::Error::custom(format!("port {p} is listed twice")));
+            }
+        }
+        Ok(Ports(ports.into_iter().map(|p| p as u16).collect()))
+    }
+}
+
+/// Named built-in lists. None exist yet (a later issue adds them): any name is an error.
+struct Preset(String);
+
+impl Preset {
+    fn into_name(self) -> String {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Preset {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Err(de::Error::custom(format!("unknown preset {name:?}: this version has no presets")))
+    }
+}
+
+/// Parses and validates policy text; `path` only names the source in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+    let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        PolicyError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            message: first_line(&e.to_string()),
+        }
+    })?;
+    let RawPolicy { mode, ports, resolvers, allow, dns } = raw;
+    let RawAllow { names, cidrs, presets } = allow;
+    let RawDns { min_ttl, grace } = dns;
+    let defaults = Dns::default();
+    let mut names: Vec<NamePattern> = names.into_iter().map(|v| v.0).collect();
+    names.sort();
+    names.dedup();
+    let mut cidrs: Vec<IpNet> = cidrs.into_iter().map(|v| v.0.0).collect();
+    cidrs.sort();
+    cidrs.dedup();
+    let mut ports = ports.map_or_else(|| vec![443], |p| p.0);
+    ports.sort_unstable();
+    Ok(Policy {
+        mode,
+        ports,
+        resolvers: resolvers.map(|r| r.into_iter().map(|v| v.0.0).collect()),
+        allow: Allow {
+            names,
+            cidrs,
+            presets: presets.into_iter().map(Preset::into_name).collect(),
+        },
+        dns: Dns {
+            min_ttl: min_ttl.map_or(defaults.min_ttl, |v| v.0.0),
+            grace: grace.map_or(defaults.grace, |v| v.0.0),
+        },
+    })
+}
+
+/// Reads, parses and validates a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// serde-saphyr renders a source snippet after the message; the location is reported
+/// separately, so keep the message line only.
+fn first_line(rendered: &str) -> String {
+    let mut msg = rendered.lines().next().unwrap_or_default().trim();
+    msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    // Drop the renderer's own "line X column Y: " prefix; we print file:line:column.
+    if let Some(rest) = msg.strip_prefix("line ")
+        && let Some((_, after)) = rest.split_once(": ")
+    {
+        msg = after;
+    }
+    msg.to_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+use super::*;
+
+fn ok(text: &str) -> Policy {
+    parse(text, Path::new("p.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn err(text: &str) -> String {
+    parse(text, Path::new("p.yaml")).expect_err("policy should be rejected").to_string()
+}
+
+#[test]
+fn the_documented_example_parses_and_normalizes() {
+    let p = ok(r#"
+mode: enforce
+ports: [443]
+resolvers: [10.0.0.2]
+allow:
+  names: [cgr.dev, "*.r2.cloudflarestorage.com", "CGR.dev."]
+  cidrs: [10.96.0.0/12, "2001:db8::/32", 192.0.2.7]
+  presets: []
+dns:
+  min_ttl: 5s
+  grace: 30s
+"#);
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(p.ports, vec![443]);
+    assert_eq!(p.resolvers, Some(vec!["10.0.0.2".parse().unwrap()]));
+    assert_eq!(
+        p.allow.names,
+        vec![
+            NamePattern::Exact("cgr.dev".into()),
+            NamePattern::Wildcard("r2.cloudflarestorage.com".into())
+        ]
+    );
+    assert_eq!(p.allow.cidrs.len(), 3);
+    assert!(p.allow.cidrs.contains(&"192.0.2.7/32".parse().unwrap()));
+    assert_eq!(p.dns.min_ttl, Duration::from_secs(5));
+    assert_eq!(p.dns.grace, Duration::from_secs(30));
+}
+
+#[test]
+fn defaults_apply_to_an_empty_policy() {
+    let p = ok("{}");
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(p.ports, vec![443]);
+    assert_eq!(p.resolvers, None);
+    assert!(p.allow.names.is_empty() && p.allow.cidrs.is_empty());
+    assert_eq!(p.dns, Dns::default());
+}
+
+#[test]
+fn errors_name_file_line_and_column() {
+    let e = err("mode: enforce\nallow:\n  cidrs:\n    - 10.0.0.0/8\n    - 10.1.2.3/8\n");
+    assert!(e.starts_with("p.yaml:5:"), "{e}");
+    assert!(e.contains("host bits are set; did you mean 10.0.0.0/8?"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let e = err("mode: enforce\nallw:\n  names: [a.com]\n");
+    assert!(e.starts_with("p.yaml:2:"), "{e}");
+    assert!(e.contains("allw"), "{e}");
+    let e = err("dns:\n  min_tll: 5s\n");
+    assert!(e.contains("min_tll"), "{e}");
+}
+
+#[test]
+fn invalid_values_are_errors() {
+    for (text, needle) in [
+        ("mode: block\n", "block"),
+        ("ports: []\n", "empty"),
+        ("ports: [0]\n", "port 0"),
+        ("ports: [443, 443]\n", "twice"),
+        ("ports: [70000]\n", "70000"),
+        ("ports: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]\n", "at most 16"),
+        ("allow:\n  names: [\"a.*.com\"]\n", "leftmost"),
+        ("allow:\n  names: [\"*\"]\n", "leftmost"),
+        ("allow:\n  names: [\"exa mple.com\"]\n", "letters, digits"),
+        ("allow:\n  names: [\"a..com\"]\n", "empty label"),
+        ("allow:\n  names: [\"-a.com\"]\n", "starts or ends"),
+        ("allow:\n  cidrs: [\"10.0.0.0/33\"]\n", "invalid CIDR"),
+        ("allow:\n  cidrs: [\"not-an-ip\"]\n", "invalid CIDR"),
+        ("allow:\n  presets: [talos]\n", "unknown preset"),
+        ("resolvers: [dns.google]\n", "dns.google"),
+        ("dns:\n  min_ttl: 5 parsecs\n", "invalid duration"),
+        ("dns:\n  min_ttl: 2h\n", "out of range"),
+        ("dns:\n  grace: 2d\n", "out of range"),
+    ] {
+        let e = err(text);
+        assert!(e.contains(needle), "{text:?} gave {e:?}");
+        assert!(e.starts_with("p.yaml:"), "{text:?} gave {e:?}");
+    }
+}
+
+#[test]
+fn long_names_and_labels_are_rejected() {
+    let label = "a".repeat(64);
+    assert!(format!("{label}.com").parse::<NamePattern>().is_err());
+    let long = ["abcdefghi"; 26].join(".");
+    assert!(long.len() > 253);
+    assert!(long.parse::<NamePattern>().is_err());
+}
+
+#[test]
+fn wildcards_match_any_depth_below_but_not_the_apex() {
+    let w: NamePattern = "*.azurefd.net".parse().unwrap();
+    assert!(w.matches("a.azurefd.net"));
+    assert!(w.matches("a.b.azurefd.net"));
+    assert!(w.matches("A.AzureFD.net."));
+    assert!(!w.matches("azurefd.net"));
+    assert!(!w.matches("evilazurefd.net"));
+    assert!(!w.matches(".azurefd.net"));
+    let e: NamePattern = "cgr.dev".parse().unwrap();
+    assert!(e.matches("CGR.DEV."));
+    assert!(!e.matches("x.cgr.dev"));
+}
+
+#[test]
+fn a_missing_file_names_its_path() {
+    let e = load(Path::new("/nonexistent/policy.yaml")).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/policy.yaml"), "{e}");
+}
+
