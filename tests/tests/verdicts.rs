@@ -1,0 +1,268 @@
+//! Verdicts of the real classifier, run by the kernel on crafted frames (`BPF_PROG_TEST_RUN`).
+
+use std::{net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use egress_common::{
+    counters, mode,
+    packet::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    tc_action::{DROP, PASS},
+    testing::Packet,
+};
+use egress_tests::{ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, ip};
+use egress_user::{agent, clock, datapath::Datapath, ebpf, policy};
+
+struct Harness {
+    ebpf: Ebpf,
+    dp: Datapath,
+    _pins: TestPins,
+}
+
+impl Harness {
+    fn new(policy_text: &str) -> Self {
+        let pins = TestPins::new();
+        let mut ebpf = ebpf::load(&pins.pins).expect("load object");
+        let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
+        let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
+        agent::apply(&mut dp, &p, None).expect("apply");
+        let prog: &mut SchedClassifier =
+            ebpf.program_mut(ebpf::PROGRAM).unwrap().try_into().unwrap();
+        prog.load().expect("verifier accepts the classifier");
+        Self { ebpf, dp, _pins: pins }
+    }
+
+    fn enforce() -> Self {
+        Self::new(&format!(
+            "ports: [443, 8443]\nallow:\n  cidrs: [{ALLOWED_V4}, \"{ALLOWED_V6}\", 203.0.113.0/24]\n"
+        ))
+    }
+
+    fn run(&self, frame: &[u8]) -> i32 {
+        let prog: &SchedClassifier =
+            self.ebpf.program(ebpf::PROGRAM).unwrap().try_into().unwrap();
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value as i32
+    }
+
+    fn counter(&self, c: u32) -> u64 {
+        self.dp.counters().unwrap()[c as usize]
+    }
+}
+
+fn tcp(src: &str, dst: &str, port: u16) -> Packet {
+    Packet::tcp(ip(src), ip(dst), port)
+}
+
+fn udp(src: &str, dst: &str, port: u16) -> Packet {
+    Packet::udp(ip(src), ip(dst), port)
+}
+
+#[test]
+fn static_cidr_allows_and_unknown_destination_is_dropped() {
+    let h = Harness::enforce();
+    assert_eq!(h.run(&tcp(CLIENT_V4, ALLOWED_V4, 443).build()), PASS);
+    assert_eq!(h.run(&tcp(CLIENT_V4, "203.0.113.77", 443).build()), PASS, "inside a /24");
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), DROP);
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 8443).build()), DROP, "second enforced port");
+    assert_eq!(h.counter(counters::PASS_STATIC), 2);
+    assert_eq!(h.counter(counters::DROP_DENIED), 2);
+}
+
+#[test]
+fn ipv6_and_udp_are_enforced() {
+    let h = Harness::enforce();
+    assert_eq!(h.run(&tcp(CLIENT_V6, ALLOWED_V6, 443).build()), PASS);
+    assert_eq!(h.run(&tcp(CLIENT_V6, DENIED_V6, 443).build()), DROP);
+    assert_eq!(h.run(&udp(CLIENT_V4, ALLOWED_V4, 443).build()), PASS);
+    assert_eq!(h.run(&udp(CLIENT_V4, DENIED_V4, 443).build()), DROP);
+    assert_eq!(h.run(&udp(CLIENT_V6, DENIED_V6, 443).build()), DROP);
+}
+
+#[test]
+fn other_ports_protocols_and_non_ip_pass_untouched() {
+    let h = Harness::enforce();
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 80).build()), PASS);
+    assert_eq!(h.run(&udp(CLIENT_V6, DENIED_V6, 53).build()), PASS);
+    let mut icmp = tcp(CLIENT_V4, DENIED_V4, 443);
+    icmp.proto = 1;
+    assert_eq!(h.run(&icmp.build()), PASS);
+    let mut arp = vec![0u8; 42];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(h.run(&arp), PASS);
+    assert_eq!(h.counter(counters::PASS_NOT_ENFORCED), 3);
+    assert_eq!(h.counter(counters::PASS_NOT_IP), 1);
+}
+
+#[test]
+fn learned_entries_allow_until_they_expire() {
+    let mut h = Harness::enforce();
+    let now = clock::boot_ns();
+    h.dp.learn(ip(DENIED_V4), now + 60_000_000_000).unwrap();
+    h.dp.learn(ip(DENIED_V6), now - 1).unwrap();
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), PASS);
+    assert_eq!(h.run(&tcp(CLIENT_V6, DENIED_V6, 443).build()), DROP, "expired entry");
+    assert_eq!(h.counter(counters::PASS_LEARNED), 1);
+}
+
+#[test]
+fn a_known_flow_keeps_passing_after_its_address_expires() {
+    let mut h = Harness::enforce();
+    h.dp.learn(ip(DENIED_V4), clock::boot_ns() + 300_000_000).unwrap();
+    let syn = tcp(CLIENT_V4, DENIED_V4, 443);
+    assert_eq!(h.run(&syn.build()), PASS);
+    std::thread::sleep(Duration::from_millis(400));
+    let mut ack = syn.clone();
+    ack.tcp_flags = TCP_ACK;
+    assert_eq!(h.run(&ack.build()), PASS, "established flow survives expiry");
+    assert_eq!(h.counter(counters::PASS_FLOW), 1);
+    // A new connection (SYN) to the expired address is judged afresh, even on the same 5-tuple.
+    assert_eq!(h.run(&syn.build()), DROP);
+    // A mid-stream packet of a flow the table does not know is dropped.
+    let mut other = ack.clone();
+    other.sport = 40_001;
+    assert_eq!(h.run(&other.build()), DROP);
+    assert_eq!(h.counter(counters::DENY_NOT_SYN), 1);
+    // UDP flows behave the same.
+    h.dp.learn(ip(DENIED_V6), clock::boot_ns() + 300_000_000).unwrap();
+    let quic = udp(CLIENT_V6, DENIED_V6, 443);
+    assert_eq!(h.run(&quic.build()), PASS);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(h.run(&quic.build()), PASS);
+}
+
+#[test]
+fn ipv4_fragments() {
+    let h = Harness::enforce();
+    let mut first = udp(CLIENT_V4, DENIED_V4, 443);
+    first.more_fragments = true;
+    assert_eq!(h.run(&first.build()), DROP, "first fragment carries the ports");
+    let mut later = first.clone();
+    later.frag_offset = 185;
+    assert_eq!(h.run(&later.build()), PASS, "later fragments pass (no ports)");
+    assert_eq!(h.counter(counters::PASS_FRAGMENT), 1);
+    let mut tiny = tcp(CLIENT_V4, DENIED_V4, 443);
+    tiny.more_fragments = true;
+    tiny.transport_len = Some(8);
+    assert_eq!(h.run(&tiny.build()), DROP, "tiny first fragment: fail-closed");
+    let mut tiny_allowed = tiny.clone();
+    tiny_allowed.dst = ip(ALLOWED_V4);
+    assert_eq!(h.run(&tiny_allowed.build()), PASS, "tiny fragment to an allowed address");
+    assert_eq!(h.counter(counters::DENY_MALFORMED), 1);
+}
+
+#[test]
+fn ipv6_extension_headers_and_fragments() {
+    let h = Harness::enforce();
+    let mut p = tcp(CLIENT_V6, DENIED_V6, 443);
+    p.v6_ext = vec![0, 60, 43];
+    assert_eq!(h.run(&p.build()), DROP, "walked past hop-by-hop, dest-opts, routing");
+    p.dst = ip(ALLOWED_V6);
+    assert_eq!(h.run(&p.build()), PASS);
+    let mut deep = tcp(CLIENT_V6, DENIED_V6, 443);
+    deep.v6_ext = vec![60; 9];
+    assert_eq!(h.run(&deep.build()), DROP, "past the walk bound: fail-closed");
+    deep.dst = ip(ALLOWED_V6);
+    assert_eq!(h.run(&deep.build()), PASS);
+    let mut frag = udp(CLIENT_V6, DENIED_V6, 443);
+    frag.v6_ext = vec![44];
+    frag.more_fragments = true;
+    assert_eq!(h.run(&frag.build()), DROP);
+    frag.frag_offset = 100;
+    assert_eq!(h.run(&frag.build()), PASS);
+}
+
+#[test]
+fn vlan_tags() {
+    let h = Harness::enforce();
+    for tags in 1..=2 {
+        let mut p = tcp(CLIENT_V4, DENIED_V4, 443);
+        p.vlan_tags = tags;
+        assert_eq!(h.run(&p.build()), DROP, "{tags} tags");
+        p.dst = ip(ALLOWED_V4);
+        assert_eq!(h.run(&p.build()), PASS, "{tags} tags");
+    }
+    let mut p = tcp(CLIENT_V4, ALLOWED_V4, 443);
+    p.vlan_tags = 3;
+    assert_eq!(h.run(&p.build()), DROP, "three tags: unparsable, fail-closed");
+}
+
+#[test]
+fn truncated_and_malformed_headers_fail_closed() {
+    let h = Harness::enforce();
+    // BPF_PROG_TEST_RUN itself rejects an untagged IP frame shorter than its IP header, so the
+    // cut-short frames carry a VLAN tag: the kernel then leaves the parsing to us.
+    let mut tagged = tcp(CLIENT_V4, ALLOWED_V4, 443);
+    tagged.vlan_tags = 1;
+    let full = tagged.build();
+    assert_eq!(h.run(&full[..18 + 12]), DROP, "IPv4 header cut short");
+    let mut bad = tcp(CLIENT_V4, ALLOWED_V4, 443).build();
+    bad[14] = 0x43;
+    assert_eq!(h.run(&bad), DROP, "IHL below 5");
+    let mut tagged6 = tcp(CLIENT_V6, ALLOWED_V6, 443);
+    tagged6.vlan_tags = 1;
+    assert_eq!(h.run(&tagged6.build()[..18 + 30]), DROP, "IPv6 header cut short");
+    assert_eq!(h.counter(counters::DENY_MALFORMED), 3);
+}
+
+#[test]
+fn audit_mode_passes_what_enforce_drops_and_counts_it() {
+    let h = Harness::new(&format!("mode: audit\nallow:\n  cidrs: [{ALLOWED_V4}]\n"));
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), PASS);
+    let mut tiny = tcp(CLIENT_V4, DENIED_V4, 443);
+    tiny.transport_len = Some(4);
+    assert_eq!(h.run(&tiny.build()), PASS);
+    assert_eq!(h.counter(counters::AUDIT_DENIED), 2);
+    assert_eq!(h.counter(counters::DROP_DENIED), 0);
+    assert_eq!(h.counter(counters::EVENT_SENT), 2);
+}
+
+#[test]
+fn unconfigured_maps_fail_open() {
+    let mut h = Harness::enforce();
+    let mut cfg = h.dp.config().unwrap();
+    cfg.mode = mode::UNSET;
+    h.dp.set_config(&cfg).unwrap();
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), PASS);
+    assert_eq!(h.counter(counters::PASS_UNCONFIGURED), 1);
+}
+
+#[test]
+fn events_are_rate_limited_per_cpu() {
+    let mut h = Harness::enforce();
+    let mut cfg = h.dp.config().unwrap();
+    cfg.events_per_sec = 5;
+    h.dp.set_config(&cfg).unwrap();
+    let frame = tcp(CLIENT_V4, DENIED_V4, 443).build();
+    for _ in 0..20 {
+        assert_eq!(h.run(&frame), DROP);
+    }
+    // The test runs may land on either CPU; each has its own budget of 5.
+    let sent = h.counter(counters::EVENT_SENT);
+    assert!((5..=10).contains(&sent), "sent {sent}");
+    assert_eq!(sent + h.counter(counters::EVENT_RATE_LIMITED), 20);
+}
+
+#[test]
+fn syn_ack_to_an_enforced_port_is_not_a_syn() {
+    let h = Harness::enforce();
+    let mut p = tcp(CLIENT_V4, DENIED_V4, 443);
+    p.tcp_flags = TCP_SYN | TCP_ACK;
+    assert_eq!(p.proto, IPPROTO_TCP);
+    assert_eq!(h.run(&p.build()), DROP);
+    assert_eq!(h.counter(counters::DENY_NOT_SYN), 1);
+}
+
+#[test]
+fn every_map_name_exists_in_the_object() {
+    let pins = TestPins::new();
+    let ebpf = ebpf::load(&pins.pins).unwrap();
+    for name in egress_common::maps::names::ALL {
+        assert!(ebpf.map(name).is_some(), "{name} missing");
+        assert!(pins.pins.map(name).exists(), "{name} not pinned");
+    }
+    let _ = IpAddr::from([0u8; 4]);
+}
