@@ -70,6 +70,9 @@ impl NetNs {
     pub fn new(name: String) -> anyhow::Result<Self> {
         sh(&["ip", "netns", "add", &name])?;
         let ns = Self { name };
+        // Without duplicate address detection the link-local addresses are usable at once;
+        // otherwise IPv6 neighbour discovery stalls for the first second or two.
+        sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"])?;
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -137,6 +140,17 @@ impl Topology {
         }
         client.ip(&["link", "set", &iface, "up"])?;
         server.ip(&["link", "set", &peer, "up"])?;
+        // Until linkwatch activates the device (up to a second after carrier-on), its qdisc is
+        // `noop` and every packet sent is silently dropped: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (ns, dev) in [(&client, &iface), (&server, &peer)] {
+            while !ns.ip(&["link", "show", "dev", dev])?.contains("state UP") {
+                if Instant::now() > deadline {
+                    bail!("{dev} in {} did not come up", ns.name);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Ok(Self { client, server, iface })
     }
 
@@ -390,7 +404,10 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-        let _ = Command::new(egress_bin())
+        // In the namespace: a clsact filter is found by interface, which lives there.
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(egress_bin())
             .args(["detach", "--iface", &self.iface, "--pin-dir"])
             .arg(&self.pins)
             .output();

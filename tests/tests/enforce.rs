@@ -1,0 +1,302 @@
+//! The real agent on a veth in a network namespace, with real TCP and UDP traffic.
+
+use std::{io::Write as _, time::Duration};
+
+use egress_common::counters;
+use egress_tests::{
+    ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
+    egress_bin, http_get, ip, static_policy,
+};
+use egress_user::clock;
+
+const CONNECT: Duration = Duration::from_millis(1500);
+const UDP_WAIT: Duration = Duration::from_millis(700);
+
+fn setup(policy: &str, extra: &[&str]) -> (Topology, Servers, TestPins, Agent) {
+    let topo = Topology::new().expect("topology");
+    let servers = Servers::start(&topo.server, &[443, 80]);
+    let pins = TestPins::new();
+    let agent = Agent::start(&topo, &pins, policy, extra).expect("agent");
+    (topo, servers, pins, agent)
+}
+
+#[test]
+fn static_cidr_allowed_unknown_ip_dropped_tcp_v4_v6() {
+    let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
+    for allowed in [ALLOWED_V4, ALLOWED_V6] {
+        let mut c = topo.connect(allowed, 443, CONNECT).unwrap_or_else(|e| panic!("{allowed}: {e}"));
+        echo_once(&mut c, b"hello").unwrap();
+    }
+    for denied in [DENIED_V4, DENIED_V6] {
+        let err = topo.connect(denied, 443, CONNECT).expect_err("denied destination connected");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{denied}: {err}");
+    }
+    let counts = agent.datapath().counters().unwrap();
+    assert!(counts[counters::DROP_DENIED as usize] >= 2);
+    assert!(counts[counters::PASS_STATIC as usize] >= 2);
+}
+
+#[test]
+fn unknown_ip_dropped_udp_v4_v6() {
+    let (topo, servers, _p, _agent) = setup(&static_policy("enforce"), &[]);
+    assert!(topo.udp_echo(ALLOWED_V4, 443, UDP_WAIT));
+    assert!(topo.udp_echo(ALLOWED_V6, 443, UDP_WAIT));
+    let before = servers.udp_received.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(!topo.udp_echo(DENIED_V4, 443, UDP_WAIT));
+    assert!(!topo.udp_echo(DENIED_V6, 443, UDP_WAIT));
+    let after = servers.udp_received.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(before, after, "a denied datagram reached the server");
+}
+
+#[test]
+fn port_80_is_untouched() {
+    let (topo, _s, _p, _agent) = setup(&static_policy("enforce"), &[]);
+    for denied in [DENIED_V4, DENIED_V6] {
+        let mut c = topo.connect(denied, 80, CONNECT).unwrap();
+        echo_once(&mut c, b"plain http").unwrap();
+        assert!(topo.udp_echo(denied, 80, UDP_WAIT));
+    }
+}
+
+#[test]
+fn long_lived_connection_survives_its_ip_expiry() {
+    let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
+    let mut dp = agent.datapath();
+    dp.learn(ip(DENIED_V4), clock::boot_ns() + 1_500_000_000).unwrap();
+    let mut conn = topo.connect(DENIED_V4, 443, CONNECT).expect("learned address connects");
+    echo_once(&mut conn, b"before expiry").unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    echo_once(&mut conn, b"after expiry").expect("established connection cut by expiry");
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err(), "new connection after expiry");
+}
+
+#[test]
+fn kill_9_keeps_enforcing_and_restart_adopts_the_pins() {
+    let (topo, _s, _p, mut agent) = setup(&static_policy("enforce"), &[]);
+    let mut dp = agent.datapath();
+    dp.learn(ip(DENIED_V6), clock::boot_ns() + 600_000_000_000).unwrap();
+    let mut conn = topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
+    let before_ids = link_program_ids(&agent);
+
+    agent.kill9();
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err(), "enforcement gone after kill -9");
+    topo.connect(ALLOWED_V4, 443, CONNECT).expect("allowed after kill -9");
+    topo.connect(DENIED_V6, 443, CONNECT).expect("learned entry gone after kill -9");
+    echo_once(&mut conn, b"during").unwrap();
+
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&topo.client).unwrap();
+    let log = agent.log_text();
+    assert!(log.contains("TcxAdopted"), "restart did not adopt the pinned link:\n{log}");
+    echo_once(&mut conn, b"after restart").expect("connection cut by restart");
+    topo.connect(DENIED_V6, 443, CONNECT).expect("learned entry lost by restart");
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
+    // The restarted agent's program replaced the old one in the same link.
+    let after_ids = link_program_ids(&agent);
+    assert_eq!(before_ids.0, after_ids.0, "link id changed");
+    assert_ne!(before_ids.1, after_ids.1, "program not replaced");
+}
+
+/// (link id, program id) of the pinned TCX link.
+fn link_program_ids(agent: &Agent) -> (u32, u32) {
+    let iface = egress_user::pins::PinDir::new(&agent.pins).linked_interfaces().pop().expect("a pinned link");
+    let link = aya::programs::links::PinnedLink::from_pin(egress_user::pins::PinDir::new(&agent.pins).link(&iface)).unwrap();
+    let fd: aya::programs::links::FdLink = link.into();
+    let info = fd.info().unwrap();
+    (info.id(), info.program_id())
+}
+
+#[test]
+fn sigterm_stops_the_agent_but_leaves_enforcement() {
+    let (topo, _s, _p, mut agent) = setup(&static_policy("enforce"), &[]);
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
+    topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
+}
+
+#[test]
+fn audit_mode_drops_nothing_and_reports() {
+    let (topo, _s, _p, agent) = setup(&static_policy("audit"), &[]);
+    let mut c = topo.connect(DENIED_V4, 443, CONNECT).expect("audit mode dropped");
+    echo_once(&mut c, b"audited").unwrap();
+    assert!(topo.udp_echo(DENIED_V6, 443, UDP_WAIT));
+    let counts = agent.datapath().counters().unwrap();
+    assert!(counts[counters::AUDIT_DENIED as usize] >= 2);
+    assert_eq!(counts[counters::DROP_DENIED as usize], 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = agent.log_text();
+        if log.contains("audit: would drop") && log.contains(DENIED_V4) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit report in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, metrics) = http_get(&topo.client, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("egress_datapath_total{counter=\"audit_denied\"}"), "{metrics}");
+    assert!(metrics.contains("egress_deny_events_received_total{action=\"audited\"}"), "{metrics}");
+}
+
+#[test]
+fn mode_flag_overrides_the_policy() {
+    let (topo, _s, _p, _agent) = setup(&static_policy("enforce"), &["--mode", "audit"]);
+    topo.connect(DENIED_V4, 443, CONNECT).expect("--mode audit still dropped");
+}
+
+#[test]
+fn bulk_transfer_on_an_allowed_flow_gso_packets_pass() {
+    let (topo, _s, _p, _agent) = setup(&static_policy("enforce"), &[]);
+    let mut c = topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
+    // 4 MiB through an echo server: the veth hands TC GSO super-packets of up to 64 KiB.
+    let chunk = vec![0x5au8; 64 * 1024];
+    let reader = {
+        let mut r = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            while total < 4 * 1024 * 1024 {
+                match std::io::Read::read(&mut r, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+            total
+        })
+    };
+    for _ in 0..64 {
+        c.write_all(&chunk).unwrap();
+    }
+    assert_eq!(reader.join().unwrap(), 4 * 1024 * 1024);
+}
+
+#[test]
+fn netlink_attach_enforces_and_keeps_other_filters() {
+    let topo = Topology::new().unwrap();
+    let _s = Servers::start(&topo.server, &[443]);
+    // Someone else's clsact filter on the same hook, which must survive us.
+    topo.client.run({
+        let iface = topo.iface.clone();
+        move || {
+            egress_tests::sh(&["tc", "qdisc", "add", "dev", &iface, "clsact"]).unwrap();
+            // A classic-BPF filter that never matches (this kernel has no matchall/gact).
+            egress_tests::sh(&["tc", "filter", "add", "dev", &iface, "egress", "prio", "100", "bpf", "bytecode", "1,6 0 0 0"]).unwrap();
+        }
+    });
+    let pins = TestPins::new();
+    let agent = Agent::start(&topo, &pins, &static_policy("enforce"), &["--attach", "netlink"]).unwrap();
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
+    topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
+    drop(agent);
+    let filters = topo.client.run({
+        let iface = topo.iface.clone();
+        move || egress_tests::sh(&["tc", "filter", "show", "dev", &iface, "egress"]).unwrap()
+    });
+    assert!(filters.contains("bytecode '1,6 0 0 0'"), "foreign filter removed: {filters}");
+    assert!(!filters.contains("0xe9e5"), "our filter left after detach: {filters}");
+    topo.connect(DENIED_V4, 443, CONNECT).expect("detach did not remove enforcement");
+}
+
+#[test]
+fn detach_removes_everything() {
+    let (topo, _s, pins, mut agent) = setup(&static_policy("enforce"), &[]);
+    agent.kill9();
+    let out = std::process::Command::new(egress_bin())
+        .args(["detach", "--iface", &topo.iface, "--pin-dir"])
+        .arg(pins.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.path().exists(), "pin dir left behind");
+    topo.connect(DENIED_V4, 443, CONNECT).expect("still enforcing after detach");
+}
+
+#[test]
+fn status_reads_the_pins_without_an_agent() {
+    let (topo, _s, pins, mut agent) = setup(&static_policy("enforce"), &[]);
+    let _ = topo.connect(DENIED_V4, 443, Duration::from_millis(300));
+    agent.kill9();
+    let out = std::process::Command::new(egress_bin())
+        .args(["status", "--json", "--pin-dir"])
+        .arg(pins.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["mode"], "enforce");
+    assert_eq!(s["ports"], serde_json::json!([443]));
+    assert_eq!(s["interfaces"], serde_json::json!([topo.iface]));
+    assert!(s["counters"]["drop_denied"].as_u64().unwrap() >= 1);
+    assert_eq!(s["static_cidrs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn health_and_readiness_endpoints() {
+    let (topo, _s, _p, _agent) = setup(&static_policy("enforce"), &[]);
+    assert_eq!(http_get(&topo.client, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(&topo.client, "/readyz").unwrap().0, 200);
+}
+
+#[test]
+fn a_bad_policy_changes_nothing() {
+    let topo = Topology::new().unwrap();
+    let pins_dir = format!("/sys/fs/bpf/egress-test-bad-{}", egress_tests::unique(""));
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("bad.yaml");
+    std::fs::write(&policy, "allow:\n  cidrs: [10.0.0.1/8]\n").unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", topo.client.name))
+        .arg(egress_bin())
+        .args(["run", "--iface", &topo.iface, "--pin-dir", &pins_dir, "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:2:"), "{err}");
+    assert!(err.contains("did you mean 10.0.0.0/8"), "{err}");
+    assert!(!std::path::Path::new(&pins_dir).exists(), "pins created for a bad policy");
+}
+
+#[test]
+fn a_pin_dir_outside_bpffs_is_an_error() {
+    let topo = Topology::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(&policy, static_policy("enforce")).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", topo.client.name))
+        .arg(egress_bin())
+        .args(["run", "--iface", &topo.iface, "--policy"])
+        .arg(&policy)
+        .arg("--pin-dir")
+        .arg(dir.path().join("pins"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a BPF filesystem"), "{err}");
+}
+
+#[test]
+fn a_missing_interface_is_an_error() {
+    let topo = Topology::new().unwrap();
+    let pins = TestPins::new();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(&policy, static_policy("enforce")).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", topo.client.name))
+        .arg(egress_bin())
+        .args(["run", "--iface", "nosuch0", "--policy"])
+        .arg(&policy)
+        .arg("--pin-dir")
+        .arg(pins.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nosuch0\" does not exist"), "{err}");
+}
