@@ -1,1 +1,33 @@
-fn main(){}
+//! `cargo xtask <task>`: the project's tasks. See README.md.
+
+mod demo;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nightly rust-src, bpf-linker, and the apt packages the tests use.
+    Setup(setup::Options),
+    /// Setup, build, then every unit, verdict and integration test (needs root).
+    Test(test::Options),
+    /// Setup, build, then a live demo in a throwaway network sandbox (needs root).
+    Demo(setup::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup(opts) => setup::run(&opts),
+        Task::Test(opts) => test::run(&opts),
+        Task::Demo(opts) => demo::run(&opts),
+    }
+}

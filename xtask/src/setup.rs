@@ -1,0 +1,144 @@
+//! Installs what the build and the tests need, idempotently: each step checks first and does
+//! nothing when its tool is already there.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::run::{on_path, output, status};
+
+/// bpf-linker release built here; 0.13 supports LLVM 21 to 23.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Commands the tests and the demo run, and the Debian packages that provide them.
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+];
+
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// Skip installing apt packages (check only).
+    #[arg(long)]
+    pub(crate) no_apt: bool,
+}
+
+pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    apt_tools(opts)?;
+    eprintln!("setup: everything is in place");
+    Ok(())
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to build the eBPF program with the nightly toolchain")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly toolchain with rust-src");
+        status(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
+            .context("cannot install the nightly toolchain (needed for -Z build-std=core)")?;
+    }
+    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to nightly");
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            .context("cannot add rust-src to the nightly toolchain")?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    // No prebuilt bpf-linker can be downloaded here: build it against the nightly rustc's own
+    // LLVM. bpf-linker's build wants an LLVM prefix (bin/llvm-config, lib/libLLVM.so); we make
+    // one whose libraries are the nightly toolchain's.
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` printed no LLVM version")?
+        .trim()
+        .to_owned();
+    let major = llvm.split('.').next().unwrap_or_default().to_owned();
+    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let libdir = sysroot.join("lib");
+    let soname = std::fs::read_dir(&libdir)
+        .with_context(|| format!("cannot list {}", libdir.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}: the nightly toolchain ships no shared LLVM", libdir.display()))?;
+    let prefix = cache_dir().join(format!("llvm-prefix-{llvm}"));
+    make_llvm_prefix(&prefix, &libdir.join(&soname), &soname)?;
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly LLVM {llvm} (about 80 s)");
+    status(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .with_context(|| format!("cannot build bpf-linker against LLVM {llvm} (prefix {})", prefix.display()))?;
+    if !Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+fn make_llvm_prefix(prefix: &Path, lib: &Path, soname: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = prefix.join("bin");
+    let libs = prefix.join("lib");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&libs)?;
+    let config = bin.join("llvm-config");
+    std::fs::write(&config, "#!/bin/sh\n")?;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o755))?;
+    for name in ["libLLVM.so", soname] {
+        let link = libs.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(lib, &link)
+            .with_context(|| format!("cannot link {} to {}", link.display(), lib.display()))?;
+    }
+    Ok(())
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("egress")
+}
+
+fn apt_tools(opts: &Options) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = APT_TOOLS
+        .iter()
+        .filter(|(tool, _)| !on_path(tool) && !Path::new("/usr/sbin").join(tool).exists() && !Path::new("/sbin").join(tool).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if opts.no_apt {
+        bail!("missing packages: {} (install them, or drop --no-apt)", missing.join(" "));
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    status(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update failed; are you root on a Debian-like system?")?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("cannot install {}", missing.join(" ")))
+}
