@@ -11,18 +11,20 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_boot_ns,
     macros::{classifier, map},
-    maps::{Array, LruHashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use egress_common::{
     counters,
     maps::{
-        Config, DenyEvent, EVENTS_BYTES, FLOW_CAPACITY, FLOW_TOUCH_INTERVAL_NS, FlowKey,
-        FlowValue, LEARNED_CAPACITY, LearnedValue, PORT_WORDS, RateState, STATIC_CAPACITY,
-        StaticValue, action, family, port_bit, reason, v4_of_mapped,
+        Config, DenyEvent, EVENTS_BYTES, FLOW_CAPACITY, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue,
+        LEARNED_CAPACITY, LearnedValue, PORT_WORDS, RateState, STATIC_CAPACITY, StaticValue,
+        action, family, port_bit, reason, v4_of_mapped,
     },
     mode,
-    packet::{Frame, IPPROTO_TCP, IpPacket, ParseError, Reader, TCP_ACK, TCP_SYN, Transport, parse_frame},
+    packet::{
+        Frame, IPPROTO_TCP, IpPacket, ParseError, Reader, TCP_ACK, TCP_SYN, Transport, parse_frame,
+    },
     tc_action::{DROP, PASS},
 };
 
@@ -121,15 +123,25 @@ fn classify(ctx: &TcContext, cfg: &Config) -> Result<i32, ParseError> {
             }
             None => deny(cfg, Some((&p, 0, [0; 2])), reason::MALFORMED),
         },
-        Transport::Ports { proto, sport, dport, tcp_flags } => {
-            enforce(cfg, &p, proto, sport, dport, tcp_flags)
-        }
+        Transport::Ports {
+            proto,
+            sport,
+            dport,
+            tcp_flags,
+        } => enforce(cfg, &p, proto, sport, dport, tcp_flags),
     };
     Ok(verdict)
 }
 
 #[inline(always)]
-fn enforce(cfg: &Config, p: &IpPacket, proto: u8, sport: [u8; 2], dport: [u8; 2], tcp_flags: u8) -> i32 {
+fn enforce(
+    cfg: &Config,
+    p: &IpPacket,
+    proto: u8,
+    sport: [u8; 2],
+    dport: [u8; 2],
+    tcp_flags: u8,
+) -> i32 {
     if !port_enforced(u16::from_be_bytes(dport)) {
         count(counters::PASS_NOT_ENFORCED);
         return PASS;
@@ -149,7 +161,11 @@ fn enforce(cfg: &Config, p: &IpPacket, proto: u8, sport: [u8; 2], dport: [u8; 2]
     // A SYN opens a new connection: it is always judged by the allow maps, so a reused
     // 5-tuple cannot ride on an old flow to an expired address.
     if !syn && let Some(flow) = FLOWS.get_ptr_mut(&key) {
-        let idle = if tcp { cfg.tcp_idle_ns } else { cfg.udp_idle_ns };
+        let idle = if tcp {
+            cfg.tcp_idle_ns
+        } else {
+            cfg.udp_idle_ns
+        };
         // SAFETY: the pointer comes from a successful lookup; LRU hash values stay valid for
         // the program run (RCU), and a racing update only affects a timestamp.
         let last = unsafe { (*flow).last_seen_ns };
@@ -165,7 +181,10 @@ fn enforce(cfg: &Config, p: &IpPacket, proto: u8, sport: [u8; 2], dport: [u8; 2]
     }
     match allowed(p, now) {
         Some(counter) => {
-            if FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0).is_err() {
+            if FLOWS
+                .insert(&key, &FlowValue { last_seen_ns: now }, 0)
+                .is_err()
+            {
                 // The packet still passes: its destination is allowed right now.
                 count(counters::FLOW_INSERT_FAILED);
             }
@@ -210,13 +229,21 @@ fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
 fn deny(cfg: &Config, what: Option<(&IpPacket, u8, [u8; 2])>, why: u8) -> i32 {
     // Any mode other than audit enforces (fail-closed on a corrupted configuration).
     let audit = cfg.mode == mode::AUDIT;
-    count(if audit { counters::AUDIT_DENIED } else { counters::DROP_DENIED });
+    count(if audit {
+        counters::AUDIT_DENIED
+    } else {
+        counters::DROP_DENIED
+    });
     if why == reason::MALFORMED {
         count(counters::DENY_MALFORMED);
     }
     let mut event = DenyEvent {
         ts_ns: now(),
-        action: if audit { action::AUDITED } else { action::DROPPED },
+        action: if audit {
+            action::AUDITED
+        } else {
+            action::DROPPED
+        },
         reason: why,
         ..DenyEvent::default()
     };

@@ -64,7 +64,14 @@ pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> anyhow::
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let RunOptions { ifaces, policy: policy_path, pin_dir, metrics_addr, mode, attach: attach_mode } = opts;
+    let RunOptions {
+        ifaces,
+        policy: policy_path,
+        pin_dir,
+        metrics_addr,
+        mode,
+        attach: attach_mode,
+    } = opts;
     // Everything that can be checked is checked before the kernel is touched.
     let policy = policy::load(&policy_path)?;
     if ifaces.is_empty() {
@@ -78,7 +85,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     pins.ensure()?;
 
     let mut ebpf = ebpf::load(&pins).with_context(|| {
-        format!("cannot load the eBPF object with maps pinned under {}", pin_dir.display())
+        format!(
+            "cannot load the eBPF object with maps pinned under {}",
+            pin_dir.display()
+        )
     })?;
     let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map missing")?)?;
     let mut dp = Datapath::from_ebpf(&mut ebpf)?;
@@ -179,21 +189,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// rather than enforced wrongly.
 fn check_ethernet(iface: &str) -> anyhow::Result<()> {
     const ARPHRD_ETHER: u16 = 1;
-    let hw_type = hardware_type(iface).with_context(|| format!("interface {iface:?} does not exist or cannot be inspected"))?;
+    let hw_type = hardware_type(iface)
+        .with_context(|| format!("interface {iface:?} does not exist or cannot be inspected"))?;
     if hw_type != ARPHRD_ETHER {
-        bail!("interface {iface:?} has link type {hw_type}, not Ethernet; egress only supports Ethernet-framed interfaces");
+        bail!(
+            "interface {iface:?} has link type {hw_type}, not Ethernet; egress only supports Ethernet-framed interfaces"
+        );
     }
     Ok(())
 }
 
 fn hardware_type(iface: &str) -> std::io::Result<u16> {
     use std::os::fd::AsRawFd as _;
-    let sock = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+    let sock =
+        std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
     // SAFETY: `ifreq` is plain data; zeroed is a valid starting value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let name = iface.as_bytes();
     if name.is_empty() || name.len() >= req.ifr_name.len() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad interface name"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
     }
     for (dst, src) in req.ifr_name.iter_mut().zip(name) {
         *dst = *src as libc::c_char;

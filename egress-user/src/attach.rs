@@ -81,7 +81,9 @@ fn tcx_available() -> bool {
 
 fn check_iface(iface: &str) -> Result<(), AttachError> {
     if nix::net::if_::if_nametoindex(iface).is_err() {
-        return Err(AttachError::NoInterface { iface: iface.to_owned() });
+        return Err(AttachError::NoInterface {
+            iface: iface.to_owned(),
+        });
     }
     Ok(())
 }
@@ -100,10 +102,18 @@ pub fn attach(
         AttachMode::Tcx => true,
         AttachMode::Netlink => false,
     };
-    if tcx { attach_tcx(prog, iface, pins) } else { attach_netlink(prog, iface) }
+    if tcx {
+        attach_tcx(prog, iface, pins)
+    } else {
+        attach_netlink(prog, iface)
+    }
 }
 
-fn attach_tcx(prog: &mut SchedClassifier, iface: &str, pins: &PinDir) -> Result<Attached, AttachError> {
+fn attach_tcx(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    pins: &PinDir,
+) -> Result<Attached, AttachError> {
     let path = pins.link(iface);
     let err = |how| {
         let iface = iface.to_owned();
@@ -112,7 +122,10 @@ fn attach_tcx(prog: &mut SchedClassifier, iface: &str, pins: &PinDir) -> Result<
     match PinnedLink::from_pin(&path) {
         Ok(pinned) => {
             let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                AttachError::Adopt { path: path.display().to_string(), source }
+                AttachError::Adopt {
+                    path: path.display().to_string(),
+                    source,
+                }
             })?;
             let id = prog.attach_to_link(link).map_err(err("bpf_link_update"))?;
             // The link stays pinned; dropping our handle only closes a file descriptor.
@@ -121,7 +134,11 @@ fn attach_tcx(prog: &mut SchedClassifier, iface: &str, pins: &PinDir) -> Result<
         }
         Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
             let id = prog
-                .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
                 .map_err(err("TCX"))?;
             let link = prog.take_link(id).map_err(err("TCX"))?;
             let fd_link = FdLink::try_from(link).map_err(|source| AttachError::Adopt {
@@ -135,7 +152,10 @@ fn attach_tcx(prog: &mut SchedClassifier, iface: &str, pins: &PinDir) -> Result<
             })?;
             Ok(Attached::TcxNew)
         }
-        Err(source) => Err(AttachError::Adopt { path: path.display().to_string(), source }),
+        Err(source) => Err(AttachError::Adopt {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 
@@ -155,9 +175,17 @@ fn attach_netlink(prog: &mut SchedClassifier, iface: &str) -> Result<Attached, A
             classid: None,
         })
     };
-    let id = match SchedClassifierLink::attached(iface, TcAttachType::Egress, NETLINK_PRIORITY, NETLINK_HANDLE, None)
-        .map_err(|_| AttachError::NoInterface { iface: iface.to_owned() })
-        .and_then(|link| prog.attach_to_link(link).map_err(err("clsact replace")))
+    let id = match SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Egress,
+        NETLINK_PRIORITY,
+        NETLINK_HANDLE,
+        None,
+    )
+    .map_err(|_| AttachError::NoInterface {
+        iface: iface.to_owned(),
+    })
+    .and_then(|link| prog.attach_to_link(link).map_err(err("clsact replace")))
     {
         Ok(id) => id,
         Err(_) => prog
@@ -178,17 +206,29 @@ pub fn detach(iface: &str, pins: &PinDir) -> Result<bool, AttachError> {
     match PinnedLink::from_pin(&path) {
         Ok(pinned) => {
             // Unpinning drops the last reference once our descriptor closes: the link goes.
-            let fd = pinned
-                .unpin()
-                .map_err(|source| AttachError::Detach { iface: iface.to_owned(), source })?;
+            let fd = pinned.unpin().map_err(|source| AttachError::Detach {
+                iface: iface.to_owned(),
+                source,
+            })?;
             drop(fd);
             found = true;
         }
         Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => return Err(AttachError::Adopt { path: path.display().to_string(), source }),
+        Err(source) => {
+            return Err(AttachError::Adopt {
+                path: path.display().to_string(),
+                source,
+            });
+        }
     }
     if check_iface(iface).is_ok() {
-        if let Ok(link) = SchedClassifierLink::attached(iface, TcAttachType::Egress, NETLINK_PRIORITY, NETLINK_HANDLE, None) {
+        if let Ok(link) = SchedClassifierLink::attached(
+            iface,
+            TcAttachType::Egress,
+            NETLINK_PRIORITY,
+            NETLINK_HANDLE,
+            None,
+        ) {
             use aya::programs::links::Link as _;
             if link.detach().is_ok() {
                 found = true;

@@ -11,9 +11,7 @@ use aya::{
 };
 use egress_common::{
     counters,
-    maps::{
-        Config, FlowKey, FlowValue, LearnedValue, PORT_WORDS, StaticValue, names, port_bit,
-    },
+    maps::{Config, FlowKey, FlowValue, LearnedValue, PORT_WORDS, StaticValue, names, port_bit},
 };
 use ipnet::IpNet;
 use thiserror::Error;
@@ -24,13 +22,17 @@ use crate::pins::PinDir;
 pub enum DatapathError {
     #[error("map {name} is missing from the eBPF object")]
     Missing { name: &'static str },
-    #[error("cannot open pinned map {name} (is an agent or a previous run's pin directory there? `egress status` needs the agent to have run once)")]
+    #[error(
+        "cannot open pinned map {name} (is an agent or a previous run's pin directory there? `egress status` needs the agent to have run once)"
+    )]
     Pin {
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("map {name} has an unexpected type or layout (pinned by another egress version? run `egress detach` first)")]
+    #[error(
+        "map {name} has an unexpected type or layout (pinned by another egress version? run `egress detach` first)"
+    )]
     Layout {
         name: &'static str,
         #[source]
@@ -69,9 +71,8 @@ pub struct Datapath {
 impl Datapath {
     /// Takes the maps out of a freshly loaded object (the agent).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name).ok_or(DatapathError::Missing { name })
-        };
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::Missing { name });
         Self::build(&mut take)
     }
 
@@ -109,7 +110,9 @@ impl Datapath {
     }
 
     pub fn set_config(&mut self, config: &Config) -> Result<()> {
-        self.config.set(0, config, 0).map_err(op(names::CONFIG, "write"))
+        self.config
+            .set(0, config, 0)
+            .map_err(op(names::CONFIG, "write"))
     }
 
     /// Replaces the enforced-port bitmap. Words are written one by one: a port being added is
@@ -124,7 +127,9 @@ impl Datapath {
             let i = i as u32;
             let have = self.ports.get(&i, 0).map_err(op(names::PORTS, "read"))?;
             if have != want {
-                self.ports.set(i, want, 0).map_err(op(names::PORTS, "write"))?;
+                self.ports
+                    .set(i, want, 0)
+                    .map_err(op(names::PORTS, "write"))?;
             }
         }
         Ok(())
@@ -154,11 +159,19 @@ impl Datapath {
             match net.trunc() {
                 IpNet::V4(n) => self
                     .static_v4
-                    .insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), value, 0)
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                        value,
+                        0,
+                    )
                     .map_err(op(names::STATIC_V4, "insert"))?,
                 IpNet::V6(n) => self
                     .static_v6
-                    .insert(&Key::new(u32::from(n.prefix_len()), n.network().octets()), value, 0)
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                        value,
+                        0,
+                    )
                     .map_err(op(names::STATIC_V6, "insert"))?,
             }
         }
@@ -181,11 +194,17 @@ impl Datapath {
         let mut out = Vec::new();
         for key in self.static_v4.keys() {
             let key = key.map_err(op(names::STATIC_V4, "iterate"))?;
-            out.push(net(IpAddr::V4(Ipv4Addr::from(key.data())), key.prefix_len()));
+            out.push(net(
+                IpAddr::V4(Ipv4Addr::from(key.data())),
+                key.prefix_len(),
+            ));
         }
         for key in self.static_v6.keys() {
             let key = key.map_err(op(names::STATIC_V6, "iterate"))?;
-            out.push(net(IpAddr::V6(Ipv6Addr::from(key.data())), key.prefix_len()));
+            out.push(net(
+                IpAddr::V6(Ipv6Addr::from(key.data())),
+                key.prefix_len(),
+            ));
         }
         Ok(out)
     }
@@ -196,15 +215,31 @@ impl Datapath {
         match addr {
             IpAddr::V4(a) => {
                 let key = Key::new(32, a.octets());
-                let old = self.learned_v4.get(&key, 0).map(|v| v.expires_ns).unwrap_or(0);
-                let value = LearnedValue { expires_ns: expires_ns.max(old) };
-                self.learned_v4.insert(&key, value, 0).map_err(op(names::LEARNED_V4, "insert"))
+                let old = self
+                    .learned_v4
+                    .get(&key, 0)
+                    .map(|v| v.expires_ns)
+                    .unwrap_or(0);
+                let value = LearnedValue {
+                    expires_ns: expires_ns.max(old),
+                };
+                self.learned_v4
+                    .insert(&key, value, 0)
+                    .map_err(op(names::LEARNED_V4, "insert"))
             }
             IpAddr::V6(a) => {
                 let key = Key::new(128, a.octets());
-                let old = self.learned_v6.get(&key, 0).map(|v| v.expires_ns).unwrap_or(0);
-                let value = LearnedValue { expires_ns: expires_ns.max(old) };
-                self.learned_v6.insert(&key, value, 0).map_err(op(names::LEARNED_V6, "insert"))
+                let old = self
+                    .learned_v6
+                    .get(&key, 0)
+                    .map(|v| v.expires_ns)
+                    .unwrap_or(0);
+                let value = LearnedValue {
+                    expires_ns: expires_ns.max(old),
+                };
+                self.learned_v6
+                    .insert(&key, value, 0)
+                    .map_err(op(names::LEARNED_V6, "insert"))
             }
         }
     }
@@ -259,7 +294,10 @@ impl Datapath {
             })
             .map(|(k, _)| k)
             .collect();
-        let flows = stale.iter().filter(|k| self.flows.remove(k).is_ok()).count();
+        let flows = stale
+            .iter()
+            .filter(|k| self.flows.remove(k).is_ok())
+            .count();
         Ok((learned, flows))
     }
 

@@ -91,7 +91,11 @@ fn record(
         17 => "udp",
         _ => "unknown",
     };
-    let why = if ev.reason == reason::MALFORMED { "unparsable headers" } else { "not allowed" };
+    let why = if ev.reason == reason::MALFORMED {
+        "unparsable headers"
+    } else {
+        "not allowed"
+    };
     let dst = dst.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
     if audited {
         tracing::warn!(%dst, port = ev.dport(), proto, reason = why, "audit: would drop");

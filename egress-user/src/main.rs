@@ -11,7 +11,11 @@ use egress_user::{
 };
 
 #[derive(Parser)]
-#[command(name = "egress", version, about = "Allow outbound HTTPS only to the names and CIDRs in a policy")]
+#[command(
+    name = "egress",
+    version,
+    about = "Allow outbound HTTPS only to the names and CIDRs in a policy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,9 +45,7 @@ enum Command {
         attach: attach::AttachMode,
     },
     /// Validate a policy file and print it normalized.
-    Check {
-        file: PathBuf,
-    },
+    Check { file: PathBuf },
     /// Show what the pinned maps hold (works without a running agent).
     Status {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -81,7 +83,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { ifaces, policy, pin_dir, metrics_addr, mode, attach } => {
+        Command::Run {
+            ifaces,
+            policy,
+            pin_dir,
+            metrics_addr,
+            mode,
+            attach,
+        } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -124,7 +133,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let _ = std::fs::remove_file(pins.program());
                 std::fs::remove_dir(pins.root()).map_err(|e| {
-                    anyhow::anyhow!("cannot remove {}: {e} (pins of another tool there?)", pins.root().display())
+                    anyhow::anyhow!(
+                        "cannot remove {}: {e} (pins of another tool there?)",
+                        pins.root().display()
+                    )
                 })?;
                 eprintln!("removed {}", pins.root().display());
             }

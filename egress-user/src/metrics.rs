@@ -10,7 +10,10 @@ use egress_common::counters;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, counter::Counter, gauge::ConstGauge},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        gauge::ConstGauge,
+    },
     registry::Registry,
 };
 
@@ -25,12 +28,28 @@ pub struct AgentMetrics {
     pub gc_flows_removed: Counter,
 }
 
-pub fn registry(dp: Arc<Mutex<Datapath>>, agent: &AgentMetrics, events: Arc<EventStats>) -> Registry {
+pub fn registry(
+    dp: Arc<Mutex<Datapath>>,
+    agent: &AgentMetrics,
+    events: Arc<EventStats>,
+) -> Registry {
     let mut r = Registry::with_prefix("egress");
     r.register("reloads", "Policy reloads applied", agent.reloads.clone());
-    r.register("reload_failures", "Policy reloads rejected (the previous policy stays)", agent.reload_failures.clone());
-    r.register("gc_learned_removed", "Expired learned addresses removed by garbage collection", agent.gc_learned_removed.clone());
-    r.register("gc_flows_removed", "Idle flows removed by garbage collection", agent.gc_flows_removed.clone());
+    r.register(
+        "reload_failures",
+        "Policy reloads rejected (the previous policy stays)",
+        agent.reload_failures.clone(),
+    );
+    r.register(
+        "gc_learned_removed",
+        "Expired learned addresses removed by garbage collection",
+        agent.gc_learned_removed.clone(),
+    );
+    r.register(
+        "gc_flows_removed",
+        "Idle flows removed by garbage collection",
+        agent.gc_flows_removed.clone(),
+    );
     r.register_collector(Box::new(DatapathCollector { dp, events }));
     r
 }
@@ -63,8 +82,16 @@ impl Collector for DatapathCollector {
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         for (name, help, value) in [
-            ("egress_learned_entries", "Learned addresses in the kernel maps", learned),
-            ("egress_static_entries", "Static CIDRs in the kernel maps", statics),
+            (
+                "egress_learned_entries",
+                "Learned addresses in the kernel maps",
+                learned,
+            ),
+            (
+                "egress_static_entries",
+                "Static CIDRs in the kernel maps",
+                statics,
+            ),
             ("egress_flows", "Entries in the flow table", flows),
         ] {
             let gauge = ConstGauge::new(value as i64);

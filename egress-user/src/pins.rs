@@ -21,7 +21,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, Error)]
 pub enum PinError {
-    #[error("pin directory {path} is on a {fs_type:#x} filesystem, not a BPF filesystem (bpffs); choose a directory under a bpffs mount such as /sys/fs/bpf")]
+    #[error(
+        "pin directory {path} is on a {fs_type:#x} filesystem, not a BPF filesystem (bpffs); choose a directory under a bpffs mount such as /sys/fs/bpf"
+    )]
     NotBpffs { path: PathBuf, fs_type: i64 },
     #[error("cannot mount a BPF filesystem on {BPFFS_ROOT}")]
     Mount {

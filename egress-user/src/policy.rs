@@ -149,23 +149,34 @@ impl FromStr for NamePattern {
                 return Err(format!("invalid name {raw:?}: empty label"));
             }
             if label.len() > 63 {
-                return Err(format!("invalid name {raw:?}: label {label:?} is longer than 63 characters"));
+                return Err(format!(
+                    "invalid name {raw:?}: label {label:?} is longer than 63 characters"
+                ));
             }
             if label == "*" || label.contains('*') {
                 return Err(format!(
                     "invalid name {raw:?}: '*' is only allowed as the whole leftmost label, as in \"*.example.com\""
                 ));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(format!(
                     "invalid name {raw:?}: label {label:?} may hold only letters, digits, '-' and '_' (write internationalized names in their xn-- form)"
                 ));
             }
             if label.starts_with('-') || label.ends_with('-') {
-                return Err(format!("invalid name {raw:?}: label {label:?} starts or ends with '-'"));
+                return Err(format!(
+                    "invalid name {raw:?}: label {label:?} starts or ends with '-'"
+                ));
             }
         }
-        Ok(if wild { Self::Wildcard(rest.to_owned()) } else { Self::Exact(rest.to_owned()) })
+        Ok(if wild {
+            Self::Wildcard(rest.to_owned())
+        } else {
+            Self::Exact(rest.to_owned())
+        })
     }
 }
 
@@ -177,11 +188,18 @@ pub fn parse_cidr(raw: &str) -> Result<IpNet, String> {
         Ok(n) => n,
         Err(_) => match raw.parse::<IpAddr>() {
             Ok(a) => IpNet::from(a),
-            Err(_) => return Err(format!("invalid CIDR {raw:?}: expected an address or address/prefix, as in 10.96.0.0/12 or 2001:db8::/32")),
+            Err(_) => {
+                return Err(format!(
+                    "invalid CIDR {raw:?}: expected an address or address/prefix, as in 10.96.0.0/12 or 2001:db8::/32"
+                ));
+            }
         },
     };
     if net.trunc() != net {
-        return Err(format!("invalid CIDR {raw:?}: host bits are set; did you mean {}?", net.trunc()));
+        return Err(format!(
+            "invalid CIDR {raw:?}: host bits are set; did you mean {}?",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -255,7 +273,9 @@ impl FromStr for Resolver {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         s.trim().parse().map(Resolver).map_err(|_| {
-            format!("invalid resolver {s:?}: expected the IP address of a DNS server, as in 10.96.0.10")
+            format!(
+                "invalid resolver {s:?}: expected the IP address of a DNS server, as in 10.96.0.10"
+            )
         })
     }
 }
@@ -266,7 +286,10 @@ impl FromStr for MinTtl {
     fn from_str(s: &str) -> Result<Self, String> {
         let d = parse_duration(s)?;
         if d > MAX_MIN_TTL {
-            return Err(format!("dns.min_ttl {s:?} is out of range: at most {}", humantime::format_duration(MAX_MIN_TTL)));
+            return Err(format!(
+                "dns.min_ttl {s:?} is out of range: at most {}",
+                humantime::format_duration(MAX_MIN_TTL)
+            ));
         }
         Ok(MinTtl(d))
     }
@@ -278,7 +301,10 @@ impl FromStr for Grace {
     fn from_str(s: &str) -> Result<Self, String> {
         let d = parse_duration(s)?;
         if d > MAX_GRACE {
-            return Err(format!("dns.grace {s:?} is out of range: at most {}", humantime::format_duration(MAX_GRACE)));
+            return Err(format!(
+                "dns.grace {s:?} is out of range: at most {}",
+                humantime::format_duration(MAX_GRACE)
+            ));
         }
         Ok(Grace(d))
     }
@@ -291,13 +317,20 @@ impl<'de> Deserialize<'de> for Ports {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let ports = Vec::<u64>::deserialize(d)?;
         if ports.is_empty() {
-            return Err(de::Error::custom("ports is empty: list at least one port, as in [443]"));
+            return Err(de::Error::custom(
+                "ports is empty: list at least one port, as in [443]",
+            ));
         }
         if ports.len() > MAX_PORTS {
-            return Err(de::Error::custom(format!("ports lists {} ports; at most {MAX_PORTS} are supported", ports.len())));
+            return Err(de::Error::custom(format!(
+                "ports lists {} ports; at most {MAX_PORTS} are supported",
+                ports.len()
+            )));
         }
         if let Some(bad) = ports.iter().find(|&&p| p == 0 || p > u64::from(u16::MAX)) {
-            return Err(de::Error::custom(format!("port {bad} is out of range: ports are 1 to 65535")));
+            return Err(de::Error::custom(format!(
+                "port {bad} is out of range: ports are 1 to 65535"
+            )));
         }
         let mut seen = BTreeSet::new();
         for p in &ports {
@@ -321,14 +354,19 @@ impl Preset {
 impl<'de> Deserialize<'de> for Preset {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
-        Err(de::Error::custom(format!("unknown preset {name:?}: this version has no presets")))
+        Err(de::Error::custom(format!(
+            "unknown preset {name:?}: this version has no presets"
+        )))
     }
 }
 
 /// Parses and validates policy text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
         PolicyError::Invalid {
             path: path.to_owned(),
             line,
@@ -336,8 +374,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             message: first_line(&e.to_string()),
         }
     })?;
-    let RawPolicy { mode, ports, resolvers, allow, dns } = raw;
-    let RawAllow { names, cidrs, presets } = allow;
+    let RawPolicy {
+        mode,
+        ports,
+        resolvers,
+        allow,
+        dns,
+    } = raw;
+    let RawAllow {
+        names,
+        cidrs,
+        presets,
+    } = allow;
     let RawDns { min_ttl, grace } = dns;
     let defaults = Dns::default();
     let mut names: Vec<NamePattern> = names.into_iter().map(|v| v.0).collect();

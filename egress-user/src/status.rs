@@ -65,7 +65,15 @@ pub fn render(s: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "pin dir:    {}", s.pin_dir);
     let _ = writeln!(o, "mode:       {}", s.mode);
-    let _ = writeln!(o, "interfaces: {}", if s.interfaces.is_empty() { "(none via TCX link pins)".into() } else { s.interfaces.join(", ") });
+    let _ = writeln!(
+        o,
+        "interfaces: {}",
+        if s.interfaces.is_empty() {
+            "(none via TCX link pins)".into()
+        } else {
+            s.interfaces.join(", ")
+        }
+    );
     let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
     let _ = writeln!(o, "ports:      {}", ports.join(", "));
     let _ = writeln!(o, "flows:      {}", s.flows);
@@ -75,7 +83,11 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(o, "learned addresses ({}):", s.learned.len());
     for l in &s.learned {
-        let left = if l.expires_in_s >= 0.0 { format!("{:.0}s left", l.expires_in_s) } else { "expired".into() };
+        let left = if l.expires_in_s >= 0.0 {
+            format!("{:.0}s left", l.expires_in_s)
+        } else {
+            "expired".into()
+        };
         let _ = writeln!(o, "  {:<40} {left}", l.addr);
     }
     let _ = writeln!(o, "counters:");

@@ -72,7 +72,16 @@ impl NetNs {
         let ns = Self { name };
         // Without duplicate address detection the link-local addresses are usable at once;
         // otherwise IPv6 neighbour discovery stalls for the first second or two.
-        sh(&["ip", "netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"])?;
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.default.accept_dad=0",
+            "net.ipv6.conf.all.accept_dad=0",
+        ])?;
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -92,7 +101,10 @@ impl NetNs {
         self.spawn(f).join().expect("namespace thread panicked")
     }
 
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
         let file = File::open(self.path()).expect("namespace file");
         std::thread::spawn(move || {
             nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
@@ -129,9 +141,30 @@ impl Topology {
         let server = NetNs::new(format!("{id}s"))?;
         let iface = format!("{id}c");
         let peer = format!("{id}s");
-        sh(&["ip", "link", "add", &iface, "netns", &client.name, "type", "veth", "peer", "name", &peer, "netns", &server.name])?;
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &iface,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &server.name,
+        ])?;
         client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &iface])?;
-        client.ip(&["addr", "add", &format!("{CLIENT_V6}/64"), "dev", &iface, "nodad"])?;
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_V6}/64"),
+            "dev",
+            &iface,
+            "nodad",
+        ])?;
         for a in [ALLOWED_V4, DENIED_V4] {
             server.ip(&["addr", "add", &format!("{a}/24"), "dev", &peer])?;
         }
@@ -151,20 +184,31 @@ impl Topology {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Ok(Self { client, server, iface })
+        Ok(Self {
+            client,
+            server,
+            iface,
+        })
     }
 
     /// Opens a TCP connection from the client namespace.
     pub fn connect(&self, dst: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
         let addr = SocketAddr::new(ip(dst), port);
-        self.client.run(move || TcpStream::connect_timeout(&addr, timeout))
+        self.client
+            .run(move || TcpStream::connect_timeout(&addr, timeout))
     }
 
     /// Sends a UDP datagram from the client namespace and waits for the echo.
     pub fn udp_echo(&self, dst: &str, port: u16, timeout: Duration) -> bool {
         let addr = SocketAddr::new(ip(dst), port);
         self.client.run(move || {
-            let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .unwrap();
             let s = UdpSocket::bind(bind).expect("udp bind");
             s.set_read_timeout(Some(timeout)).unwrap();
             let _ = s.send_to(b"ping", addr);
@@ -188,7 +232,12 @@ impl Servers {
         let udp_received = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::new();
         for port in ports {
-            for (tcp, any) in [(true, "0.0.0.0"), (true, "::"), (false, "0.0.0.0"), (false, "::")] {
+            for (tcp, any) in [
+                (true, "0.0.0.0"),
+                (true, "::"),
+                (false, "0.0.0.0"),
+                (false, "::"),
+            ] {
                 let addr = SocketAddr::new(ip(any), *port);
                 let (stop, received) = (stop.clone(), udp_received.clone());
                 let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -202,7 +251,11 @@ impl Servers {
                 ready_rx.recv().expect("server thread started");
             }
         }
-        Self { stop, threads, udp_received }
+        Self {
+            stop,
+            threads,
+            udp_received,
+        }
     }
 }
 
@@ -216,7 +269,11 @@ impl Drop for Servers {
 }
 
 fn v6_only(addr: SocketAddr) -> socket2::Socket {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
     if addr.is_ipv6() {
         s.set_only_v6(true).unwrap();
@@ -250,15 +307,25 @@ fn tcp_echo(addr: SocketAddr, stop: &AtomicBool, ready: std::sync::mpsc::Sender<
     }
 }
 
-fn udp_echo(addr: SocketAddr, stop: &AtomicBool, received: &AtomicUsize, ready: std::sync::mpsc::Sender<()>) {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+fn udp_echo(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    received: &AtomicUsize,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None).unwrap();
     if addr.is_ipv6() {
         s.set_only_v6(true).unwrap();
     }
     s.bind(&addr.into()).expect("udp bind");
     let sock: UdpSocket = s.into();
-    sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
     let _ = ready.send(());
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
@@ -322,7 +389,12 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent and waits until `/readyz` answers 200.
-    pub fn start(topo: &Topology, pins: &TestPins, policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn start(
+        topo: &Topology,
+        pins: &TestPins,
+        policy: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, policy)?;
@@ -346,7 +418,13 @@ impl Agent {
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(egress_bin())
-            .args(["run", "--iface", &self.iface, "--metrics-addr", "127.0.0.1:9090"])
+            .args([
+                "run",
+                "--iface",
+                &self.iface,
+                "--metrics-addr",
+                "127.0.0.1:9090",
+            ])
             .arg("--policy")
             .arg(&self.policy)
             .arg("--pin-dir")
@@ -392,7 +470,10 @@ impl Agent {
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut c = self.child.take().context("agent not running")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
         Ok(c.wait()?)
     }
 
@@ -418,13 +499,24 @@ impl Drop for Agent {
 pub fn http_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
     let path = path.to_owned();
     ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&"127.0.0.1:9090".parse().unwrap(), Duration::from_millis(500)).ok()?;
+        let mut s = TcpStream::connect_timeout(
+            &"127.0.0.1:9090".parse().unwrap(),
+            Duration::from_millis(500),
+        )
+        .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).ok()?;
         let code = resp.split_whitespace().nth(1)?.parse().ok()?;
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Some((code, body))
     })
 }

@@ -24,11 +24,15 @@ fn setup(policy: &str, extra: &[&str]) -> (Topology, Servers, TestPins, Agent) {
 fn static_cidr_allowed_unknown_ip_dropped_tcp_v4_v6() {
     let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
     for allowed in [ALLOWED_V4, ALLOWED_V6] {
-        let mut c = topo.connect(allowed, 443, CONNECT).unwrap_or_else(|e| panic!("{allowed}: {e}"));
+        let mut c = topo
+            .connect(allowed, 443, CONNECT)
+            .unwrap_or_else(|e| panic!("{allowed}: {e}"));
         echo_once(&mut c, b"hello").unwrap();
     }
     for denied in [DENIED_V4, DENIED_V6] {
-        let err = topo.connect(denied, 443, CONNECT).expect_err("denied destination connected");
+        let err = topo
+            .connect(denied, 443, CONNECT)
+            .expect_err("denied destination connected");
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{denied}: {err}");
     }
     let counts = agent.datapath().counters().unwrap();
@@ -41,10 +45,14 @@ fn unknown_ip_dropped_udp_v4_v6() {
     let (topo, servers, _p, _agent) = setup(&static_policy("enforce"), &[]);
     assert!(topo.udp_echo(ALLOWED_V4, 443, UDP_WAIT));
     assert!(topo.udp_echo(ALLOWED_V6, 443, UDP_WAIT));
-    let before = servers.udp_received.load(std::sync::atomic::Ordering::Relaxed);
+    let before = servers
+        .udp_received
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(!topo.udp_echo(DENIED_V4, 443, UDP_WAIT));
     assert!(!topo.udp_echo(DENIED_V6, 443, UDP_WAIT));
-    let after = servers.udp_received.load(std::sync::atomic::Ordering::Relaxed);
+    let after = servers
+        .udp_received
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(before, after, "a denied datagram reached the server");
 }
 
@@ -62,34 +70,50 @@ fn port_80_is_untouched() {
 fn long_lived_connection_survives_its_ip_expiry() {
     let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
     let mut dp = agent.datapath();
-    dp.learn(ip(DENIED_V4), clock::boot_ns() + 1_500_000_000).unwrap();
-    let mut conn = topo.connect(DENIED_V4, 443, CONNECT).expect("learned address connects");
+    dp.learn(ip(DENIED_V4), clock::boot_ns() + 1_500_000_000)
+        .unwrap();
+    let mut conn = topo
+        .connect(DENIED_V4, 443, CONNECT)
+        .expect("learned address connects");
     echo_once(&mut conn, b"before expiry").unwrap();
     std::thread::sleep(Duration::from_millis(2000));
     echo_once(&mut conn, b"after expiry").expect("established connection cut by expiry");
-    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err(), "new connection after expiry");
+    assert!(
+        topo.connect(DENIED_V4, 443, CONNECT).is_err(),
+        "new connection after expiry"
+    );
 }
 
 #[test]
 fn kill_9_keeps_enforcing_and_restart_adopts_the_pins() {
     let (topo, _s, _p, mut agent) = setup(&static_policy("enforce"), &[]);
     let mut dp = agent.datapath();
-    dp.learn(ip(DENIED_V6), clock::boot_ns() + 600_000_000_000).unwrap();
+    dp.learn(ip(DENIED_V6), clock::boot_ns() + 600_000_000_000)
+        .unwrap();
     let mut conn = topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
     let before_ids = link_program_ids(&agent);
 
     agent.kill9();
-    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err(), "enforcement gone after kill -9");
-    topo.connect(ALLOWED_V4, 443, CONNECT).expect("allowed after kill -9");
-    topo.connect(DENIED_V6, 443, CONNECT).expect("learned entry gone after kill -9");
+    assert!(
+        topo.connect(DENIED_V4, 443, CONNECT).is_err(),
+        "enforcement gone after kill -9"
+    );
+    topo.connect(ALLOWED_V4, 443, CONNECT)
+        .expect("allowed after kill -9");
+    topo.connect(DENIED_V6, 443, CONNECT)
+        .expect("learned entry gone after kill -9");
     echo_once(&mut conn, b"during").unwrap();
 
     agent.spawn(&[]).unwrap();
     agent.wait_ready(&topo.client).unwrap();
     let log = agent.log_text();
-    assert!(log.contains("TcxAdopted"), "restart did not adopt the pinned link:\n{log}");
+    assert!(
+        log.contains("TcxAdopted"),
+        "restart did not adopt the pinned link:\n{log}"
+    );
     echo_once(&mut conn, b"after restart").expect("connection cut by restart");
-    topo.connect(DENIED_V6, 443, CONNECT).expect("learned entry lost by restart");
+    topo.connect(DENIED_V6, 443, CONNECT)
+        .expect("learned entry lost by restart");
     assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
     // The restarted agent's program replaced the old one in the same link.
     let after_ids = link_program_ids(&agent);
@@ -99,8 +123,14 @@ fn kill_9_keeps_enforcing_and_restart_adopts_the_pins() {
 
 /// (link id, program id) of the pinned TCX link.
 fn link_program_ids(agent: &Agent) -> (u32, u32) {
-    let iface = egress_user::pins::PinDir::new(&agent.pins).linked_interfaces().pop().expect("a pinned link");
-    let link = aya::programs::links::PinnedLink::from_pin(egress_user::pins::PinDir::new(&agent.pins).link(&iface)).unwrap();
+    let iface = egress_user::pins::PinDir::new(&agent.pins)
+        .linked_interfaces()
+        .pop()
+        .expect("a pinned link");
+    let link = aya::programs::links::PinnedLink::from_pin(
+        egress_user::pins::PinDir::new(&agent.pins).link(&iface),
+    )
+    .unwrap();
     let fd: aya::programs::links::FdLink = link.into();
     let info = fd.info().unwrap();
     (info.id(), info.program_id())
@@ -118,7 +148,9 @@ fn sigterm_stops_the_agent_but_leaves_enforcement() {
 #[test]
 fn audit_mode_drops_nothing_and_reports() {
     let (topo, _s, _p, agent) = setup(&static_policy("audit"), &[]);
-    let mut c = topo.connect(DENIED_V4, 443, CONNECT).expect("audit mode dropped");
+    let mut c = topo
+        .connect(DENIED_V4, 443, CONNECT)
+        .expect("audit mode dropped");
     echo_once(&mut c, b"audited").unwrap();
     assert!(topo.udp_echo(DENIED_V6, 443, UDP_WAIT));
     let counts = agent.datapath().counters().unwrap();
@@ -130,19 +162,29 @@ fn audit_mode_drops_nothing_and_reports() {
         if log.contains("audit: would drop") && log.contains(DENIED_V4) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no audit report in the log:\n{log}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit report in the log:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (code, metrics) = http_get(&topo.client, "/metrics").unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("egress_datapath_total{counter=\"audit_denied\"}"), "{metrics}");
-    assert!(metrics.contains("egress_deny_events_received_total{action=\"audited\"}"), "{metrics}");
+    assert!(
+        metrics.contains("egress_datapath_total{counter=\"audit_denied\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("egress_deny_events_received_total{action=\"audited\"}"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn mode_flag_overrides_the_policy() {
     let (topo, _s, _p, _agent) = setup(&static_policy("enforce"), &["--mode", "audit"]);
-    topo.connect(DENIED_V4, 443, CONNECT).expect("--mode audit still dropped");
+    topo.connect(DENIED_V4, 443, CONNECT)
+        .expect("--mode audit still dropped");
 }
 
 #[test]
@@ -182,11 +224,30 @@ fn netlink_attach_enforces_and_keeps_other_filters() {
         move || {
             egress_tests::sh(&["tc", "qdisc", "add", "dev", &iface, "clsact"]).unwrap();
             // A classic-BPF filter that never matches (this kernel has no matchall/gact).
-            egress_tests::sh(&["tc", "filter", "add", "dev", &iface, "egress", "prio", "100", "bpf", "bytecode", "1,6 0 0 0"]).unwrap();
+            egress_tests::sh(&[
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                &iface,
+                "egress",
+                "prio",
+                "100",
+                "bpf",
+                "bytecode",
+                "1,6 0 0 0",
+            ])
+            .unwrap();
         }
     });
     let pins = TestPins::new();
-    let agent = Agent::start(&topo, &pins, &static_policy("enforce"), &["--attach", "netlink"]).unwrap();
+    let agent = Agent::start(
+        &topo,
+        &pins,
+        &static_policy("enforce"),
+        &["--attach", "netlink"],
+    )
+    .unwrap();
     assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
     topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
     drop(agent);
@@ -194,9 +255,16 @@ fn netlink_attach_enforces_and_keeps_other_filters() {
         let iface = topo.iface.clone();
         move || egress_tests::sh(&["tc", "filter", "show", "dev", &iface, "egress"]).unwrap()
     });
-    assert!(filters.contains("bytecode '1,6 0 0 0'"), "foreign filter removed: {filters}");
-    assert!(!filters.contains("0xe9e5"), "our filter left after detach: {filters}");
-    topo.connect(DENIED_V4, 443, CONNECT).expect("detach did not remove enforcement");
+    assert!(
+        filters.contains("bytecode '1,6 0 0 0'"),
+        "foreign filter removed: {filters}"
+    );
+    assert!(
+        !filters.contains("0xe9e5"),
+        "our filter left after detach: {filters}"
+    );
+    topo.connect(DENIED_V4, 443, CONNECT)
+        .expect("detach did not remove enforcement");
 }
 
 #[test]
@@ -208,9 +276,14 @@ fn detach_removes_everything() {
         .arg(pins.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!pins.path().exists(), "pin dir left behind");
-    topo.connect(DENIED_V4, 443, CONNECT).expect("still enforcing after detach");
+    topo.connect(DENIED_V4, 443, CONNECT)
+        .expect("still enforcing after detach");
 }
 
 #[test]
@@ -223,7 +296,11 @@ fn status_reads_the_pins_without_an_agent() {
         .arg(pins.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["mode"], "enforce");
     assert_eq!(s["ports"], serde_json::json!([443]));
@@ -249,7 +326,14 @@ fn a_bad_policy_changes_nothing() {
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", topo.client.name))
         .arg(egress_bin())
-        .args(["run", "--iface", &topo.iface, "--pin-dir", &pins_dir, "--policy"])
+        .args([
+            "run",
+            "--iface",
+            &topo.iface,
+            "--pin-dir",
+            &pins_dir,
+            "--policy",
+        ])
         .arg(&policy)
         .output()
         .unwrap();
@@ -257,7 +341,10 @@ fn a_bad_policy_changes_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:2:"), "{err}");
     assert!(err.contains("did you mean 10.0.0.0/8"), "{err}");
-    assert!(!std::path::Path::new(&pins_dir).exists(), "pins created for a bad policy");
+    assert!(
+        !std::path::Path::new(&pins_dir).exists(),
+        "pins created for a bad policy"
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@ use egress_common::{
     tc_action::{DROP, PASS},
     testing::Packet,
 };
-use egress_tests::{ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, ip};
+use egress_tests::{
+    ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, ip,
+};
 use egress_user::{agent, clock, datapath::Datapath, ebpf, policy};
 
 struct Harness {
@@ -31,7 +33,11 @@ impl Harness {
         let prog: &mut SchedClassifier =
             ebpf.program_mut(ebpf::PROGRAM).unwrap().try_into().unwrap();
         prog.load().expect("verifier accepts the classifier");
-        Self { ebpf, dp, _pins: pins }
+        Self {
+            ebpf,
+            dp,
+            _pins: pins,
+        }
     }
 
     fn enforce() -> Self {
@@ -41,8 +47,12 @@ impl Harness {
     }
 
     fn run(&self, frame: &[u8]) -> i32 {
-        let prog: &SchedClassifier =
-            self.ebpf.program(ebpf::PROGRAM).unwrap().try_into().unwrap();
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(ebpf::PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut opts = TestRunOptions::default();
         opts.data_in = Some(frame);
         prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value as i32
@@ -65,9 +75,17 @@ fn udp(src: &str, dst: &str, port: u16) -> Packet {
 fn static_cidr_allows_and_unknown_destination_is_dropped() {
     let h = Harness::enforce();
     assert_eq!(h.run(&tcp(CLIENT_V4, ALLOWED_V4, 443).build()), PASS);
-    assert_eq!(h.run(&tcp(CLIENT_V4, "203.0.113.77", 443).build()), PASS, "inside a /24");
+    assert_eq!(
+        h.run(&tcp(CLIENT_V4, "203.0.113.77", 443).build()),
+        PASS,
+        "inside a /24"
+    );
     assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), DROP);
-    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 8443).build()), DROP, "second enforced port");
+    assert_eq!(
+        h.run(&tcp(CLIENT_V4, DENIED_V4, 8443).build()),
+        DROP,
+        "second enforced port"
+    );
     assert_eq!(h.counter(counters::PASS_STATIC), 2);
     assert_eq!(h.counter(counters::DROP_DENIED), 2);
 }
@@ -104,20 +122,29 @@ fn learned_entries_allow_until_they_expire() {
     h.dp.learn(ip(DENIED_V4), now + 60_000_000_000).unwrap();
     h.dp.learn(ip(DENIED_V6), now - 1).unwrap();
     assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), PASS);
-    assert_eq!(h.run(&tcp(CLIENT_V6, DENIED_V6, 443).build()), DROP, "expired entry");
+    assert_eq!(
+        h.run(&tcp(CLIENT_V6, DENIED_V6, 443).build()),
+        DROP,
+        "expired entry"
+    );
     assert_eq!(h.counter(counters::PASS_LEARNED), 1);
 }
 
 #[test]
 fn a_known_flow_keeps_passing_after_its_address_expires() {
     let mut h = Harness::enforce();
-    h.dp.learn(ip(DENIED_V4), clock::boot_ns() + 300_000_000).unwrap();
+    h.dp.learn(ip(DENIED_V4), clock::boot_ns() + 300_000_000)
+        .unwrap();
     let syn = tcp(CLIENT_V4, DENIED_V4, 443);
     assert_eq!(h.run(&syn.build()), PASS);
     std::thread::sleep(Duration::from_millis(400));
     let mut ack = syn.clone();
     ack.tcp_flags = TCP_ACK;
-    assert_eq!(h.run(&ack.build()), PASS, "established flow survives expiry");
+    assert_eq!(
+        h.run(&ack.build()),
+        PASS,
+        "established flow survives expiry"
+    );
     assert_eq!(h.counter(counters::PASS_FLOW), 1);
     // A new connection (SYN) to the expired address is judged afresh, even on the same 5-tuple.
     assert_eq!(h.run(&syn.build()), DROP);
@@ -127,7 +154,8 @@ fn a_known_flow_keeps_passing_after_its_address_expires() {
     assert_eq!(h.run(&other.build()), DROP);
     assert_eq!(h.counter(counters::DENY_NOT_SYN), 1);
     // UDP flows behave the same.
-    h.dp.learn(ip(DENIED_V6), clock::boot_ns() + 300_000_000).unwrap();
+    h.dp.learn(ip(DENIED_V6), clock::boot_ns() + 300_000_000)
+        .unwrap();
     let quic = udp(CLIENT_V6, DENIED_V6, 443);
     assert_eq!(h.run(&quic.build()), PASS);
     std::thread::sleep(Duration::from_millis(400));
@@ -139,18 +167,34 @@ fn ipv4_fragments() {
     let h = Harness::enforce();
     let mut first = udp(CLIENT_V4, DENIED_V4, 443);
     first.more_fragments = true;
-    assert_eq!(h.run(&first.build()), DROP, "first fragment carries the ports");
+    assert_eq!(
+        h.run(&first.build()),
+        DROP,
+        "first fragment carries the ports"
+    );
     let mut later = first.clone();
     later.frag_offset = 185;
-    assert_eq!(h.run(&later.build()), PASS, "later fragments pass (no ports)");
+    assert_eq!(
+        h.run(&later.build()),
+        PASS,
+        "later fragments pass (no ports)"
+    );
     assert_eq!(h.counter(counters::PASS_FRAGMENT), 1);
     let mut tiny = tcp(CLIENT_V4, DENIED_V4, 443);
     tiny.more_fragments = true;
     tiny.transport_len = Some(8);
-    assert_eq!(h.run(&tiny.build()), DROP, "tiny first fragment: fail-closed");
+    assert_eq!(
+        h.run(&tiny.build()),
+        DROP,
+        "tiny first fragment: fail-closed"
+    );
     let mut tiny_allowed = tiny.clone();
     tiny_allowed.dst = ip(ALLOWED_V4);
-    assert_eq!(h.run(&tiny_allowed.build()), PASS, "tiny fragment to an allowed address");
+    assert_eq!(
+        h.run(&tiny_allowed.build()),
+        PASS,
+        "tiny fragment to an allowed address"
+    );
     assert_eq!(h.counter(counters::DENY_MALFORMED), 1);
 }
 
@@ -159,12 +203,20 @@ fn ipv6_extension_headers_and_fragments() {
     let h = Harness::enforce();
     let mut p = tcp(CLIENT_V6, DENIED_V6, 443);
     p.v6_ext = vec![0, 60, 43];
-    assert_eq!(h.run(&p.build()), DROP, "walked past hop-by-hop, dest-opts, routing");
+    assert_eq!(
+        h.run(&p.build()),
+        DROP,
+        "walked past hop-by-hop, dest-opts, routing"
+    );
     p.dst = ip(ALLOWED_V6);
     assert_eq!(h.run(&p.build()), PASS);
     let mut deep = tcp(CLIENT_V6, DENIED_V6, 443);
     deep.v6_ext = vec![60; 9];
-    assert_eq!(h.run(&deep.build()), DROP, "past the walk bound: fail-closed");
+    assert_eq!(
+        h.run(&deep.build()),
+        DROP,
+        "past the walk bound: fail-closed"
+    );
     deep.dst = ip(ALLOWED_V6);
     assert_eq!(h.run(&deep.build()), PASS);
     let mut frag = udp(CLIENT_V6, DENIED_V6, 443);
@@ -187,7 +239,11 @@ fn vlan_tags() {
     }
     let mut p = tcp(CLIENT_V4, ALLOWED_V4, 443);
     p.vlan_tags = 3;
-    assert_eq!(h.run(&p.build()), DROP, "three tags: unparsable, fail-closed");
+    assert_eq!(
+        h.run(&p.build()),
+        DROP,
+        "three tags: unparsable, fail-closed"
+    );
 }
 
 #[test]
@@ -204,7 +260,11 @@ fn truncated_and_malformed_headers_fail_closed() {
     assert_eq!(h.run(&bad), DROP, "IHL below 5");
     let mut tagged6 = tcp(CLIENT_V6, ALLOWED_V6, 443);
     tagged6.vlan_tags = 1;
-    assert_eq!(h.run(&tagged6.build()[..18 + 30]), DROP, "IPv6 header cut short");
+    assert_eq!(
+        h.run(&tagged6.build()[..18 + 30]),
+        DROP,
+        "IPv6 header cut short"
+    );
     assert_eq!(h.counter(counters::DENY_MALFORMED), 3);
 }
 

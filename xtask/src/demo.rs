@@ -9,11 +9,24 @@ use anyhow::Context as _;
 
 use crate::{run, setup};
 
-pub(crate) fn run(opts: &setup::Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &setup::SetupArgs) -> anyhow::Result<()> {
     setup::run(opts)?;
     run::require_root("demo")?;
-    run::status(Command::new("cargo").args(["build", "--quiet", "--package", "egress-user", "--bins"]))?;
-    run::status(Command::new("cargo").args(["build", "--quiet", "--package", "egress-tests", "--bin", "egress-demo"]))?;
+    run::status(Command::new("cargo").args([
+        "build",
+        "--quiet",
+        "--package",
+        "egress-user",
+        "--bins",
+    ]))?;
+    run::status(Command::new("cargo").args([
+        "build",
+        "--quiet",
+        "--package",
+        "egress-tests",
+        "--bin",
+        "egress-demo",
+    ]))?;
     let target = run::target_dir()?.join("debug");
     // Ctrl-C reaches the demo too (same process group); we only wait for it to clean up.
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -17,11 +17,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: nightly rust-src, bpf-linker, and the apt packages the tests use.
-    Setup(setup::Options),
+    Setup(setup::SetupArgs),
     /// Setup, build, then every unit, verdict and integration test (needs root).
     Test(test::Options),
     /// Setup, build, then a live demo in a throwaway network sandbox (needs root).
-    Demo(setup::Options),
+    Demo(setup::SetupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +29,14 @@ fn main() -> anyhow::Result<()> {
         Task::Setup(opts) => setup::run(&opts),
         Task::Test(opts) => test::run(&opts),
         Task::Demo(opts) => demo::run(&opts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

@@ -22,13 +22,13 @@ const APT_TOOLS: &[(&str, &str)] = &[
 ];
 
 #[derive(clap::Args)]
-pub(crate) struct Options {
+pub(crate) struct SetupArgs {
     /// Skip installing apt packages (check only).
     #[arg(long)]
     pub(crate) no_apt: bool,
 }
 
-pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(opts: &SetupArgs) -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     apt_tools(opts)?;
@@ -41,20 +41,44 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         .context("rustup is needed to build the eBPF program with the nightly toolchain")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("setup: installing the nightly toolchain with rust-src");
-        status(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
-            .context("cannot install the nightly toolchain (needed for -Z build-std=core)")?;
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context("cannot install the nightly toolchain (needed for -Z build-std=core)")?;
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: adding rust-src to nightly");
-        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("cannot add rust-src to the nightly toolchain")?;
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("cannot add rust-src to the nightly toolchain")?;
     }
     Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    if Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     // No prebuilt bpf-linker can be downloaded here: build it against the nightly rustc's own
@@ -68,24 +92,50 @@ fn bpf_linker() -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let major = llvm.split('.').next().unwrap_or_default().to_owned();
-    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
     let libdir = sysroot.join("lib");
     let soname = std::fs::read_dir(&libdir)
         .with_context(|| format!("cannot list {}", libdir.display()))?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}: the nightly toolchain ships no shared LLVM", libdir.display()))?;
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}: the nightly toolchain ships no shared LLVM",
+                libdir.display()
+            )
+        })?;
     let prefix = cache_dir().join(format!("llvm-prefix-{llvm}"));
     make_llvm_prefix(&prefix, &libdir.join(&soname), &soname)?;
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly LLVM {llvm} (about 80 s)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly LLVM {llvm} (about 80 s)"
+    );
     status(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}"))
             .env("LLVM_PREFIX", &prefix),
     )
-    .with_context(|| format!("cannot build bpf-linker against LLVM {llvm} (prefix {})", prefix.display()))?;
-    if !Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    .with_context(|| {
+        format!(
+            "cannot build bpf-linker against LLVM {llvm} (prefix {})",
+            prefix.display()
+        )
+    })?;
+    if !Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
     }
     Ok(())
@@ -117,10 +167,14 @@ fn cache_dir() -> PathBuf {
         .join("egress")
 }
 
-fn apt_tools(opts: &Options) -> anyhow::Result<()> {
+fn apt_tools(opts: &SetupArgs) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = APT_TOOLS
         .iter()
-        .filter(|(tool, _)| !on_path(tool) && !Path::new("/usr/sbin").join(tool).exists() && !Path::new("/sbin").join(tool).exists())
+        .filter(|(tool, _)| {
+            !on_path(tool)
+                && !Path::new("/usr/sbin").join(tool).exists()
+                && !Path::new("/sbin").join(tool).exists()
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     missing.sort_unstable();
@@ -129,7 +183,10 @@ fn apt_tools(opts: &Options) -> anyhow::Result<()> {
         return Ok(());
     }
     if opts.no_apt {
-        bail!("missing packages: {} (install them, or drop --no-apt)", missing.join(" "));
+        bail!(
+            "missing packages: {} (install them, or drop --no-apt)",
+            missing.join(" ")
+        );
     }
     eprintln!("setup: installing {}", missing.join(" "));
     status(Command::new("apt-get").arg("update").arg("-q"))

@@ -7,7 +7,7 @@ use crate::{run, setup};
 #[derive(clap::Args)]
 pub(crate) struct Options {
     #[command(flatten)]
-    setup: setup::Options,
+    setup: setup::SetupArgs,
     /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     cargo_test_args: Vec<String>,

@@ -40,8 +40,16 @@ fn tcp_v4_ports_flags_and_addresses() {
 fn udp_v6() {
     let p = ip(&Packet::udp(v4(C6), v4(S6), 443).build());
     assert_eq!(p.family, family::V6);
-    assert_eq!(p.daddr, "2001:db8:1::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    assert!(matches!(p.transport, Transport::Ports { proto: IPPROTO_UDP, dport, .. } if dport == 443u16.to_be_bytes()));
+    assert_eq!(
+        p.daddr,
+        "2001:db8:1::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+    );
+    assert!(
+        matches!(p.transport, Transport::Ports { proto: IPPROTO_UDP, dport, .. } if dport == 443u16.to_be_bytes())
+    );
 }
 
 #[test]
@@ -56,18 +64,27 @@ fn vlan_tags_up_to_two_are_skipped_more_are_an_error() {
     for tags in 1..=2 {
         let mut pkt = Packet::tcp(v4(C4), v4(S4), 443);
         pkt.vlan_tags = tags;
-        assert!(matches!(ip(&pkt.build()).transport, Transport::Ports { .. }));
+        assert!(matches!(
+            ip(&pkt.build()).transport,
+            Transport::Ports { .. }
+        ));
     }
     let mut pkt = Packet::tcp(v4(C4), v4(S4), 443);
     pkt.vlan_tags = 3;
-    assert_eq!(parse_frame(&pkt.build()[..]), Err(ParseError::TooManyVlanTags));
+    assert_eq!(
+        parse_frame(&pkt.build()[..]),
+        Err(ParseError::TooManyVlanTags)
+    );
 }
 
 #[test]
 fn ipv4_later_fragment_has_no_ports_first_fragment_has() {
     let mut pkt = Packet::udp(v4(C4), v4(S4), 443);
     pkt.more_fragments = true;
-    assert!(matches!(ip(&pkt.build()).transport, Transport::Ports { .. }));
+    assert!(matches!(
+        ip(&pkt.build()).transport,
+        Transport::Ports { .. }
+    ));
     pkt.frag_offset = 185;
     assert_eq!(ip(&pkt.build()).transport, Transport::LaterFragment);
 }
@@ -90,7 +107,9 @@ fn ipv4_options_are_skipped_by_ihl() {
     // Grow the header to IHL 6 with a 4-byte NOP option block.
     f[14] = 0x46;
     f.splice(34..34, [1u8, 1, 1, 0]);
-    assert!(matches!(ip(&f).transport, Transport::Ports { dport, .. } if dport == 443u16.to_be_bytes()));
+    assert!(
+        matches!(ip(&f).transport, Transport::Ports { dport, .. } if dport == 443u16.to_be_bytes())
+    );
 }
 
 #[test]
@@ -114,15 +133,28 @@ fn truncated_headers_are_errors_at_every_length() {
         }
         // The parser needs the 14 TCP bytes up to the flags.
         for len in l3_end..l3_end + 14 {
-            assert_eq!(ip(&full[..len]).transport, Transport::Unparsed, "length {len}");
+            assert_eq!(
+                ip(&full[..len]).transport,
+                Transport::Unparsed,
+                "length {len}"
+            );
         }
-        assert!(matches!(ip(&full[..l3_end + 14]).transport, Transport::Ports { .. }));
+        assert!(matches!(
+            ip(&full[..l3_end + 14]).transport,
+            Transport::Ports { .. }
+        ));
     }
 }
 
 #[test]
 fn ipv6_extension_headers_are_walked() {
-    for ext in [vec![0u8], vec![0, 60], vec![43], vec![51], vec![0, 43, 60, 51, 60]] {
+    for ext in [
+        vec![0u8],
+        vec![0, 60],
+        vec![43],
+        vec![51],
+        vec![0, 43, 60, 51, 60],
+    ] {
         let mut pkt = Packet::tcp(v4(C6), v4(S6), 443);
         pkt.v6_ext = ext.clone();
         assert!(
@@ -136,7 +168,10 @@ fn ipv6_extension_headers_are_walked() {
 fn ipv6_too_many_extension_headers_is_unparsed() {
     let mut pkt = Packet::tcp(v4(C6), v4(S6), 443);
     pkt.v6_ext = vec![60; MAX_IPV6_EXT_HEADERS];
-    assert!(matches!(ip(&pkt.build()).transport, Transport::Ports { .. }));
+    assert!(matches!(
+        ip(&pkt.build()).transport,
+        Transport::Ports { .. }
+    ));
     pkt.v6_ext = vec![60; MAX_IPV6_EXT_HEADERS + 1];
     assert_eq!(ip(&pkt.build()).transport, Transport::Unparsed);
 }
@@ -146,7 +181,10 @@ fn ipv6_fragments() {
     let mut pkt = Packet::udp(v4(C6), v4(S6), 443);
     pkt.v6_ext = vec![44];
     pkt.more_fragments = true;
-    assert!(matches!(ip(&pkt.build()).transport, Transport::Ports { .. }));
+    assert!(matches!(
+        ip(&pkt.build()).transport,
+        Transport::Ports { .. }
+    ));
     pkt.frag_offset = 100;
     assert_eq!(ip(&pkt.build()).transport, Transport::LaterFragment);
 }

@@ -5,7 +5,9 @@ fn ok(text: &str) -> Policy {
 }
 
 fn err(text: &str) -> String {
-    parse(text, Path::new("p.yaml")).expect_err("policy should be rejected").to_string()
+    parse(text, Path::new("p.yaml"))
+        .expect_err("policy should be rejected")
+        .to_string()
 }
 
 #[test]
@@ -52,7 +54,10 @@ fn defaults_apply_to_an_empty_policy() {
 fn errors_name_file_line_and_column() {
     let e = err("mode: enforce\nallow:\n  cidrs:\n    - 10.0.0.0/8\n    - 10.1.2.3/8\n");
     assert!(e.starts_with("p.yaml:5:"), "{e}");
-    assert!(e.contains("host bits are set; did you mean 10.0.0.0/8?"), "{e}");
+    assert!(
+        e.contains("host bits are set; did you mean 10.0.0.0/8?"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -72,7 +77,10 @@ fn invalid_values_are_errors() {
         ("ports: [0]\n", "port 0"),
         ("ports: [443, 443]\n", "twice"),
         ("ports: [70000]\n", "70000"),
-        ("ports: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]\n", "at most 16"),
+        (
+            "ports: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]\n",
+            "at most 16",
+        ),
         ("allow:\n  names: [\"a.*.com\"]\n", "leftmost"),
         ("allow:\n  names: [\"*\"]\n", "leftmost"),
         ("allow:\n  names: [\"exa mple.com\"]\n", "letters, digits"),
@@ -117,7 +125,8 @@ fn wildcards_match_any_depth_below_but_not_the_apex() {
 
 #[test]
 fn a_missing_file_names_its_path() {
-    let e = load(Path::new("/nonexistent/policy.yaml")).unwrap_err().to_string();
+    let e = load(Path::new("/nonexistent/policy.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/policy.yaml"), "{e}");
 }
-

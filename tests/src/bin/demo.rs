@@ -33,10 +33,16 @@ fn main() -> anyhow::Result<()> {
     let _servers = Servers::start(&topo.server, &[443, 80]);
     let pins = TestPins::new();
     println!("== policy:\n{POLICY}");
-    println!("== starting `egress run --iface {} ...` in the client namespace", topo.iface);
+    println!(
+        "== starting `egress run --iface {} ...` in the client namespace",
+        topo.iface
+    );
     let agent = Agent::start(&topo, &pins, POLICY, &[])?;
     println!("== agent ready; connecting from the client namespace\n");
-    println!("{:<6} {:<28} {:<9} {}", "proto", "destination", "verdict", "detail");
+    println!(
+        "{:<6} {:<28} {:<9} {}",
+        "proto", "destination", "verdict", "detail"
+    );
     let attempts: [(&str, &str, u16, &str); 8] = [
         ("tcp", ALLOWED_V4, 443, "allowed by cidr 198.18.0.2/32"),
         ("tcp", DENIED_V4, 443, "not in the policy"),
@@ -44,7 +50,12 @@ fn main() -> anyhow::Result<()> {
         ("tcp", ALLOWED_V6, 443, "allowed by cidr 2001:db8::2/128"),
         ("tcp", DENIED_V6, 443, "not in the policy"),
         ("udp", ALLOWED_V4, 443, "QUIC-like datagram, allowed"),
-        ("udp", DENIED_V4, 443, "QUIC-like datagram, not in the policy"),
+        (
+            "udp",
+            DENIED_V4,
+            443,
+            "QUIC-like datagram, not in the policy",
+        ),
         ("udp", DENIED_V6, 80, "port 80 is not enforced"),
     ];
     for (proto, dst, port, why) in attempts {
@@ -52,7 +63,11 @@ fn main() -> anyhow::Result<()> {
             println!("\ninterrupted; cleaning up");
             break;
         }
-        let shown = if dst.contains(':') { format!("[{dst}]:{port}") } else { format!("{dst}:{port}") };
+        let shown = if dst.contains(':') {
+            format!("[{dst}]:{port}")
+        } else {
+            format!("{dst}:{port}")
+        };
         let start = Instant::now();
         let ok = match proto {
             "tcp" => topo.connect(dst, port, Duration::from_millis(1500)).is_ok(),
@@ -70,7 +85,11 @@ fn main() -> anyhow::Result<()> {
     if !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(300));
         println!("\n== `egress status` (read from the pinned maps)");
-        let out = std::process::Command::new(egress_bin()).arg("status").arg("--pin-dir").arg(pins.path()).output()?;
+        let out = std::process::Command::new(egress_bin())
+            .arg("status")
+            .arg("--pin-dir")
+            .arg(pins.path())
+            .output()?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
         println!("\n== agent log");
         for line in agent.log_text().lines() {
