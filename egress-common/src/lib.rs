@@ -7,6 +7,8 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod counters;
+pub mod dns;
+pub mod hash;
 pub mod maps;
 pub mod packet;
 #[cfg(any(test, feature = "testing"))]

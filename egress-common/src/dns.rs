@@ -1,0 +1,320 @@
+//! The DNS walker that runs in the kernel (TC ingress/egress) and, unchanged, on the host for
+//! unit tests and fuzzing.
+//!
+//! It works on a fixed 4 KiB buffer (the eBPF side copies the UDP payload into a per-CPU
+//! scratch map first); every index is masked into the buffer and checked against the message
+//! length, and every loop has a constant bound. Nothing here allocates or panics.
+//!
+//! What it does:
+//! - [`query`]: the transaction id and name hash of an outgoing query (for anti-spoofing);
+//! - [`question`]: the id, name hash and suffix hashes of a response's question;
+//! - [`answers`]: the A/AAAA records of a response's answer section, after checking that the
+//!   whole section is well-formed (malformed input teaches nothing).
+
+use crate::hash::chain;
+
+/// Size of the buffer a message is parsed from: EDNS answers up to 4096 bytes fit.
+pub const BUF: usize = 4096;
+const MASK: usize = BUF - 1;
+/// A question name with more labels than this is not matched (nothing is learned).
+pub const MAX_LABELS: usize = 32;
+/// Answer records the kernel walks; the agent learns any beyond from its copy.
+pub const MAX_ANSWERS: usize = 32;
+/// Label steps when skipping an owner name (a 255-byte name has at most 128 labels).
+const MAX_NAME_STEPS: usize = 128;
+/// TTLs above a day are clamped (a resolver bug or a poisoned cache should not allow an
+/// address for years).
+pub const MAX_TTL_S: u32 = 86_400;
+
+pub const TYPE_A: u16 = 1;
+pub const TYPE_CNAME: u16 = 5;
+pub const TYPE_AAAA: u16 = 28;
+const CLASS_IN: u16 = 1;
+const HEADER_LEN: usize = 12;
+
+/// Why a message teaches nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsError {
+    /// Shorter than its header, or a field runs past the end.
+    Truncated,
+    /// QR bit wrong for the direction, opcode not QUERY, or an error rcode.
+    NotApplicable,
+    /// Not exactly one question.
+    QuestionCount,
+    /// Compression or a reserved label type in the question, or a name over 255 bytes.
+    BadName,
+    /// More labels than [`MAX_LABELS`].
+    TooManyLabels,
+    /// A record runs past the end, has a wrong RDLENGTH for its type, or an owner name has no
+    /// end within its bound.
+    BadRecord,
+    /// More answers than could possibly fit in the message.
+    AbsurdCount,
+}
+
+/// A parsed question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Question {
+    pub id: u16,
+    /// Hash of the whole question name.
+    pub full: u64,
+    /// Hashes of the proper suffixes, longest first (`b.example.com`, `example.com`, `com` for
+    /// `a.b.example.com`); `suffixes[..n_suffixes]` are valid.
+    pub suffixes: [u64; MAX_LABELS],
+    pub n_suffixes: usize,
+    pub qtype: u16,
+    pub ancount: u16,
+    /// Offset of the first byte after the question.
+    pub end: usize,
+}
+
+#[inline(always)]
+fn byte(buf: &[u8; BUF], off: usize) -> u8 {
+    buf[off & MASK]
+}
+
+#[inline(always)]
+fn be16(buf: &[u8; BUF], off: usize) -> u16 {
+    u16::from_be_bytes([byte(buf, off), byte(buf, off + 1)])
+}
+
+#[inline(always)]
+fn be32(buf: &[u8; BUF], off: usize) -> u32 {
+    u32::from_be_bytes([byte(buf, off), byte(buf, off + 1), byte(buf, off + 2), byte(buf, off + 3)])
+}
+
+/// The header checks shared by queries and responses: returns (id, ancount).
+#[inline(always)]
+fn header(buf: &[u8; BUF], len: usize, response: bool) -> Result<(u16, u16), DnsError> {
+    if len < HEADER_LEN || len > BUF {
+        return Err(DnsError::Truncated);
+    }
+    let flags = be16(buf, 2);
+    let qr = flags & 0x8000 != 0;
+    let opcode = (flags >> 11) & 0xf;
+    let rcode = flags & 0xf;
+    if qr != response || opcode != 0 || (response && rcode != 0) {
+        return Err(DnsError::NotApplicable);
+    }
+    if be16(buf, 4) != 1 {
+        return Err(DnsError::QuestionCount);
+    }
+    Ok((be16(buf, 0), be16(buf, 6)))
+}
+
+/// Parses the single question at offset 12: label offsets left to right, then hashes right to
+/// left so every suffix hash falls out of the chain.
+#[inline(always)]
+fn parse_question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Question, DnsError> {
+    let mut offsets = [0u16; MAX_LABELS];
+    let mut n = 0usize;
+    let mut off = HEADER_LEN;
+    let mut steps = 0;
+    loop {
+        if steps > MAX_LABELS {
+            return Err(DnsError::TooManyLabels);
+        }
+        steps += 1;
+        if off >= len {
+            return Err(DnsError::Truncated);
+        }
+        let l = byte(buf, off) as usize;
+        if l == 0 {
+            off += 1;
+            break;
+        }
+        if l & 0xc0 != 0 {
+            return Err(DnsError::BadName);
+        }
+        if n >= MAX_LABELS {
+            return Err(DnsError::TooManyLabels);
+        }
+        offsets[n] = off as u16;
+        n += 1;
+        off += 1 + l;
+        if off - HEADER_LEN > 255 {
+            return Err(DnsError::BadName);
+        }
+    }
+    if n == 0 {
+        return Err(DnsError::BadName);
+    }
+    if off + 4 > len {
+        return Err(DnsError::Truncated);
+    }
+    let mut q = Question {
+        id: 0,
+        full: 0,
+        suffixes: [0; MAX_LABELS],
+        n_suffixes: n - 1,
+        qtype: be16(buf, off),
+        ancount: 0,
+        end: off + 4,
+    };
+    let mut h = 0u64;
+    let mut i = 0;
+    while i < MAX_LABELS {
+        if i >= n {
+            break;
+        }
+        let idx = n - 1 - i;
+        let lo = offsets[idx & (MAX_LABELS - 1)] as usize;
+        let llen = byte(buf, lo);
+        h = chain(k0, k1, h, llen, |j| byte(buf, lo + 1 + j));
+        if idx >= 1 {
+            q.suffixes[(idx - 1) & (MAX_LABELS - 1)] = h;
+        }
+        i += 1;
+    }
+    q.full = h;
+    Ok(q)
+}
+
+/// An outgoing query: `(id, hash of the question name)`.
+#[inline(always)]
+pub fn query(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<(u16, u64), DnsError> {
+    let (id, _) = header(buf, len, false)?;
+    let q = parse_question(buf, len, k0, k1)?;
+    Ok((id, q.full))
+}
+
+/// A response's question. Responses with an error rcode, another opcode, or not exactly one
+/// question are rejected.
+#[inline(always)]
+pub fn question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Question, DnsError> {
+    let (id, ancount) = header(buf, len, true)?;
+    let mut q = parse_question(buf, len, k0, k1)?;
+    q.id = id;
+    q.ancount = ancount;
+    // Each record takes at least 11 bytes (1-byte root name + 10 bytes of fixed fields).
+    if ancount as usize * 11 > len - q.end {
+        return Err(DnsError::AbsurdCount);
+    }
+    Ok(q)
+}
+
+/// An address record from an answer section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Address {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// What [`answers`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Address records handed to the sink.
+    pub addresses: u32,
+    /// CNAME records seen (the agent follows chains and learns dangling targets).
+    pub cnames: u32,
+    /// More answers than [`MAX_ANSWERS`]: the rest were not walked.
+    pub incomplete: bool,
+}
+
+/// Walks the answer section of `q`'s message. The section is validated whole first; only then
+/// is `sink(address, ttl)` called for each IN A/AAAA record, so malformed input teaches nothing.
+#[inline(always)]
+pub fn answers(
+    buf: &[u8; BUF],
+    len: usize,
+    q: &Question,
+    mut sink: impl FnMut(Address, u32),
+) -> Result<Walk, DnsError> {
+    let walk = walk_records(buf, len, q, &mut |_, _| {})?;
+    walk_records(buf, len, q, &mut sink)?;
+    Ok(walk)
+}
+
+#[inline(always)]
+fn walk_records(
+    buf: &[u8; BUF],
+    len: usize,
+    q: &Question,
+    sink: &mut impl FnMut(Address, u32),
+) -> Result<Walk, DnsError> {
+    let mut w = Walk::default();
+    let mut off = q.end;
+    let count = q.ancount as usize;
+    if count > MAX_ANSWERS {
+        w.incomplete = true;
+    }
+    let mut r = 0;
+    while r < MAX_ANSWERS {
+        if r >= count {
+            break;
+        }
+        r += 1;
+        off = skip_name(buf, len, off)?;
+        if off + 10 > len {
+            return Err(DnsError::BadRecord);
+        }
+        let rtype = be16(buf, off);
+        let class = be16(buf, off + 2);
+        let ttl = be32(buf, off + 4).min(MAX_TTL_S);
+        let rdlen = be16(buf, off + 8) as usize;
+        let rdata = off + 10;
+        if rdata + rdlen > len {
+            return Err(DnsError::BadRecord);
+        }
+        off = rdata + rdlen;
+        if class != CLASS_IN {
+            continue;
+        }
+        match rtype {
+            TYPE_A => {
+                if rdlen != 4 {
+                    return Err(DnsError::BadRecord);
+                }
+                let mut a = [0u8; 4];
+                let mut i = 0;
+                while i < 4 {
+                    a[i] = byte(buf, rdata + i);
+                    i += 1;
+                }
+                sink(Address::V4(a), ttl);
+                w.addresses += 1;
+            }
+            TYPE_AAAA => {
+                if rdlen != 16 {
+                    return Err(DnsError::BadRecord);
+                }
+                let mut a = [0u8; 16];
+                let mut i = 0;
+                while i < 16 {
+                    a[i] = byte(buf, rdata + i);
+                    i += 1;
+                }
+                sink(Address::V6(a), ttl);
+                w.addresses += 1;
+            }
+            TYPE_CNAME => w.cnames += 1,
+            _ => {}
+        }
+    }
+    Ok(w)
+}
+
+/// Skips an owner name (labels, ending in the root or a compression pointer).
+#[inline(always)]
+fn skip_name(buf: &[u8; BUF], len: usize, mut off: usize) -> Result<usize, DnsError> {
+    let mut steps = 0;
+    while steps < MAX_NAME_STEPS {
+        steps += 1;
+        if off >= len {
+            return Err(DnsError::BadRecord);
+        }
+        let l = byte(buf, off) as usize;
+        if l == 0 {
+            return Ok(off + 1);
+        }
+        match l & 0xc0 {
+            0xc0 => return Ok(off + 2),
+            0 => off += 1 + l,
+            _ => return Err(DnsError::BadRecord),
+        }
+    }
+    Err(DnsError::BadRecord)
+}
+
+#[cfg(test)]
+mod tests;
