@@ -21,6 +21,8 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?
         .as_str();
+    // aya-build only watches the eBPF crate; the shared crate is compiled into the object too.
+    println!("cargo:rerun-if-changed={root_dir}/../egress-common");
     let ebpf_package = Package {
         name: name.as_str(),
         root_dir,

@@ -37,8 +37,29 @@ pub const EVENT_RINGBUF_FULL: u32 = 13;
 /// `DROP_DENIED`/`AUDIT_DENIED`, kept to diagnose flows cut by expiry or flow-table eviction).
 pub const DENY_NOT_SYN: u32 = 14;
 
+/// A DNS query to a trusted resolver was recorded (for matching its answer).
+pub const DNS_QUERY_TRACKED: u32 = 15;
+/// A DNS answer (UDP or TCP from port 53) came from an address not in the resolver list.
+pub const DNS_UNTRUSTED: u32 = 16;
+/// A DNS answer from a trusted resolver matched no recent query (id, port, name): ignored.
+pub const DNS_UNSOLICITED: u32 = 17;
+/// A DNS message that could not be parsed, or an error response: taught nothing.
+pub const DNS_MALFORMED: u32 = 18;
+/// A matched answer whose question name is not allowed: taught nothing.
+pub const DNS_NOT_ALLOWED: u32 = 19;
+/// A matched answer for an allowed name: its addresses were learned.
+pub const DNS_ANSWER_LEARNED: u32 = 20;
+/// Addresses inserted or refreshed by the kernel.
+pub const DNS_ADDR_LEARNED: u32 = 21;
+/// Address inserts that failed (learned map full): the address stays denied.
+pub const DNS_LEARN_FAILED: u32 = 22;
+/// DNS copies lost because the agent's ring buffer was full (kernel learning is unaffected).
+pub const DNS_EVENT_LOST: u32 = 23;
+/// TCP segments from a trusted resolver's port 53 copied to the agent.
+pub const DNS_TCP_SEGMENT: u32 = 24;
+
 /// Number of counter slots.
-pub const COUNT: u32 = 15;
+pub const COUNT: u32 = 25;
 
 /// Counter names for status output and metrics, indexed by counter number.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -57,4 +78,14 @@ pub const NAMES: [&str; COUNT as usize] = [
     "event_rate_limited",
     "event_ringbuf_full",
     "deny_not_syn",
+    "dns_query_tracked",
+    "dns_untrusted",
+    "dns_unsolicited",
+    "dns_malformed",
+    "dns_not_allowed",
+    "dns_answer_learned",
+    "dns_addr_learned",
+    "dns_learn_failed",
+    "dns_event_lost",
+    "dns_tcp_segment",
 ];

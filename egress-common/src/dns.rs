@@ -11,17 +11,19 @@
 //! - [`answers`]: the A/AAAA records of a response's answer section, after checking that the
 //!   whole section is well-formed (malformed input teaches nothing).
 
-use crate::hash::chain;
+use crate::hash::{chain, label_hash};
 
 /// Size of the buffer a message is parsed from: EDNS answers up to 4096 bytes fit.
 pub const BUF: usize = 4096;
 const MASK: usize = BUF - 1;
-/// A question name with more labels than this is not matched (nothing is learned).
-pub const MAX_LABELS: usize = 32;
+/// A question name with more labels than this is not matched (nothing is learned). Real names
+/// rarely pass 10; each label costs the verifier a pass over the hashing code.
+pub const MAX_LABELS: usize = 16;
 /// Answer records the kernel walks; the agent learns any beyond from its copy.
 pub const MAX_ANSWERS: usize = 32;
-/// Label steps when skipping an owner name (a 255-byte name has at most 128 labels).
-const MAX_NAME_STEPS: usize = 128;
+/// Label steps when skipping an owner name. Owner names in answers are almost always a
+/// compression pointer; a name of more labels fails the record (nothing is learned).
+const MAX_NAME_STEPS: usize = 64;
 /// TTLs above a day are clamped (a resolver bug or a poisoned cache should not allow an
 /// address for years).
 pub const MAX_TTL_S: u32 = 86_400;
@@ -52,16 +54,21 @@ pub enum DnsError {
     AbsurdCount,
 }
 
+/// Scratch space for the label hashes of a question. The caller provides it: the eBPF side
+/// keeps it in a per-CPU map because the 512-byte stack has no room for it.
+pub type Labels = [u64; MAX_LABELS];
+
 /// A parsed question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Question {
     pub id: u16,
     /// Hash of the whole question name.
     pub full: u64,
-    /// Hashes of the proper suffixes, longest first (`b.example.com`, `example.com`, `com` for
-    /// `a.b.example.com`); `suffixes[..n_suffixes]` are valid.
-    pub suffixes: [u64; MAX_LABELS],
-    pub n_suffixes: usize,
+    /// Whether the `on_suffix` callback accepted the hash of a proper suffix (for
+    /// `a.b.example.com`: `com`, `example.com` or `b.example.com`). Suffix hashes are handed to
+    /// a callback instead of being stored because the eBPF stack (512 bytes) has no room for
+    /// them.
+    pub suffix_matched: bool,
     pub qtype: u16,
     pub ancount: u16,
     /// Offset of the first byte after the question.
@@ -102,11 +109,21 @@ fn header(buf: &[u8; BUF], len: usize, response: bool) -> Result<(u16, u16), Dns
     Ok((be16(buf, 0), be16(buf, 6)))
 }
 
-/// Parses the single question at offset 12: label offsets left to right, then hashes right to
-/// left so every suffix hash falls out of the chain.
+/// Parses the single question at offset 12: each label is hashed in one left-to-right pass,
+/// then the label hashes are chained right to left so every suffix hash falls out.
+///
+/// Two loops instead of one nested pair keep the verifier's work linear in the number of
+/// labels: the expensive per-label hashing is explored once per label, and only the cheap
+/// chaining is explored once per possible label count.
 #[inline(always)]
-fn parse_question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Question, DnsError> {
-    let mut offsets = [0u16; MAX_LABELS];
+fn parse_question(
+    buf: &[u8; BUF],
+    len: usize,
+    k0: u64,
+    k1: u64,
+    labels: &mut Labels,
+    mut on_suffix: impl FnMut(u64) -> bool,
+) -> Result<Question, DnsError> {
     let mut n = 0usize;
     let mut off = HEADER_LEN;
     let mut steps = 0;
@@ -118,7 +135,7 @@ fn parse_question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Quest
         if off >= len {
             return Err(DnsError::Truncated);
         }
-        let l = byte(buf, off) as usize;
+        let l = byte(buf, off);
         if l == 0 {
             off += 1;
             break;
@@ -129,9 +146,10 @@ fn parse_question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Quest
         if n >= MAX_LABELS {
             return Err(DnsError::TooManyLabels);
         }
-        offsets[n] = off as u16;
+        let start = off + 1;
+        labels[n & (MAX_LABELS - 1)] = label_hash(k0, k1, l, |j| byte(buf, start + j));
         n += 1;
-        off += 1 + l;
+        off = start + l as usize;
         if off - HEADER_LEN > 255 {
             return Err(DnsError::BadName);
         }
@@ -145,8 +163,7 @@ fn parse_question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Quest
     let mut q = Question {
         id: 0,
         full: 0,
-        suffixes: [0; MAX_LABELS],
-        n_suffixes: n - 1,
+        suffix_matched: false,
         qtype: be16(buf, off),
         ancount: 0,
         end: off + 4,
@@ -158,11 +175,9 @@ fn parse_question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Quest
             break;
         }
         let idx = n - 1 - i;
-        let lo = offsets[idx & (MAX_LABELS - 1)] as usize;
-        let llen = byte(buf, lo);
-        h = chain(k0, k1, h, llen, |j| byte(buf, lo + 1 + j));
-        if idx >= 1 {
-            q.suffixes[(idx - 1) & (MAX_LABELS - 1)] = h;
+        h = chain(k0, k1, h, labels[idx & (MAX_LABELS - 1)]);
+        if idx >= 1 && !q.suffix_matched && on_suffix(h) {
+            q.suffix_matched = true;
         }
         i += 1;
     }
@@ -172,18 +187,32 @@ fn parse_question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Quest
 
 /// An outgoing query: `(id, hash of the question name)`.
 #[inline(always)]
-pub fn query(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<(u16, u64), DnsError> {
+pub fn query(
+    buf: &[u8; BUF],
+    len: usize,
+    k0: u64,
+    k1: u64,
+    labels: &mut Labels,
+) -> Result<(u16, u64), DnsError> {
     let (id, _) = header(buf, len, false)?;
-    let q = parse_question(buf, len, k0, k1)?;
+    let q = parse_question(buf, len, k0, k1, labels, |_| false)?;
     Ok((id, q.full))
 }
 
 /// A response's question. Responses with an error rcode, another opcode, or not exactly one
-/// question are rejected.
+/// question are rejected. `on_suffix` is offered the hash of each proper suffix of the name,
+/// shortest first (`com`, `example.com`, `b.example.com`), until it returns true.
 #[inline(always)]
-pub fn question(buf: &[u8; BUF], len: usize, k0: u64, k1: u64) -> Result<Question, DnsError> {
+pub fn question(
+    buf: &[u8; BUF],
+    len: usize,
+    k0: u64,
+    k1: u64,
+    labels: &mut Labels,
+    on_suffix: impl FnMut(u64) -> bool,
+) -> Result<Question, DnsError> {
     let (id, ancount) = header(buf, len, true)?;
-    let mut q = parse_question(buf, len, k0, k1)?;
+    let mut q = parse_question(buf, len, k0, k1, labels, on_suffix)?;
     q.id = id;
     q.ancount = ancount;
     // Each record takes at least 11 bytes (1-byte root name + 10 bytes of fixed fields).

@@ -28,11 +28,24 @@ pub mod names {
     pub const EVENT_RATE: &str = "EVENT_RATE";
     /// `RingBuf` of [`super::DenyEvent`].
     pub const EVENTS: &str = "EVENTS";
+    /// `HashMap<[u8; 16], u32>`: trusted resolvers (IPv4-mapped for IPv4).
+    pub const RESOLVERS: &str = "RESOLVERS";
+    /// `HashMap<u64, NameValue>`: hashes of allowed exact names (policy names never expire;
+    /// CNAME targets learned by the agent carry an expiry).
+    pub const NAMES_EXACT: &str = "NAMES_EXACT";
+    /// `HashMap<u64, NameValue>`: hashes of the suffixes of allowed `*.suffix` names.
+    pub const NAMES_WILD: &str = "NAMES_WILD";
+    /// `LruHashMap<PendingKey, PendingValue>`: DNS queries that left the node.
+    pub const DNS_PENDING: &str = "DNS_PENDING";
+    /// `PerCpuArray<DnsBuf>`: scratch space to copy a DNS message into.
+    pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
+    /// `RingBuf` of [`super::DnsEvent`]: copies of DNS answers for the agent.
+    pub const DNS_EVENTS: &str = "DNS_EVENTS";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 16] = [
         CONFIG, PORTS, STATIC_V4, STATIC_V6, LEARNED_V4, LEARNED_V6, FLOWS, COUNTERS, EVENT_RATE,
-        EVENTS,
+        EVENTS, RESOLVERS, NAMES_EXACT, NAMES_WILD, DNS_PENDING, DNS_SCRATCH, DNS_EVENTS,
     ];
 }
 
@@ -44,6 +57,24 @@ pub const LEARNED_CAPACITY: u32 = 262_144;
 pub const FLOW_CAPACITY: u32 = 131_072;
 /// Size of the denied-destination ring buffer in bytes (a power of two, multiple of the page).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Capacity of the exact-name map (policy names plus CNAME targets).
+pub const NAMES_EXACT_CAPACITY: u32 = 65_536;
+/// Capacity of the wildcard-suffix map.
+pub const NAMES_WILD_CAPACITY: u32 = 16_384;
+/// Capacity of the resolver map.
+pub const RESOLVERS_CAPACITY: u32 = 64;
+/// Outstanding DNS queries remembered (LRU).
+pub const DNS_PENDING_CAPACITY: u32 = 65_536;
+/// An answer must arrive within this long of its query.
+pub const DNS_QUERY_TIMEOUT_NS: u64 = 10_000_000_000;
+/// Size of the DNS answer ring buffer (about 1,000 full-size copies).
+pub const DNS_EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+/// `NameValue::expires_ns` of names from the policy: they never expire.
+pub const NAME_PERMANENT: u64 = u64::MAX;
+/// Scratch slots in [`names::DNS_SCRATCH`]: one per program, so they never share a buffer.
+pub const SCRATCH_INGRESS: u32 = 0;
+pub const SCRATCH_EGRESS: u32 = 1;
+
 /// Words in the enforced-port bitmap (65,536 ports / 32 bits).
 pub const PORT_WORDS: u32 = 65_536 / 32;
 
@@ -65,6 +96,105 @@ pub struct Config {
     pub tcp_idle_ns: u64,
     /// A UDP flow idle for longer is forgotten.
     pub udp_idle_ns: u64,
+    /// Key of the name hash ([`crate::hash`]); generated once per pin directory.
+    pub hash_k0: u64,
+    pub hash_k1: u64,
+    /// Floor for the TTL of learned addresses, in seconds.
+    pub min_ttl_s: u32,
+    /// Added to every learned address's lifetime, in seconds.
+    pub grace_s: u32,
+}
+
+impl Config {
+    /// Lifetime in ns of an address learned from a record with `ttl_s`.
+    #[inline(always)]
+    pub fn lifetime_ns(&self, ttl_s: u32) -> u64 {
+        let ttl = if ttl_s > self.min_ttl_s { ttl_s } else { self.min_ttl_s };
+        (ttl as u64 + self.grace_s as u64) * 1_000_000_000
+    }
+}
+
+/// Value of the name maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameValue {
+    /// `CLOCK_BOOTTIME` ns after which the name no longer matches; [`NAME_PERMANENT`] for
+    /// policy names.
+    pub expires_ns: u64,
+}
+
+/// Key of [`names::DNS_PENDING`]: who was asked, from which port, with which id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PendingKey {
+    pub resolver: [u8; 16],
+    pub client_port: [u8; 2],
+    pub txid: [u8; 2],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`names::DNS_PENDING`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingValue {
+    /// Hash of the question name.
+    pub qname: u64,
+    pub sent_ns: u64,
+}
+
+/// Per-CPU scratch of the DNS walker: the message and its question's label hashes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsBuf {
+    pub bytes: [u8; crate::dns::BUF],
+    pub labels: crate::dns::Labels,
+}
+
+/// Kinds of [`DnsEvent`].
+pub mod dns_kind {
+    /// A UDP answer that matched a query; the kernel has learned what it could.
+    pub const UDP: u8 = 1;
+    /// A TCP segment from a trusted resolver's port 53 (the agent reassembles and learns).
+    pub const TCP: u8 = 2;
+}
+
+/// Flags of [`DnsEvent`].
+pub mod dns_flag {
+    /// The question name was allowed when the answer arrived.
+    pub const ALLOWED: u8 = 1;
+    /// The kernel walked the answers and learned their addresses.
+    pub const KERNEL_LEARNED: u8 = 2;
+    /// More answers than the kernel walks: the agent must learn the rest.
+    pub const INCOMPLETE: u8 = 4;
+}
+
+/// Header of a DNS copy for the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsEventHeader {
+    pub ts_ns: u64,
+    /// The resolver (source) address, IPv4-mapped for IPv4.
+    pub resolver: [u8; 16],
+    /// The client's (destination) address, IPv4-mapped for IPv4.
+    pub client: [u8; 16],
+    /// TCP sequence number of the first payload byte (TCP only).
+    pub tcp_seq: u32,
+    /// Payload bytes in [`DnsEvent::payload`].
+    pub len: u16,
+    pub client_port: [u8; 2],
+    pub kind: u8,
+    pub flags: u8,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// A DNS message (UDP) or segment (TCP) copied for the agent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    pub header: DnsEventHeader,
+    pub payload: [u8; crate::dns::BUF],
 }
 
 /// Value of the static CIDR maps. The index of the CIDR in the normalized policy, for status.
@@ -186,7 +316,12 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 }
 
 // No implicit padding: sizes equal the sum of the fields.
-const _: () = assert!(size_of::<Config>() == 24);
+const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<NameValue>() == 8);
+const _: () = assert!(size_of::<PendingKey>() == 24);
+const _: () = assert!(size_of::<PendingValue>() == 16);
+const _: () = assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 1 + 5);
+const _: () = assert!(size_of::<DnsEvent>() == size_of::<DnsEventHeader>() + crate::dns::BUF);
 const _: () = assert!(size_of::<StaticValue>() == 4);
 const _: () = assert!(size_of::<LearnedValue>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
@@ -211,6 +346,14 @@ mod pod {
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DenyEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NameValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsEventHeader {}
 }
 
 #[cfg(test)]

@@ -42,23 +42,48 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
-/// The transport part of an IP packet, as far as it could be parsed.
+/// How far the transport part of an IP packet could be parsed.
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub enum Kind {
     /// TCP or UDP with its ports (and TCP flags; 0 for UDP).
-    Ports {
-        proto: u8,
-        sport: [u8; 2],
-        dport: [u8; 2],
-        tcp_flags: u8,
-    },
+    Ports,
     /// A non-first fragment: no transport header, no ports.
     LaterFragment,
-    /// Another protocol (ICMP, ESP, GRE, SCTP, "no next header", ...).
-    Other(u8),
+    /// Another protocol (ICMP, ESP, GRE, SCTP, "no next header", ...), in `proto`.
+    Other,
     /// TCP/UDP whose header is cut short (a tiny first fragment or a truncated packet), or IPv6
     /// with more extension headers than [`MAX_IPV6_EXT_HEADERS`]: the ports are unknown.
     Unparsed,
+}
+
+/// The transport part of an IP packet. A plain struct whose fields are always initialized,
+/// not an enum with payloads: LLVM copies enum payloads whole, uninitialized bytes included, and
+/// the verifier rejects reading them ("R5 !read_ok").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transport {
+    pub kind: Kind,
+    pub proto: u8,
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub tcp_flags: u8,
+}
+
+impl Transport {
+    pub const LATER_FRAGMENT: Self = Self::bare(Kind::LaterFragment, 0);
+    pub const UNPARSED: Self = Self::bare(Kind::Unparsed, 0);
+
+    const fn bare(kind: Kind, proto: u8) -> Self {
+        Self { kind, proto, sport: [0; 2], dport: [0; 2], tcp_flags: 0 }
+    }
+
+    pub const fn other(proto: u8) -> Self {
+        Self::bare(Kind::Other, proto)
+    }
+
+    pub const fn ports(proto: u8, sport: [u8; 2], dport: [u8; 2], tcp_flags: u8) -> Self {
+        Self { kind: Kind::Ports, proto, sport, dport, tcp_flags }
+    }
 }
 
 /// An IP packet's addresses (IPv4-mapped for IPv4) and transport.
@@ -68,6 +93,8 @@ pub struct IpPacket {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub transport: Transport,
+    /// Offset of the transport header from the start of the frame.
+    pub l4_off: usize,
 }
 
 /// What the frame is.
@@ -131,7 +158,7 @@ fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
     let saddr = v4_mapped([h[12], h[13], h[14], h[15]]);
     let daddr = v4_mapped([h[16], h[17], h[18], h[19]]);
     let transport = if frag_offset != 0 {
-        Transport::LaterFragment
+        Transport::LATER_FRAGMENT
     } else {
         parse_transport(r, l3 + ihl, proto)
     };
@@ -140,6 +167,7 @@ fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
         saddr,
         daddr,
         transport,
+        l4_off: l3 + ihl,
     })
 }
 
@@ -155,7 +183,7 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
     daddr.copy_from_slice(&h[24..40]);
     let mut next = h[6];
     let mut off = l3 + 40;
-    let mut transport = Transport::Unparsed;
+    let mut transport = Transport::UNPARSED;
     let mut i = 0;
     while i < MAX_IPV6_EXT_HEADERS + 1 {
         i += 1;
@@ -194,7 +222,7 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
                     break;
                 };
                 if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                    transport = Transport::LaterFragment;
+                    transport = Transport::LATER_FRAGMENT;
                     break;
                 }
                 next = e[0];
@@ -211,6 +239,7 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
         saddr,
         daddr,
         transport,
+        l4_off: off,
     })
 }
 
@@ -218,25 +247,15 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
 fn parse_transport<R: Reader + ?Sized>(r: &R, l4: usize, proto: u8) -> Transport {
     match proto {
         IPPROTO_TCP => match r.read::<14>(l4) {
-            Some(t) => Transport::Ports {
-                proto,
-                sport: [t[0], t[1]],
-                dport: [t[2], t[3]],
-                tcp_flags: t[13],
-            },
-            None => Transport::Unparsed,
+            Some(t) => Transport::ports(proto, [t[0], t[1]], [t[2], t[3]], t[13]),
+            None => Transport::UNPARSED,
         },
         // The whole 8-byte UDP header must be there, not only the ports.
         IPPROTO_UDP => match r.read::<8>(l4) {
-            Some(u) => Transport::Ports {
-                proto,
-                sport: [u[0], u[1]],
-                dport: [u[2], u[3]],
-                tcp_flags: 0,
-            },
-            None => Transport::Unparsed,
+            Some(u) => Transport::ports(proto, [u[0], u[1]], [u[2], u[3]], 0),
+            None => Transport::UNPARSED,
         },
-        other => Transport::Other(other),
+        other => Transport::other(other),
     }
 }
 

@@ -8,74 +8,25 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_boot_ns,
-    macros::{classifier, map},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::TcContext,
-};
+mod dns;
+mod maps;
+mod skb;
+
+use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use egress_common::{
     counters,
     maps::{
-        Config, DenyEvent, EVENTS_BYTES, FLOW_CAPACITY, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue,
-        LEARNED_CAPACITY, LearnedValue, PORT_WORDS, RateState, STATIC_CAPACITY, StaticValue,
-        action, family, port_bit, reason, v4_of_mapped,
+        Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, action, family, port_bit,
+        reason, v4_of_mapped,
     },
     mode,
     packet::{
-        Frame, IPPROTO_TCP, IpPacket, ParseError, Reader, TCP_ACK, TCP_SYN, Transport, parse_frame,
+        Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK, TCP_SYN, parse_frame,
     },
     tc_action::{DROP, PASS},
 };
-
-#[map]
-static CONFIG: Array<Config> = Array::pinned(1, 0);
-#[map]
-static PORTS: Array<u32> = Array::pinned(PORT_WORDS, 0);
-#[map]
-static STATIC_V4: LpmTrie<[u8; 4], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
-#[map]
-static STATIC_V6: LpmTrie<[u8; 16], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
-#[map]
-static LEARNED_V4: LpmTrie<[u8; 4], LearnedValue> = LpmTrie::pinned(LEARNED_CAPACITY, 0);
-#[map]
-static LEARNED_V6: LpmTrie<[u8; 16], LearnedValue> = LpmTrie::pinned(LEARNED_CAPACITY, 0);
-#[map]
-static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
-#[map]
-static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
-#[map]
-static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
-
-/// Frames are read directly when the bytes are in the linear part of the skb, and through
-/// `bpf_skb_load_bytes` otherwise (non-linear GSO/GRO skbs), never with `bpf_skb_pull_data`:
-/// TCP hands TC cloned skbs, and pulling would copy the headers of every packet.
-struct Skb<'a>(&'a TcContext);
-
-/// The furthest header offset read. Bounding `off` lets the verifier prove the direct access
-/// below; without it: "math between pkt pointer and register with unbounded min value is not
-/// allowed".
-const MAX_HEADER_OFFSET: usize = 1024;
-
-impl Reader for Skb<'_> {
-    #[inline(always)]
-    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        if off > MAX_HEADER_OFFSET {
-            return None;
-        }
-        let start = self.0.data();
-        let end = self.0.data_end();
-        if start + off + N <= end {
-            // SAFETY: `start + off .. start + off + N` lies inside the linear packet data,
-            // checked just above against `data_end` (the verifier checks it too).
-            Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
-        } else {
-            self.0.load::<[u8; N]>(off).ok()
-        }
-    }
-}
+use maps::{CONFIG, EVENT_RATE, EVENTS, FLOWS, LEARNED_V4, LEARNED_V6, PORTS, STATIC_V4, STATIC_V6};
+use skb::{Skb, count, now};
 
 #[classifier]
 pub(crate) fn egress(ctx: TcContext) -> i32 {
@@ -98,37 +49,38 @@ pub(crate) fn egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn classify(ctx: &TcContext, cfg: &Config) -> Result<i32, ParseError> {
+fn classify(ctx: &TcContext, cfg: &Config) -> Result<i32, egress_common::packet::ParseError> {
     let Frame::Ip(p) = parse_frame(&Skb(ctx))? else {
         count(counters::PASS_NOT_IP);
         return Ok(PASS);
     };
-    let verdict = match p.transport {
+    // Queries to trusted resolvers are remembered so their answers can be matched; this never
+    // changes the verdict below.
+    let t = p.transport;
+    if t.kind == Kind::Ports && t.proto == IPPROTO_UDP && t.dport == [0, 53] {
+        dns::track_query(ctx, cfg, &p, t.sport);
+    }
+    let verdict = match t.kind {
         // Fail-open, by design: a later fragment carries no ports; the first fragment carries
         // them and gets the full verdict, and without it the datagram cannot be reassembled.
-        Transport::LaterFragment => {
+        Kind::LaterFragment => {
             count(counters::PASS_FRAGMENT);
             PASS
         }
-        Transport::Other(_) => {
+        Kind::Other => {
             count(counters::PASS_NOT_ENFORCED);
             PASS
         }
         // Fail-closed: the ports are unknown (tiny first fragment, truncated transport header,
         // IPv6 extension headers past the walk bound), so only an allowed destination passes.
-        Transport::Unparsed => match allowed(&p, now()) {
+        Kind::Unparsed => match allowed(&p, now()) {
             Some(counter) => {
                 count(counter);
                 PASS
             }
             None => deny(cfg, Some((&p, 0, [0; 2])), reason::MALFORMED),
         },
-        Transport::Ports {
-            proto,
-            sport,
-            dport,
-            tcp_flags,
-        } => enforce(cfg, &p, proto, sport, dport, tcp_flags),
+        Kind::Ports => enforce(cfg, &p, t.proto, t.sport, t.dport, t.tcp_flags),
     };
     Ok(verdict)
 }
@@ -284,20 +236,6 @@ fn report(cfg: &Config, event: &DenyEvent) {
 fn port_enforced(port: u16) -> bool {
     let (word, bit) = port_bit(port);
     matches!(PORTS.get(word), Some(w) if w & bit != 0)
-}
-
-#[inline(always)]
-fn count(counter: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: per-CPU slot from a successful lookup, as in `report`.
-        unsafe { *c += 1 };
-    }
-}
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: the helper takes no arguments and is available to TC programs since Linux 5.8.
-    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 #[cfg(not(test))]

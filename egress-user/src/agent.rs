@@ -3,7 +3,8 @@
 //! leaves enforcement in place; `egress detach` removes it.
 
 use std::{
-    net::SocketAddr,
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
@@ -11,7 +12,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{maps::RingBuf, programs::SchedClassifier};
-use egress_common::maps::{Config, names};
+use egress_common::{
+    hash::name_hashes,
+    maps::{Config, names},
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -19,10 +23,10 @@ use crate::{
     attach::{self, AttachMode},
     clock,
     datapath::Datapath,
-    ebpf, events, http,
+    ebpf, events, http, learn,
     metrics::{self, AgentMetrics},
-    pins::PinDir,
-    policy::{self, Mode, Policy},
+    pins::{Hook, PinDir},
+    policy::{self, Mode, NamePattern, Policy},
 };
 
 /// A TCP flow idle this long is forgotten; its next non-SYN packet is judged afresh.
@@ -44,22 +48,83 @@ pub struct RunOptions {
     pub attach: AttachMode,
 }
 
-/// The kernel configuration a policy asks for.
-pub fn kernel_config(policy: &Policy, mode: Option<Mode>) -> Config {
+/// The kernel configuration a policy asks for. `key` is the name-hash key already in the maps
+/// (adopted state), or a fresh one.
+pub fn kernel_config(policy: &Policy, mode: Option<Mode>, key: (u64, u64)) -> Config {
     Config {
         mode: mode.unwrap_or(policy.mode).as_raw(),
         events_per_sec: EVENTS_PER_SEC,
         tcp_idle_ns: TCP_IDLE.as_nanos() as u64,
         udp_idle_ns: UDP_IDLE.as_nanos() as u64,
+        hash_k0: key.0,
+        hash_k1: key.1,
+        min_ttl_s: policy.dns.min_ttl.as_secs() as u32,
+        grace_s: policy.dns.grace.as_secs() as u32,
     }
 }
 
-/// Writes a policy into the maps. Additions go in before removals, so what both the old and the
-/// new policy allow is never denied in between.
+/// The name-hash key of these maps: kept if the maps were configured before (a restart must
+/// not invalidate the name maps), otherwise 128 fresh random bits.
+fn hash_key(dp: &Datapath) -> anyhow::Result<(u64, u64)> {
+    let cfg = dp.config()?;
+    if cfg.mode != egress_common::mode::UNSET {
+        return Ok((cfg.hash_k0, cfg.hash_k1));
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("cannot read /dev/urandom for the name-hash key")?;
+    Ok((
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
+    ))
+}
+
+/// The resolvers whose answers are trusted: the policy's, or the nameservers of
+/// `/etc/resolv.conf`.
+pub fn resolvers(policy: &Policy) -> Vec<IpAddr> {
+    if let Some(r) = &policy.resolvers {
+        return r.clone();
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    system_resolvers(&text)
+}
+
+/// Nameserver addresses from resolv.conf text (a `%scope` suffix is dropped).
+pub fn system_resolvers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.split('%').next()?.parse().ok())
+        .collect()
+}
+
+/// Writes a policy into the maps. Additions go in before removals and the mode and ports come
+/// last, so what both the old and the new policy allow is never denied in between.
 pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> anyhow::Result<()> {
+    let key = hash_key(dp)?;
+    let mut exact = BTreeSet::new();
+    let mut wild = BTreeSet::new();
+    for name in &policy.allow.names {
+        match name {
+            NamePattern::Exact(n) => exact.insert(name_hashes(key.0, key.1, n).0),
+            NamePattern::Wildcard(suffix) => wild.insert(name_hashes(key.0, key.1, suffix).0),
+        };
+    }
+    let resolvers = resolvers(policy);
+    if !policy.allow.names.is_empty() {
+        if resolvers.is_empty() {
+            tracing::warn!("no resolvers: set `resolvers:` in the policy; no name will be learned");
+        }
+        for r in resolvers.iter().filter(|r| r.is_loopback()) {
+            tracing::warn!(resolver = %r, "a loopback resolver's answers never cross the interface; list the upstream servers the local stub forwards to in `resolvers:`");
+        }
+    }
     dp.sync_static(&policy.allow.cidrs)?;
+    dp.sync_resolvers(&resolvers)?;
+    dp.sync_names(&exact, &wild)?;
     dp.set_ports(&policy.ports)?;
-    dp.set_config(&kernel_config(policy, mode))?;
+    dp.set_config(&kernel_config(policy, mode, key))?;
     Ok(())
 }
 
@@ -91,23 +156,29 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
     })?;
     let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map missing")?)?;
+    let dns_ring =
+        RingBuf::try_from(ebpf.take_map(names::DNS_EVENTS).context("DNS_EVENTS map missing")?)?;
     let mut dp = Datapath::from_ebpf(&mut ebpf)?;
     apply(&mut dp, &policy, mode).context("cannot apply the policy to the maps")?;
 
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(ebpf::PROGRAM)
-        .context("classifier missing from the eBPF object")?
-        .try_into()?;
-    prog.load().context("the kernel rejected the classifier")?;
-    for iface in &ifaces {
-        let how = attach::attach(prog, iface, &pins, attach_mode)?;
-        tracing::info!(iface, ?how, "attached to egress");
-    }
-    // The program pin is informational (links hold the program); replace it with ours.
-    let prog_pin = pins.program();
-    let _ = std::fs::remove_file(&prog_pin);
-    if let Err(e) = prog.pin(&prog_pin) {
-        tracing::warn!(error = %e, path = %prog_pin.display(), "cannot pin the program");
+    // Ingress (learning) first, so names are learned from the moment egress enforces.
+    for hook in Hook::ALL {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(hook.name())
+            .with_context(|| format!("program {} missing from the eBPF object", hook.name()))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel rejected the {} program", hook.name()))?;
+        for iface in &ifaces {
+            let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
+            tracing::info!(iface, hook = hook.name(), ?how, "attached");
+        }
+        // The program pin is informational (links hold the program); replace it with ours.
+        let prog_pin = pins.program(hook);
+        let _ = std::fs::remove_file(&prog_pin);
+        if let Err(e) = prog.pin(&prog_pin) {
+            tracing::warn!(error = %e, path = %prog_pin.display(), "cannot pin the program");
+        }
     }
     tracing::info!(
         mode = ?mode.unwrap_or(policy.mode),
@@ -131,6 +202,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let (stats, cancel) = (event_stats.clone(), cancel.clone());
         tokio::spawn(async move { events::drain(ring, &stats, cancel).await })
     };
+    let learner = Arc::new(Mutex::new(learn::Learner::new(policy.allow.names.clone())));
+    let learn_stats = Arc::new(learn::LearnStats::default());
+    let learning = {
+        let (dp, learner, stats, cancel) = (dp.clone(), learner.clone(), learn_stats.clone(), cancel.clone());
+        tokio::spawn(async move {
+            events::drain_ring(dns_ring, cancel, |item| {
+                let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+                let mut learner = learner.lock().unwrap_or_else(|p| p.into_inner());
+                learner.handle(item, &mut dp, &stats);
+            })
+            .await
+        })
+    };
     state.ready.store(true, Ordering::Release);
     tracing::info!(%metrics_addr, "ready");
 
@@ -150,6 +234,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         match apply(&mut guard, &new, mode) {
                             Ok(()) => {
                                 agent_metrics.reloads.inc();
+                                learner.lock().unwrap_or_else(|p| p.into_inner()).set_names(new.allow.names.clone());
                                 tracing::info!(path = %policy_path.display(), "policy reloaded");
                                 current = new;
                             }
@@ -182,6 +267,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     cancel.cancel();
     let _ = server.await;
     let _ = drain.await;
+    let _ = learning.await;
     Ok(())
 }
 

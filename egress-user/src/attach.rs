@@ -19,7 +19,7 @@ use aya::{
 };
 use thiserror::Error;
 
-use crate::pins::PinDir;
+use crate::pins::{Hook, PinDir};
 
 /// clsact filter priority used on kernels without TCX (1 = evaluated first).
 pub const NETLINK_PRIORITY: u16 = 1;
@@ -88,10 +88,11 @@ fn check_iface(iface: &str) -> Result<(), AttachError> {
     Ok(())
 }
 
-/// Attaches `prog` (loaded) to the egress of `iface`, replacing our own earlier attachment in
-/// place if there is one.
+/// Attaches `prog` (loaded) to `hook` of `iface`, replacing our own earlier attachment in place
+/// if there is one.
 pub fn attach(
     prog: &mut SchedClassifier,
+    hook: Hook,
     iface: &str,
     pins: &PinDir,
     mode: AttachMode,
@@ -103,18 +104,26 @@ pub fn attach(
         AttachMode::Netlink => false,
     };
     if tcx {
-        attach_tcx(prog, iface, pins)
+        attach_tcx(prog, hook, iface, pins)
     } else {
-        attach_netlink(prog, iface)
+        attach_netlink(prog, hook, iface)
+    }
+}
+
+fn tc_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::Egress => TcAttachType::Egress,
+        Hook::Ingress => TcAttachType::Ingress,
     }
 }
 
 fn attach_tcx(
     prog: &mut SchedClassifier,
+    hook: Hook,
     iface: &str,
     pins: &PinDir,
 ) -> Result<Attached, AttachError> {
-    let path = pins.link(iface);
+    let path = pins.link(hook, iface);
     let err = |how| {
         let iface = iface.to_owned();
         move |source| AttachError::Attach { iface, how, source }
@@ -136,7 +145,7 @@ fn attach_tcx(
             let id = prog
                 .attach_with_options(
                     iface,
-                    TcAttachType::Egress,
+                    tc_type(hook),
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .map_err(err("TCX"))?;
@@ -159,7 +168,7 @@ fn attach_tcx(
     }
 }
 
-fn attach_netlink(prog: &mut SchedClassifier, iface: &str) -> Result<Attached, AttachError> {
+fn attach_netlink(prog: &mut SchedClassifier, hook: Hook, iface: &str) -> Result<Attached, AttachError> {
     let err = |how| {
         let iface = iface.to_owned();
         move |source| AttachError::Attach { iface, how, source }
@@ -177,7 +186,7 @@ fn attach_netlink(prog: &mut SchedClassifier, iface: &str) -> Result<Attached, A
     };
     let id = match SchedClassifierLink::attached(
         iface,
-        TcAttachType::Egress,
+        tc_type(hook),
         NETLINK_PRIORITY,
         NETLINK_HANDLE,
         None,
@@ -189,7 +198,7 @@ fn attach_netlink(prog: &mut SchedClassifier, iface: &str) -> Result<Attached, A
     {
         Ok(id) => id,
         Err(_) => prog
-            .attach_with_options(iface, TcAttachType::Egress, options())
+            .attach_with_options(iface, tc_type(hook), options())
             .map_err(err("clsact"))?,
     };
     let link = prog.take_link(id).map_err(err("clsact"))?;
@@ -198,11 +207,19 @@ fn attach_netlink(prog: &mut SchedClassifier, iface: &str) -> Result<Attached, A
     Ok(Attached::Netlink)
 }
 
-/// Removes egress from `iface`: the pinned TCX link and/or our clsact filter. Returns whether
-/// anything was attached.
+/// Removes egress from `iface`, both hooks: the pinned TCX links and/or our clsact filters.
+/// Returns whether anything was attached.
 pub fn detach(iface: &str, pins: &PinDir) -> Result<bool, AttachError> {
     let mut found = false;
-    let path = pins.link(iface);
+    for hook in Hook::ALL {
+        found |= detach_hook(hook, iface, pins)?;
+    }
+    Ok(found)
+}
+
+fn detach_hook(hook: Hook, iface: &str, pins: &PinDir) -> Result<bool, AttachError> {
+    let mut found = false;
+    let path = pins.link(hook, iface);
     match PinnedLink::from_pin(&path) {
         Ok(pinned) => {
             // Unpinning drops the last reference once our descriptor closes: the link goes.
@@ -224,7 +241,7 @@ pub fn detach(iface: &str, pins: &PinDir) -> Result<bool, AttachError> {
     if check_iface(iface).is_ok() {
         if let Ok(link) = SchedClassifierLink::attached(
             iface,
-            TcAttachType::Egress,
+            tc_type(hook),
             NETLINK_PRIORITY,
             NETLINK_HANDLE,
             None,

@@ -11,7 +11,10 @@ use aya::{
 };
 use egress_common::{
     counters,
-    maps::{Config, FlowKey, FlowValue, LearnedValue, PORT_WORDS, StaticValue, names, port_bit},
+    maps::{
+        Config, FlowKey, FlowValue, LearnedValue, NAME_PERMANENT, NameValue, PORT_WORDS,
+        StaticValue, names, port_bit, v4_mapped,
+    },
 };
 use ipnet::IpNet;
 use thiserror::Error;
@@ -66,6 +69,9 @@ pub struct Datapath {
     learned_v6: LpmTrie<MapData, [u8; 16], LearnedValue>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<MapData, u64>,
+    resolvers: HashMap<MapData, [u8; 16], u32>,
+    names_exact: HashMap<MapData, u64, NameValue>,
+    names_wild: HashMap<MapData, u64, NameValue>,
 }
 
 impl Datapath {
@@ -102,6 +108,9 @@ impl Datapath {
             learned_v6: typed(get, names::LEARNED_V6)?,
             flows: typed(get, names::FLOWS)?,
             counters: typed(get, names::COUNTERS)?,
+            resolvers: typed(get, names::RESOLVERS)?,
+            names_exact: typed(get, names::NAMES_EXACT)?,
+            names_wild: typed(get, names::NAMES_WILD)?,
         })
     }
 
@@ -301,6 +310,80 @@ impl Datapath {
         Ok((learned, flows))
     }
 
+    /// Makes the resolver map hold exactly `resolvers` (additions first).
+    pub fn sync_resolvers(&mut self, resolvers: &[IpAddr]) -> Result<()> {
+        let want: BTreeSet<[u8; 16]> = resolvers.iter().map(|a| mapped(*a)).collect();
+        for key in &want {
+            self.resolvers.insert(key, 1, 0).map_err(op(names::RESOLVERS, "insert"))?;
+        }
+        let have: Vec<[u8; 16]> = self.resolvers.keys().filter_map(|k| k.ok()).collect();
+        for key in have.iter().filter(|k| !want.contains(*k)) {
+            self.resolvers.remove(key).map_err(op(names::RESOLVERS, "remove"))?;
+        }
+        Ok(())
+    }
+
+    pub fn resolvers(&self) -> Vec<IpAddr> {
+        self.resolvers.keys().filter_map(|k| k.ok()).map(unmapped).collect()
+    }
+
+    /// Makes the policy part of the name maps hold exactly `exact` and `wild` (hashes). Names
+    /// learned as CNAME targets (with an expiry) are left alone; additions go first.
+    pub fn sync_names(&mut self, exact: &BTreeSet<u64>, wild: &BTreeSet<u64>) -> Result<()> {
+        let permanent = NameValue { expires_ns: NAME_PERMANENT };
+        for h in exact {
+            self.names_exact.insert(h, permanent, 0).map_err(op(names::NAMES_EXACT, "insert"))?;
+        }
+        for h in wild {
+            self.names_wild.insert(h, permanent, 0).map_err(op(names::NAMES_WILD, "insert"))?;
+        }
+        let stale: Vec<u64> = self
+            .names_exact
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(h, v)| v.expires_ns == NAME_PERMANENT && !exact.contains(h))
+            .map(|(h, _)| h)
+            .collect();
+        for h in stale {
+            self.names_exact.remove(&h).map_err(op(names::NAMES_EXACT, "remove"))?;
+        }
+        let stale: Vec<u64> = self.names_wild.keys().filter_map(|k| k.ok()).filter(|h| !wild.contains(h)).collect();
+        for h in stale {
+            self.names_wild.remove(&h).map_err(op(names::NAMES_WILD, "remove"))?;
+        }
+        Ok(())
+    }
+
+    /// Allows an exact name (a CNAME target) until `expires_ns`; a policy name or a later
+    /// expiry already there is kept.
+    pub fn allow_name_until(&mut self, hash: u64, expires_ns: u64) -> Result<()> {
+        let old = self.names_exact.get(&hash, 0).map(|v| v.expires_ns).unwrap_or(0);
+        if old >= expires_ns {
+            return Ok(());
+        }
+        self.names_exact
+            .insert(hash, NameValue { expires_ns }, 0)
+            .map_err(op(names::NAMES_EXACT, "insert"))
+    }
+
+    /// Until when an exact name hash is allowed, if it is.
+    pub fn name_allowed_until(&self, hash: u64) -> Option<u64> {
+        self.names_exact.get(&hash, 0).ok().map(|v| v.expires_ns)
+    }
+
+    /// Entries of the name maps: (exact permanent, exact expiring, wildcard).
+    pub fn name_counts(&self) -> (usize, usize, usize) {
+        let (mut permanent, mut expiring) = (0, 0);
+        for (_, v) in self.names_exact.iter().filter_map(|e| e.ok()) {
+            if v.expires_ns == NAME_PERMANENT {
+                permanent += 1;
+            } else {
+                expiring += 1;
+            }
+        }
+        (permanent, expiring, self.names_wild.keys().count())
+    }
+
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.iter().filter_map(|e| e.ok()).collect()
     }
@@ -327,6 +410,22 @@ impl std::fmt::Debug for Datapath {
 
 fn op(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Op { name, op, source }
+}
+
+/// The 16-byte key form of an address (IPv4-mapped for IPv4).
+pub fn mapped(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(a) => v4_mapped(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn unmapped(key: [u8; 16]) -> IpAddr {
+    let a = Ipv6Addr::from(key);
+    match a.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(a),
+    }
 }
 
 fn net(addr: IpAddr, prefix_len: u32) -> IpNet {

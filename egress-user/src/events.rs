@@ -34,15 +34,15 @@ pub fn destination(ev: &DenyEvent) -> Option<IpAddr> {
     }
 }
 
-pub async fn drain(
+/// Hands every record of `ring` to `handle` as it arrives, until `cancel`.
+pub async fn drain_ring(
     ring: RingBuf<MapData>,
-    stats: &EventStats,
     cancel: CancellationToken,
+    mut handle: impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd for as long as it lives, and the `AsyncFd` owns
     // the ring buffer, so the descriptor stays open and the same until the `AsyncFd` drops.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
-    let mut last_logged: HashMap<(Option<IpAddr>, u16, u8), Instant> = HashMap::new();
     loop {
         let mut guard = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
@@ -50,16 +50,36 @@ pub async fn drain(
         };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<DenyEvent>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a whole `DenyEvent` (length checked above); it is
-            // `repr(C)` plain data, and `read_unaligned` copes with any alignment.
-            let ev: DenyEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            record(&ev, stats, &mut last_logged);
+            handle(&item);
         }
         guard.clear_ready();
     }
+}
+
+/// Reads a plain-data record from the front of a ring buffer item.
+pub fn read_record<T: aya::Pod>(item: &[u8]) -> Option<T> {
+    if item.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `T: Pod` is plain data valid for any bits, the length is checked above, and
+    // `read_unaligned` copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) })
+}
+
+/// Drains denied-destination events: counts them and logs each destination at most once per
+/// [`LOG_INTERVAL`].
+pub async fn drain(
+    ring: RingBuf<MapData>,
+    stats: &EventStats,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let mut last_logged: HashMap<(Option<IpAddr>, u16, u8), Instant> = HashMap::new();
+    drain_ring(ring, cancel, |item| {
+        if let Some(ev) = read_record::<DenyEvent>(item) {
+            record(&ev, stats, &mut last_logged);
+        }
+    })
+    .await
 }
 
 fn record(

@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod ebpf;
 pub mod events;
 pub mod http;
+pub mod learn;
 pub mod metrics;
 pub mod pins;
 pub mod policy;

@@ -131,7 +131,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for name in egress_common::maps::names::ALL {
                     let _ = std::fs::remove_file(pins.map(name));
                 }
-                let _ = std::fs::remove_file(pins.program());
+                for hook in egress_user::pins::Hook::ALL {
+                    let _ = std::fs::remove_file(pins.program(hook));
+                }
                 std::fs::remove_dir(pins.root()).map_err(|e| {
                     anyhow::anyhow!(
                         "cannot remove {}: {e} (pins of another tool there?)",

@@ -2,8 +2,8 @@
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/egress`):
 //! - one file per map, named as in `egress_common::maps::names` (aya pins by name);
-//! - `prog_egress`: the classifier program;
-//! - `link_egress_<iface>`: the TCX link of each interface (kernels >= 6.6).
+//! - `prog_egress`, `prog_ingress`: the enforcing and the DNS-learning programs;
+//! - `link_egress_<iface>`, `link_ingress_<iface>`: their TCX links (kernels >= 6.6).
 
 use std::{
     io,
@@ -38,6 +38,27 @@ pub enum PinError {
     },
 }
 
+/// The two TC hooks egress uses, each with its own program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Enforcement (and DNS query tracking).
+    Egress,
+    /// DNS answer learning.
+    Ingress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Ingress, Hook::Egress];
+
+    /// Also the program's name in the eBPF object.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Egress => "egress",
+            Hook::Ingress => "ingress",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PinDir {
     root: PathBuf,
@@ -56,12 +77,12 @@ impl PinDir {
         self.root.join(name)
     }
 
-    pub fn program(&self) -> PathBuf {
-        self.root.join("prog_egress")
+    pub fn program(&self, hook: Hook) -> PathBuf {
+        self.root.join(format!("prog_{}", hook.name()))
     }
 
-    pub fn link(&self, iface: &str) -> PathBuf {
-        self.root.join(format!("link_egress_{iface}"))
+    pub fn link(&self, hook: Hook, iface: &str) -> PathBuf {
+        self.root.join(format!("link_{}_{iface}", hook.name()))
     }
 
     /// Interfaces with a pinned TCX link in this directory.

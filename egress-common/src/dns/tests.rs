@@ -46,7 +46,7 @@ fn cname(name: &str, target: &str, ttl: u32) -> Record {
 
 fn learn(msg: &[u8]) -> Result<(Question, Walk, Vec<(Address, u32)>), DnsError> {
     let b = buf(msg);
-    let q = question(&b, msg.len(), K0, K1)?;
+    let q = question(&b, msg.len(), K0, K1, &mut [0; MAX_LABELS], |_| false)?;
     let mut got = Vec::new();
     let w = answers(&b, msg.len(), &q, |a, t| got.push((a, t)))?;
     Ok((q, w, got))
@@ -55,12 +55,30 @@ fn learn(msg: &[u8]) -> Result<(Question, Walk, Vec<(Address, u32)>), DnsError> 
 #[test]
 fn question_hashes_match_userspace_hashes() {
     let msg = response("A.b.Example.com.", vec![]);
-    let (q, _, _) = learn(&msg).unwrap();
+    let b = buf(&msg);
+    let mut offered = Vec::new();
+    let q = question(&b, msg.len(), K0, K1, &mut [0; MAX_LABELS], |h| {
+        offered.push(h);
+        false
+    })
+    .unwrap();
     let (full, suffixes) = name_hashes(K0, K1, "a.b.example.com");
     assert_eq!(q.id, 0xbeef);
     assert_eq!(q.full, full);
-    assert_eq!(&q.suffixes[..q.n_suffixes], suffixes.as_slice());
+    offered.reverse();
+    assert_eq!(offered, suffixes.as_slice(), "offered shortest first");
+    assert!(!q.suffix_matched);
     assert_eq!(q.qtype, 1);
+    // The callback stops being asked once it accepts.
+    let example_com = name_hashes(K0, K1, "example.com").0;
+    let mut asked = 0;
+    let q = question(&b, msg.len(), K0, K1, &mut [0; MAX_LABELS], |h| {
+        asked += 1;
+        h == example_com
+    })
+    .unwrap();
+    assert!(q.suffix_matched);
+    assert_eq!(asked, 2);
 }
 
 #[test]
@@ -94,11 +112,11 @@ fn queries_give_id_and_name_hash() {
     let mut m = Message::new();
     m.set_id(77).set_message_type(MessageType::Query).add_query(Query::query(Name::from_str("cgr.dev.").unwrap(), RecordType::AAAA));
     let bytes = m.to_bytes().unwrap();
-    assert_eq!(query(&buf(&bytes), bytes.len(), K0, K1), Ok((77, name_hashes(K0, K1, "cgr.dev").0)));
+    assert_eq!(query(&buf(&bytes), bytes.len(), K0, K1, &mut [0; MAX_LABELS]), Ok((77, name_hashes(K0, K1, "cgr.dev").0)));
     // A response is not a query and vice versa.
     let resp = response("cgr.dev.", vec![]);
-    assert_eq!(query(&buf(&resp), resp.len(), K0, K1), Err(DnsError::NotApplicable));
-    assert!(question(&buf(&bytes), bytes.len(), K0, K1).is_err());
+    assert_eq!(query(&buf(&resp), resp.len(), K0, K1, &mut [0; MAX_LABELS]), Err(DnsError::NotApplicable));
+    assert!(question(&buf(&bytes), bytes.len(), K0, K1, &mut [0; MAX_LABELS], |_| false).is_err());
 }
 
 #[test]
@@ -180,7 +198,7 @@ fn more_answers_than_the_kernel_walks_are_flagged() {
 
 #[test]
 fn too_many_labels_and_long_names() {
-    let long = (0..40).map(|_| "a").collect::<Vec<_>>().join(".") + ".";
+    let long = (0..MAX_LABELS + 1).map(|_| "a").collect::<Vec<_>>().join(".") + ".";
     let msg = response(&long, vec![]);
     assert_eq!(learn(&msg).unwrap_err(), DnsError::TooManyLabels);
 }
@@ -207,10 +225,10 @@ fn random_corruption_never_panics_or_loops() {
         let cut = (next() as usize) % (m.len() + 1);
         let _ = learn(&m[..cut]);
         let b = buf(&m[..cut]);
-        let _ = query(&b, cut, K0, K1);
+        let _ = query(&b, cut, K0, K1, &mut [0; MAX_LABELS]);
     }
     // A full buffer of garbage, and lengths beyond the buffer.
     let junk = Box::new([0xc1u8; BUF]);
-    let _ = question(&junk, BUF, K0, K1);
-    assert_eq!(question(&junk, BUF + 1, K0, K1), Err(DnsError::Truncated));
+    let _ = question(&junk, BUF, K0, K1, &mut [0; MAX_LABELS], |_| false);
+    assert_eq!(question(&junk, BUF + 1, K0, K1, &mut [0; MAX_LABELS], |_| false), Err(DnsError::Truncated));
 }

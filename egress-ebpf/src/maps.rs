@@ -1,0 +1,52 @@
+//! Every map of the datapath. Names (the static identifiers) match
+//! `egress_common::maps::names`; all are pinned by name under the agent's pin directory.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use egress_common::{
+    counters,
+    maps::{
+        Config, DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY,
+        FlowKey, FlowValue, LEARNED_CAPACITY, LearnedValue, NAMES_EXACT_CAPACITY,
+        NAMES_WILD_CAPACITY, NameValue, PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY,
+        RateState, STATIC_CAPACITY, StaticValue,
+    },
+};
+
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::pinned(1, 0);
+#[map]
+pub(crate) static PORTS: Array<u32> = Array::pinned(PORT_WORDS, 0);
+#[map]
+pub(crate) static STATIC_V4: LpmTrie<[u8; 4], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
+#[map]
+pub(crate) static STATIC_V6: LpmTrie<[u8; 16], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
+#[map]
+pub(crate) static LEARNED_V4: LpmTrie<[u8; 4], LearnedValue> =
+    LpmTrie::pinned(LEARNED_CAPACITY, 0);
+#[map]
+pub(crate) static LEARNED_V6: LpmTrie<[u8; 16], LearnedValue> =
+    LpmTrie::pinned(LEARNED_CAPACITY, 0);
+#[map]
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
+#[map]
+pub(crate) static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+#[map]
+pub(crate) static RESOLVERS: HashMap<[u8; 16], u32> = HashMap::pinned(RESOLVERS_CAPACITY, 0);
+#[map]
+pub(crate) static NAMES_EXACT: HashMap<u64, NameValue> = HashMap::pinned(NAMES_EXACT_CAPACITY, 0);
+#[map]
+pub(crate) static NAMES_WILD: HashMap<u64, NameValue> = HashMap::pinned(NAMES_WILD_CAPACITY, 0);
+#[map]
+pub(crate) static DNS_PENDING: LruHashMap<PendingKey, PendingValue> =
+    LruHashMap::pinned(DNS_PENDING_CAPACITY, 0);
+#[map]
+pub(crate) static DNS_SCRATCH: PerCpuArray<DnsBuf> = PerCpuArray::pinned(2, 0);
+#[map]
+pub(crate) static DNS_EVENTS: RingBuf = RingBuf::pinned(DNS_EVENTS_BYTES, 0);

@@ -1,0 +1,232 @@
+//! The agent's half of DNS learning. The kernel learns the addresses of allowed answers itself
+//! (race-free); the agent consumes the copies it sends to:
+//! - allow the target of a CNAME chain that ends without addresses, so the client's follow-up
+//!   query for that target is learned by the kernel too;
+//! - learn what the kernel left: answers with more records than it walks, and DNS over TCP
+//!   (reassembled here; the TCP handshake is its anti-spoofing);
+//! - count and log.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use egress_common::{
+    hash::name_hashes,
+    maps::{Config, DnsEventHeader, dns_flag, dns_kind},
+};
+use hickory_proto::{
+    op::{Message, MessageType, ResponseCode},
+    rr::{RData, RecordType},
+};
+
+use crate::{clock, datapath::Datapath, events::read_record, policy::NamePattern};
+
+/// Longest CNAME chain followed.
+const MAX_CHAIN: usize = 16;
+/// TCP streams reassembled at once; more, and all are dropped (they teach nothing then).
+const MAX_TCP_STREAMS: usize = 1024;
+/// Bytes buffered per TCP stream (one DNS message is at most 65,535 + 2).
+const MAX_TCP_BUFFER: usize = 65_537;
+
+#[derive(Debug, Default)]
+pub struct LearnStats {
+    /// DNS copies received from the kernel.
+    pub copies: AtomicU64,
+    /// CNAME targets allowed because a chain ended without addresses.
+    pub cname_targets: AtomicU64,
+    /// Addresses learned by the agent (what the kernel left to it).
+    pub addresses: AtomicU64,
+    /// DNS-over-TCP answers parsed.
+    pub tcp_answers: AtomicU64,
+    /// Copies that could not be parsed.
+    pub unparsable: AtomicU64,
+    /// Inserts that failed (map full).
+    pub insert_failures: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct StreamKey {
+    resolver: [u8; 16],
+    client: [u8; 16],
+    client_port: [u8; 2],
+}
+
+struct Stream {
+    next_seq: u32,
+    buf: Vec<u8>,
+}
+
+pub struct Learner {
+    names: Vec<NamePattern>,
+    streams: HashMap<StreamKey, Stream>,
+}
+
+impl Learner {
+    pub fn new(names: Vec<NamePattern>) -> Self {
+        Self { names, streams: HashMap::new() }
+    }
+
+    pub fn set_names(&mut self, names: Vec<NamePattern>) {
+        self.names = names;
+    }
+
+    /// Handles one record of the DNS ring buffer.
+    pub fn handle(&mut self, item: &[u8], dp: &mut Datapath, stats: &LearnStats) {
+        let Some(h) = read_record::<DnsEventHeader>(item) else {
+            return;
+        };
+        let start = size_of::<DnsEventHeader>();
+        let Some(payload) = item.get(start..start + h.len as usize) else {
+            return;
+        };
+        stats.copies.fetch_add(1, Ordering::Relaxed);
+        let Ok(cfg) = dp.config() else {
+            return;
+        };
+        match h.kind {
+            dns_kind::UDP => {
+                let Ok(msg) = Message::from_vec(payload) else {
+                    stats.unparsable.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                if h.flags & dns_flag::ALLOWED != 0 {
+                    let learn_addresses = h.flags & dns_flag::KERNEL_LEARNED == 0
+                        || h.flags & dns_flag::INCOMPLETE != 0;
+                    self.follow(&msg, &cfg, dp, stats, learn_addresses);
+                }
+            }
+            dns_kind::TCP => self.tcp_segment(&h, payload, &cfg, dp, stats),
+            _ => {}
+        }
+    }
+
+    fn allowed(&self, name: &str, dp: &Datapath, cfg: &Config) -> bool {
+        if self.names.iter().any(|p| p.matches(name)) {
+            return true;
+        }
+        // A CNAME target allowed earlier (it is in the kernel's exact-name map).
+        let (h, _) = name_hashes(cfg.hash_k0, cfg.hash_k1, &normalize(name));
+        dp.name_allowed_until(h).is_some_and(|t| t > clock::boot_ns())
+    }
+
+    /// Follows the CNAME chain from the question; learns the addresses at its end (if asked),
+    /// or allows a dangling target.
+    fn follow(&self, msg: &Message, cfg: &Config, dp: &mut Datapath, stats: &LearnStats, learn_addresses: bool) {
+        let Some(q) = msg.queries().first() else {
+            return;
+        };
+        let mut name = normalize(&q.name().to_ascii());
+        let mut last_ttl = 0;
+        for _ in 0..MAX_CHAIN {
+            let next = msg.answers().iter().find_map(|r| match r.data() {
+                RData::CNAME(target) if normalize(&r.name().to_ascii()) == name => {
+                    Some((normalize(&target.0.to_ascii()), r.ttl()))
+                }
+                _ => None,
+            });
+            match next {
+                Some((target, ttl)) if target != name => {
+                    name = target;
+                    last_ttl = ttl;
+                }
+                _ => break,
+            }
+        }
+        let now = clock::boot_ns();
+        let mut found = 0;
+        for r in msg.answers() {
+            if normalize(&r.name().to_ascii()) != name {
+                continue;
+            }
+            let addr = match r.data() {
+                RData::A(a) => IpAddr::V4(a.0),
+                RData::AAAA(a) => IpAddr::V6(a.0),
+                _ => continue,
+            };
+            found += 1;
+            if learn_addresses {
+                let ttl = r.ttl().min(egress_common::dns::MAX_TTL_S);
+                match dp.learn(addr, now + cfg.lifetime_ns(ttl)) {
+                    Ok(()) => stats.addresses.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => stats.insert_failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+        let asked = normalize(&q.name().to_ascii());
+        if found == 0 && name != asked {
+            let (h, _) = name_hashes(cfg.hash_k0, cfg.hash_k1, &name);
+            let ttl = last_ttl.min(egress_common::dns::MAX_TTL_S);
+            match dp.allow_name_until(h, now + cfg.lifetime_ns(ttl)) {
+                Ok(()) => {
+                    stats.cname_targets.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%asked, target = %name, "allowed the dangling CNAME target");
+                }
+                Err(_) => {
+                    stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn tcp_segment(&mut self, h: &DnsEventHeader, payload: &[u8], cfg: &Config, dp: &mut Datapath, stats: &LearnStats) {
+        let key = StreamKey { resolver: h.resolver, client: h.client, client_port: h.client_port };
+        if self.streams.len() >= MAX_TCP_STREAMS && !self.streams.contains_key(&key) {
+            self.streams.clear();
+        }
+        let stream = self.streams.entry(key).or_insert_with(|| Stream { next_seq: h.tcp_seq, buf: Vec::new() });
+        let offset = h.tcp_seq.wrapping_sub(stream.next_seq) as i32;
+        if offset > 0 {
+            // A gap (a lost copy): restart at this segment; what cannot be parsed teaches nothing.
+            stream.buf.clear();
+            stream.next_seq = h.tcp_seq;
+        }
+        let skip = if offset < 0 { (-offset) as usize } else { 0 };
+        if skip < payload.len() {
+            stream.buf.extend_from_slice(&payload[skip..]);
+            stream.next_seq = h.tcp_seq.wrapping_add(payload.len() as u32);
+        }
+        if stream.buf.len() > MAX_TCP_BUFFER {
+            self.streams.remove(&key);
+            return;
+        }
+        let mut messages = Vec::new();
+        loop {
+            let buf = &mut self.streams.get_mut(&key).expect("present").buf;
+            if buf.len() < 2 {
+                break;
+            }
+            let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+            if buf.len() < 2 + len {
+                break;
+            }
+            messages.push(buf[2..2 + len].to_vec());
+            buf.drain(..2 + len);
+        }
+        for m in messages {
+            let Ok(msg) = Message::from_vec(&m) else {
+                stats.unparsable.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if msg.message_type() != MessageType::Response || msg.response_code() != ResponseCode::NoError {
+                continue;
+            }
+            let Some(q) = msg.queries().first() else {
+                continue;
+            };
+            if !matches!(q.query_type(), RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::HTTPS)
+                || !self.allowed(&q.name().to_ascii(), dp, cfg)
+            {
+                continue;
+            }
+            stats.tcp_answers.fetch_add(1, Ordering::Relaxed);
+            self.follow(&msg, cfg, dp, stats, true);
+        }
+    }
+}
+
+/// Lowercase, without the trailing dot.
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
