@@ -87,7 +87,12 @@ fn be16(buf: &[u8; BUF], off: usize) -> u16 {
 
 #[inline(always)]
 fn be32(buf: &[u8; BUF], off: usize) -> u32 {
-    u32::from_be_bytes([byte(buf, off), byte(buf, off + 1), byte(buf, off + 2), byte(buf, off + 3)])
+    u32::from_be_bytes([
+        byte(buf, off),
+        byte(buf, off + 1),
+        byte(buf, off + 2),
+        byte(buf, off + 3),
+    ])
 }
 
 /// The header checks shared by queries and responses: returns (id, ancount).
@@ -242,15 +247,19 @@ pub struct Walk {
 
 /// Walks the answer section of `q`'s message. The section is validated whole first; only then
 /// is `sink(address, ttl)` called for each IN A/AAAA record, so malformed input teaches nothing.
+///
+/// `skip(off)` skips an owner name: [`skip_name`] on the host; the eBPF side calls the same
+/// function through a separately verified function (see `egress-ebpf/src/dns.rs`).
 #[inline(always)]
 pub fn answers(
     buf: &[u8; BUF],
     len: usize,
     q: &Question,
+    skip: impl Fn(usize) -> Option<usize>,
     mut sink: impl FnMut(Address, u32),
 ) -> Result<Walk, DnsError> {
-    let walk = walk_records(buf, len, q, &mut |_, _| {})?;
-    walk_records(buf, len, q, &mut sink)?;
+    let walk = walk_records(buf, len, q, &skip, &mut |_, _| {})?;
+    walk_records(buf, len, q, &skip, &mut sink)?;
     Ok(walk)
 }
 
@@ -259,6 +268,7 @@ fn walk_records(
     buf: &[u8; BUF],
     len: usize,
     q: &Question,
+    skip: &impl Fn(usize) -> Option<usize>,
     sink: &mut impl FnMut(Address, u32),
 ) -> Result<Walk, DnsError> {
     let mut w = Walk::default();
@@ -273,7 +283,7 @@ fn walk_records(
             break;
         }
         r += 1;
-        off = skip_name(buf, len, off)?;
+        off = skip(off).ok_or(DnsError::BadRecord)?;
         if off + 10 > len {
             return Err(DnsError::BadRecord);
         }
@@ -325,7 +335,7 @@ fn walk_records(
 
 /// Skips an owner name (labels, ending in the root or a compression pointer).
 #[inline(always)]
-fn skip_name(buf: &[u8; BUF], len: usize, mut off: usize) -> Result<usize, DnsError> {
+pub fn skip_name(buf: &[u8; BUF], len: usize, mut off: usize) -> Result<usize, DnsError> {
     let mut steps = 0;
     while steps < MAX_NAME_STEPS {
         steps += 1;

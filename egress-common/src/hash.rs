@@ -89,15 +89,35 @@ pub const fn ascii_lower_word(w: u64) -> u64 {
     w | (upper >> 2)
 }
 
+/// `MASKS[r + 56]` keeps the first `r` bytes of a word (`r` clamped to 0..=8), for
+/// `r = len - 8 * word` in -56..=63. A table instead of comparisons: LLVM turns any
+/// "is this byte inside the label" arithmetic into a compare and a branch per byte, and the
+/// verifier then explores every label length separately, past its 1M-instruction budget.
+const MASKS: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        let r = i as i64 - 56;
+        t[i] = if r <= 0 {
+            0
+        } else if r >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * r)) - 1
+        };
+        i += 1;
+    }
+    t
+};
+
 /// The hash of one label: SipHash-1-3 of its length and its lowercased bytes in 8 words of 8
 /// little-endian bytes, zero-padded to 64 bytes. `label_byte(i)` is called for every `i < 64`;
 /// bytes at `i >= len` are masked out, so they may be anything.
 ///
-/// Always 8 words and no data-dependent branch: the verifier explores each branch, and an early
-/// exit per word multiplied its work past its 1M-instruction budget.
+/// Always 8 words and no data-dependent branch (see [`MASKS`]).
 #[inline(always)]
 pub fn label_hash(k0: u64, k1: u64, len: u8, label_byte: impl Fn(usize) -> u8) -> u64 {
-    let len = (len & 63) as i64;
+    let len = (len & 63) as usize;
     let mut s = Sip13::new(k0, k1);
     s.write_u64(len as u64);
     let mut w = 0;
@@ -105,12 +125,10 @@ pub fn label_hash(k0: u64, k1: u64, len: u8, label_byte: impl Fn(usize) -> u8) -
         let mut word = 0u64;
         let mut b = 0;
         while b < 8 {
-            let i = w * 8 + b;
-            // All ones while i < len, zero after: an arithmetic shift of (i - len).
-            let keep = ((i as i64 - len) >> 63) as u64;
-            word |= ((label_byte(i) as u64) & keep & 0xff) << (8 * b);
+            word |= (label_byte(w * 8 + b) as u64) << (8 * b);
             b += 1;
         }
+        word &= MASKS[(len + 56 - 8 * w) & 127];
         s.write_u64(ascii_lower_word(word));
         w += 1;
     }
@@ -138,7 +156,9 @@ pub fn name_hashes(k0: u64, k1: u64, name: &str) -> (u64, heapless_suffixes::Suf
     let n = labels.len();
     for (i, label) in labels.iter().rev().enumerate() {
         let bytes = label.as_bytes();
-        let l = label_hash(k0, k1, bytes.len() as u8, |j| bytes.get(j).copied().unwrap_or(0));
+        let l = label_hash(k0, k1, bytes.len() as u8, |j| {
+            bytes.get(j).copied().unwrap_or(0)
+        });
         h = chain(k0, k1, h, l);
         if i + 1 < n {
             out.push(h);
@@ -192,7 +212,10 @@ pub mod heapless_suffixes {
     }
 
     pub fn split(name: &str) -> Labels<'_> {
-        let mut l = Labels { items: [""; 128], len: 0 };
+        let mut l = Labels {
+            items: [""; 128],
+            len: 0,
+        };
         for part in name.split('.') {
             if l.len < 128 {
                 l.items[l.len] = part;
@@ -290,8 +313,16 @@ mod tests {
                 name_hashes(1, 2, "com").0
             ]
         );
-        assert_ne!(full, name_hashes(1, 3, "a.b.example.com").0, "the key matters");
-        assert_ne!(name_hashes(1, 2, "ab.c").0, name_hashes(1, 2, "a.bc").0, "labels are delimited");
+        assert_ne!(
+            full,
+            name_hashes(1, 3, "a.b.example.com").0,
+            "the key matters"
+        );
+        assert_ne!(
+            name_hashes(1, 2, "ab.c").0,
+            name_hashes(1, 2, "a.bc").0,
+            "labels are delimited"
+        );
         let long = "x".repeat(63);
         assert_ne!(name_hashes(1, 2, &long).0, name_hashes(1, 2, &long[..62]).0);
     }

@@ -44,8 +44,22 @@ pub mod names {
 
     /// Every map, for pinning, status and cleanup.
     pub const ALL: [&str; 16] = [
-        CONFIG, PORTS, STATIC_V4, STATIC_V6, LEARNED_V4, LEARNED_V6, FLOWS, COUNTERS, EVENT_RATE,
-        EVENTS, RESOLVERS, NAMES_EXACT, NAMES_WILD, DNS_PENDING, DNS_SCRATCH, DNS_EVENTS,
+        CONFIG,
+        PORTS,
+        STATIC_V4,
+        STATIC_V6,
+        LEARNED_V4,
+        LEARNED_V6,
+        FLOWS,
+        COUNTERS,
+        EVENT_RATE,
+        EVENTS,
+        RESOLVERS,
+        NAMES_EXACT,
+        NAMES_WILD,
+        DNS_PENDING,
+        DNS_SCRATCH,
+        DNS_EVENTS,
     ];
 }
 
@@ -109,7 +123,11 @@ impl Config {
     /// Lifetime in ns of an address learned from a record with `ttl_s`.
     #[inline(always)]
     pub fn lifetime_ns(&self, ttl_s: u32) -> u64 {
-        let ttl = if ttl_s > self.min_ttl_s { ttl_s } else { self.min_ttl_s };
+        let ttl = if ttl_s > self.min_ttl_s {
+            ttl_s
+        } else {
+            self.min_ttl_s
+        };
         (ttl as u64 + self.grace_s as u64) * 1_000_000_000
     }
 }
@@ -143,12 +161,45 @@ pub struct PendingValue {
     pub sent_ns: u64,
 }
 
-/// Per-CPU scratch of the DNS walker: the message and its question's label hashes.
+/// Per-CPU scratch of the DNS walker: the message, its question's label hashes, and what the
+/// parser found (handed back from a separately verified function through here).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DnsBuf {
     pub bytes: [u8; crate::dns::BUF],
     pub labels: crate::dns::Labels,
+    pub parsed: DnsParsed,
+    pub packet: DnsPacket,
+}
+
+/// The addressing of the DNS packet being handled, handed from the header parser to the
+/// separately verified DNS code through the scratch slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsPacket {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Offset of the DNS message in the frame.
+    pub payload_off: u32,
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub family: u8,
+    pub _pad: [u8; 7],
+}
+
+/// The parts of a parsed question the eBPF programs use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsParsed {
+    /// Hash of the question name.
+    pub full: u64,
+    /// Offset just past the question.
+    pub end: u32,
+    pub id: u16,
+    pub ancount: u16,
+    /// A proper suffix of the name is an allowed wildcard suffix.
+    pub suffix_matched: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Kinds of [`DnsEvent`].
@@ -318,6 +369,8 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 // No implicit padding: sizes equal the sum of the fields.
 const _: () = assert!(size_of::<Config>() == 48);
 const _: () = assert!(size_of::<NameValue>() == 8);
+const _: () = assert!(size_of::<DnsPacket>() == 16 + 16 + 4 + 2 + 2 + 1 + 7);
+const _: () = assert!(size_of::<DnsParsed>() == 8 + 4 + 2 + 2 + 1 + 7);
 const _: () = assert!(size_of::<PendingKey>() == 24);
 const _: () = assert!(size_of::<PendingValue>() == 16);
 const _: () = assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 1 + 5);

@@ -74,7 +74,13 @@ impl Transport {
     pub const UNPARSED: Self = Self::bare(Kind::Unparsed, 0);
 
     const fn bare(kind: Kind, proto: u8) -> Self {
-        Self { kind, proto, sport: [0; 2], dport: [0; 2], tcp_flags: 0 }
+        Self {
+            kind,
+            proto,
+            sport: [0; 2],
+            dport: [0; 2],
+            tcp_flags: 0,
+        }
     }
 
     pub const fn other(proto: u8) -> Self {
@@ -82,7 +88,13 @@ impl Transport {
     }
 
     pub const fn ports(proto: u8, sport: [u8; 2], dport: [u8; 2], tcp_flags: u8) -> Self {
-        Self { kind: Kind::Ports, proto, sport, dport, tcp_flags }
+        Self {
+            kind: Kind::Ports,
+            proto,
+            sport,
+            dport,
+            tcp_flags,
+        }
     }
 }
 

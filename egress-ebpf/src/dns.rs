@@ -6,17 +6,15 @@
 //! walks).
 
 use aya_ebpf::{
-    helpers::bpf_skb_load_bytes,
-    macros::classifier,
-    maps::lpm_trie::Key,
+    bindings::__sk_buff, helpers::bpf_skb_load_bytes, macros::classifier, maps::lpm_trie::Key,
     programs::TcContext,
 };
 use egress_common::{
     counters,
     dns::{self, Address, BUF, Question},
     maps::{
-        Config, DNS_QUERY_TIMEOUT_NS, DnsEvent, LearnedValue, PendingKey, PendingValue,
-        SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind,
+        Config, DNS_QUERY_TIMEOUT_NS, DnsEvent, DnsPacket, DnsParsed, LearnedValue, PendingKey,
+        PendingValue, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind,
     },
     mode,
     packet::{Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, parse_frame},
@@ -32,24 +30,152 @@ use crate::{
 };
 
 const UDP_HLEN: usize = 8;
+
+/// `len` (1..=BUF, checked by every caller) restated for the verifier as `((len - 1) & (BUF -
+/// 1)) + 1`, a form it tracks as 1..=4096 through the helper call; a plain `len` fails with
+/// "R4 invalid zero-sized read" or "R4 unbounded memory access".
+#[inline(always)]
+fn helper_len(len: usize) -> u32 {
+    ((len as u32).wrapping_sub(1) & (BUF as u32 - 1)) + 1
+}
 const DNS_HLEN: usize = 12;
 
 #[classifier]
 pub(crate) fn ingress(ctx: TcContext) -> i32 {
-    learn(&ctx);
+    if ingress_classify(ctx.skb.skb) == UDP_ANSWER {
+        ingress_udp_answer(ctx.skb.skb);
+    }
     // Fail-open by design: ingress enforces nothing. An answer that cannot be trusted or parsed
     // teaches nothing and still reaches its socket; blocking DNS is not this program's job.
     PASS
 }
 
+/// [`ingress_classify`]: a UDP answer from a trusted resolver, its addressing in the scratch.
+const UDP_ANSWER: i32 = 1;
+
+/// Finds DNS answers from trusted resolvers: copies TCP segments to the agent, and for UDP
+/// leaves the addressing in the ingress scratch slot and returns [`UDP_ANSWER`]. A global
+/// function (see below).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(cfg) = CONFIG.get(0) else {
+        return 0;
+    };
+    if cfg.mode == mode::UNSET {
+        return 0;
+    }
+    let Ok(Frame::Ip(p)) = parse_frame(&Skb(&ctx)) else {
+        return 0;
+    };
+    let t = p.transport;
+    if t.kind != Kind::Ports || t.sport != [0, 53] {
+        return 0;
+    }
+    // SAFETY: a read-only lookup of a plain value.
+    if unsafe { RESOLVERS.get(&p.saddr) }.is_none() {
+        count(counters::DNS_UNTRUSTED);
+        return 0;
+    }
+    if t.proto == IPPROTO_TCP {
+        copy_tcp(&ctx, &p, t.dport);
+        return 0;
+    }
+    if t.proto != IPPROTO_UDP {
+        return 0;
+    }
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU map slot from a successful lookup, used only by this program run.
+    let pkt = unsafe { &mut (*scratch).packet };
+    pkt.saddr = p.saddr;
+    pkt.daddr = p.daddr;
+    pkt.payload_off = (p.l4_off + UDP_HLEN) as u32;
+    pkt.sport = t.sport;
+    pkt.dport = t.dport;
+    pkt.family = p.family;
+    UDP_ANSWER
+}
+
+// The parsers below are global functions: the verifier checks each once, on its own, and its
+// callers see only its result. Inlined, every way the header parser can finish (VLAN tags,
+// IPv6 extension headers, direct or helper reads: over a hundred) would re-verify the whole
+// question parser after it, past the 1M-instruction budget. Global functions may take only
+// scalars (and the context), so they read the message from the scratch slot and leave what
+// they found in `DnsBuf::parsed`.
+
+/// Parses the query in scratch `slot` (`len` bytes): 0 and `parsed.{id, full}` on success.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return -1;
+    };
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return -1;
+    };
+    // SAFETY: a per-CPU slot the caller filled during this same program run.
+    let s = unsafe { &mut *scratch };
+    match dns::query(
+        &s.bytes,
+        len as usize,
+        cfg.hash_k0,
+        cfg.hash_k1,
+        &mut s.labels,
+    ) {
+        Ok((id, full)) => {
+            s.parsed.id = id;
+            s.parsed.full = full;
+            0
+        }
+        Err(_) => -1,
+    }
+}
+
+/// Parses the response in the ingress scratch slot (`len` bytes): 0 and `parsed` filled on
+/// success, including whether a proper suffix of the name is an allowed wildcard.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dns_parse_answer(len: u32) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return -1;
+    };
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+        return -1;
+    };
+    // SAFETY: a per-CPU slot the caller filled during this same program run.
+    let s = unsafe { &mut *scratch };
+    // SAFETY (closure): read-only lookups of plain values.
+    let wild = |h: u64| unsafe { NAMES_WILD.get(&h) }.is_some();
+    match dns::question(
+        &s.bytes,
+        len as usize,
+        cfg.hash_k0,
+        cfg.hash_k1,
+        &mut s.labels,
+        wild,
+    ) {
+        Ok(q) => {
+            s.parsed = DnsParsed {
+                full: q.full,
+                end: q.end as u32,
+                id: q.id,
+                ancount: q.ancount,
+                suffix_matched: u8::from(q.suffix_matched),
+                _pad: [0; 7],
+            };
+            0
+        }
+        Err(_) => -1,
+    }
+}
+
 /// Copies `len` payload bytes at `off` into the scratch slot `slot`; `None` if the payload does
 /// not fit or cannot be read.
 #[inline(always)]
-fn load_payload(
-    ctx: &TcContext,
-    off: usize,
-    slot: u32,
-) -> Option<(&'static [u8; BUF], &'static mut dns::Labels, usize)> {
+fn load_payload(ctx: &TcContext, off: usize, slot: u32) -> Option<(&'static DnsParsed, usize)> {
     let total = ctx.len() as usize;
     if off >= total {
         return None;
@@ -57,38 +183,47 @@ fn load_payload(
     let len = total - off;
     // Larger messages are not walked (and not copied): EDNS answers are at most 4096 bytes,
     // and resolvers keep UDP answers under ~1232 bytes to avoid fragmentation.
-    if !(DNS_HLEN..BUF).contains(&len) {
+    if !(DNS_HLEN..=BUF).contains(&len) {
         return None;
     }
     let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a per-CPU map slot from a successful lookup, used only by this program on this
     // CPU for the duration of this run.
-    let (buf, labels) = unsafe { (&mut (*scratch).bytes, &mut (*scratch).labels) };
-    // `len` is in [12, 4095] (checked above); the mask restates the bound in a form the
-    // verifier tracks through the helper call, which otherwise fails with "R4 min value is
-    // negative, either use unsigned or 'var &= const'".
-    let n = (len as u32) & (BUF as u32 - 1);
+    let (buf, parsed) = unsafe { (&mut (*scratch).bytes, &(*scratch).parsed) };
+    let n = helper_len(len);
     // SAFETY: `buf` has room for BUF > n bytes.
-    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), off as u32, buf.as_mut_ptr().cast(), n) };
+    let ret =
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), off as u32, buf.as_mut_ptr().cast(), n) };
     if ret != 0 {
         return None;
     }
-    Some((buf, labels, len))
+    Some((parsed, len))
 }
 
-/// Egress: remembers a query to a trusted resolver.
+/// Egress: remembers a UDP query to a trusted resolver (a global function, see above).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    if let Ok(Frame::Ip(p)) = parse_frame(&Skb(&ctx)) {
+        track_query(&ctx, &p, p.transport.sport);
+    }
+    0
+}
+
 #[inline(always)]
-pub(crate) fn track_query(ctx: &TcContext, cfg: &Config, p: &IpPacket, sport: [u8; 2]) {
+fn track_query(ctx: &TcContext, p: &IpPacket, sport: [u8; 2]) {
     // SAFETY: a read-only lookup of a plain value.
     if unsafe { RESOLVERS.get(&p.daddr) }.is_none() {
         return;
     }
-    let Some((buf, labels, len)) = load_payload(ctx, p.l4_off + UDP_HLEN, SCRATCH_EGRESS) else {
+    let Some((parsed, len)) = load_payload(ctx, p.l4_off + UDP_HLEN, SCRATCH_EGRESS) else {
         return;
     };
-    let Ok((id, qname)) = dns::query(buf, len, cfg.hash_k0, cfg.hash_k1, labels) else {
+    if dns_parse_query(SCRATCH_EGRESS, len as u32) != 0 {
         return;
-    };
+    }
+    let (id, qname) = (parsed.id, parsed.full);
     let key = PendingKey {
         resolver: p.daddr,
         client_port: sport,
@@ -96,50 +231,49 @@ pub(crate) fn track_query(ctx: &TcContext, cfg: &Config, p: &IpPacket, sport: [u
         family: p.family,
         _pad: [0; 3],
     };
-    if DNS_PENDING.insert(&key, &PendingValue { qname, sent_ns: now() }, 0).is_ok() {
+    if DNS_PENDING
+        .insert(
+            &key,
+            &PendingValue {
+                qname,
+                sent_ns: now(),
+            },
+            0,
+        )
+        .is_ok()
+    {
         count(counters::DNS_QUERY_TRACKED);
     }
 }
 
+/// Matches, walks and learns the UDP answer whose addressing [`ingress_classify`] left in the
+/// scratch slot (a global function, see below).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn ingress_udp_answer(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU slot `ingress_classify` filled during this same program run.
+    let pkt = unsafe { (*scratch).packet };
+    learn_udp(&ctx, &pkt);
+    0
+}
+
 #[inline(always)]
-fn learn(ctx: &TcContext) {
-    let Some(cfg) = CONFIG.get(0) else {
-        return;
-    };
-    if cfg.mode == mode::UNSET {
-        return;
-    }
-    let Ok(Frame::Ip(p)) = parse_frame(&Skb(ctx)) else {
-        return;
-    };
-    let t = p.transport;
-    if t.kind != Kind::Ports || t.sport != [0, 53] {
-        return;
-    }
-    let (proto, dport) = (t.proto, t.dport);
-    // SAFETY: a read-only lookup of a plain value.
-    if unsafe { RESOLVERS.get(&p.saddr) }.is_none() {
-        count(counters::DNS_UNTRUSTED);
-        return;
-    }
-    if proto == IPPROTO_TCP {
-        copy_tcp(ctx, &p, dport);
-        return;
-    }
-    if proto != IPPROTO_UDP {
-        return;
-    }
-    let off = p.l4_off + UDP_HLEN;
-    let Some((buf, labels, len)) = load_payload(ctx, off, SCRATCH_INGRESS) else {
+fn learn_udp(ctx: &TcContext, p: &DnsPacket) {
+    let dport = p.dport;
+    let off = p.payload_off as usize;
+    let Some((parsed, len)) = load_payload(ctx, off, SCRATCH_INGRESS) else {
         count(counters::DNS_MALFORMED);
         return;
     };
-    // SAFETY (closure): read-only lookups of plain values.
-    let wild = |h: u64| unsafe { NAMES_WILD.get(&h) }.is_some();
-    let Ok(q) = dns::question(buf, len, cfg.hash_k0, cfg.hash_k1, labels, wild) else {
+    if dns_parse_answer(len as u32) != 0 {
         count(counters::DNS_MALFORMED);
         return;
-    };
+    }
+    let q = *parsed;
     // Anti-spoofing: only an answer to a query this node sent recently, from the resolver it
     // asked, to the port it asked from, with its id and its question, is used; and only once.
     let key = PendingKey {
@@ -163,41 +297,104 @@ fn learn(ctx: &TcContext) {
     let mut flags = 0;
     if name_allowed(&q) {
         flags |= dns_flag::ALLOWED;
-        let now = now();
-        let mut learned = 0u64;
-        let mut failed = 0u64;
-        match dns::answers(buf, len, &q, |addr, ttl| {
-            if insert(addr, now + cfg.lifetime_ns(ttl)) {
-                learned += 1;
-            } else {
-                failed += 1;
-            }
-        }) {
-            Ok(walk) => {
-                flags |= dns_flag::KERNEL_LEARNED;
-                if walk.incomplete {
-                    flags |= dns_flag::INCOMPLETE;
-                }
-                count(counters::DNS_ANSWER_LEARNED);
-                count_n(counters::DNS_ADDR_LEARNED, learned);
-                count_n(counters::DNS_LEARN_FAILED, failed);
-            }
-            Err(_) => {
-                count(counters::DNS_MALFORMED);
-                return;
-            }
+        let walked = ingress_learn_answers(len as u32, q.end, u32::from(q.ancount));
+        if walked < 0 {
+            count(counters::DNS_MALFORMED);
+            return;
+        }
+        flags |= dns_flag::KERNEL_LEARNED;
+        if walked & WALK_INCOMPLETE != 0 {
+            flags |= dns_flag::INCOMPLETE;
         }
     } else {
         count(counters::DNS_NOT_ALLOWED);
     }
-    send_copy(ctx, &p, dport, dns_kind::UDP, flags, off, len, 0);
+    send_copy(
+        ctx,
+        &p.saddr,
+        &p.daddr,
+        p.family,
+        dport,
+        dns_kind::UDP,
+        flags,
+        off,
+        len,
+        0,
+    );
+}
+
+/// Skips the owner name at `off` of the message in the ingress scratch slot: the offset after
+/// it, or negative. A global function: its many exits (each label, pointer, error) would
+/// otherwise multiply with every record the walk goes on to.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dns_skip_name(len: u32, off: u32) -> i64 {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+        return -1;
+    };
+    // SAFETY: the per-CPU slot `learn` filled during this same program run.
+    let buf = unsafe { &(*scratch).bytes };
+    match dns::skip_name(buf, (len as usize).min(BUF), off as usize) {
+        Ok(next) => next as i64,
+        Err(_) => -1,
+    }
+}
+
+/// Set in [`ingress_learn_answers`]' result when the answer has more records than it walks.
+const WALK_INCOMPLETE: i64 = 1;
+
+/// Walks the answer section of the message in the ingress scratch slot and learns its
+/// addresses; negative if the section is malformed (nothing learned). A global function so the
+/// verifier checks the walk once, not once per way the question parser can exit.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn ingress_learn_answers(len: u32, end: u32, ancount: u32) -> i64 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return -1;
+    };
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+        return -1;
+    };
+    // SAFETY: the per-CPU slot `learn` filled during this same program run.
+    let buf = unsafe { &(*scratch).bytes };
+    let q = Question {
+        id: 0,
+        full: 0,
+        suffix_matched: false,
+        qtype: 0,
+        ancount: ancount as u16,
+        end: end as usize,
+    };
+    let now = now();
+    let mut learned = 0u64;
+    let mut failed = 0u64;
+    let len = (len as usize).min(BUF);
+    let skip = |off: usize| {
+        let r = dns_skip_name(len as u32, off as u32);
+        if r < 0 { None } else { Some(r as usize) }
+    };
+    match dns::answers(buf, len, &q, skip, |addr, ttl| {
+        if insert(addr, now + cfg.lifetime_ns(ttl)) {
+            learned += 1;
+        } else {
+            failed += 1;
+        }
+    }) {
+        Ok(walk) => {
+            count(counters::DNS_ANSWER_LEARNED);
+            count_n(counters::DNS_ADDR_LEARNED, learned);
+            count_n(counters::DNS_LEARN_FAILED, failed);
+            if walk.incomplete { WALK_INCOMPLETE } else { 0 }
+        }
+        Err(_) => -1,
+    }
 }
 
 /// Whether the question name is allowed: one of its proper suffixes is a wildcard suffix
 /// (checked while hashing), or its hash is an unexpired exact name.
 #[inline(always)]
-fn name_allowed(q: &Question) -> bool {
-    if q.suffix_matched {
+fn name_allowed(q: &DnsParsed) -> bool {
+    if q.suffix_matched != 0 {
         return true;
     }
     // SAFETY: a read-only lookup of a plain value.
@@ -242,39 +439,68 @@ fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2]) {
         return; // no payload (a bare ACK, SYN-ACK or FIN)
     }
     let len = total - off;
-    if len >= BUF {
+    if len > BUF {
         count(counters::DNS_MALFORMED);
         return;
     }
     count(counters::DNS_TCP_SEGMENT);
-    send_copy(ctx, p, dport, dns_kind::TCP, 0, off, len, u32::from_be_bytes(seq));
+    send_copy(
+        ctx,
+        &p.saddr,
+        &p.daddr,
+        p.family,
+        dport,
+        dns_kind::TCP,
+        0,
+        off,
+        len,
+        u32::from_be_bytes(seq),
+    );
 }
 
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one call site per kind; a struct would only rename them")]
-fn send_copy(ctx: &TcContext, p: &IpPacket, dport: [u8; 2], kind: u8, flags: u8, off: usize, len: usize, tcp_seq: u32) {
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per kind; a struct would only rename them"
+)]
+fn send_copy(
+    ctx: &TcContext,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    family: u8,
+    dport: [u8; 2],
+    kind: u8,
+    flags: u8,
+    off: usize,
+    len: usize,
+    tcp_seq: u32,
+) {
     let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
         count(counters::DNS_EVENT_LOST);
         return;
     };
     let ev = entry.as_mut_ptr();
-    // `len` is below BUF (checked by both callers); the mask restates it for the verifier.
-    let n = (len as u32) & (BUF as u32 - 1);
+    let n = helper_len(len);
     // SAFETY: `ev` points to a reserved, exclusively owned ring buffer record of DnsEvent size;
     // the payload has room for BUF > n bytes.
     let ok = unsafe {
         let h = &mut (*ev).header;
         h.ts_ns = now();
-        h.resolver = p.saddr;
-        h.client = p.daddr;
+        h.resolver = *saddr;
+        h.client = *daddr;
         h.tcp_seq = tcp_seq;
         h.len = n as u16;
         h.client_port = dport;
         h.kind = kind;
         h.flags = flags;
-        h.family = p.family;
+        h.family = family;
         h._pad = [0; 5];
-        n > 0 && bpf_skb_load_bytes(ctx.skb.skb.cast(), off as u32, (*ev).payload.as_mut_ptr().cast(), n) == 0
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            off as u32,
+            (*ev).payload.as_mut_ptr().cast(),
+            n,
+        ) == 0
     };
     if ok {
         entry.submit(0);
@@ -282,4 +508,3 @@ fn send_copy(ctx: &TcContext, p: &IpPacket, dport: [u8; 2], kind: u8, flags: u8,
         entry.discard(0);
     }
 }
-

@@ -12,7 +12,7 @@ mod dns;
 mod maps;
 mod skb;
 
-use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{bindings::__sk_buff, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use egress_common::{
     counters,
     maps::{
@@ -20,46 +20,71 @@ use egress_common::{
         reason, v4_of_mapped,
     },
     mode,
-    packet::{
-        Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK, TCP_SYN, parse_frame,
-    },
+    packet::{Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK, TCP_SYN, parse_frame},
     tc_action::{DROP, PASS},
 };
-use maps::{CONFIG, EVENT_RATE, EVENTS, FLOWS, LEARNED_V4, LEARNED_V6, PORTS, STATIC_V4, STATIC_V6};
+use maps::{
+    CONFIG, EVENT_RATE, EVENTS, FLOWS, LEARNED_V4, LEARNED_V6, PORTS, STATIC_V4, STATIC_V6,
+};
 use skb::{Skb, count, now};
+
+/// Bits of [`egress_verdict`]'s result.
+const VERDICT_DROP: i32 = 1;
+const VERDICT_DNS_QUERY: i32 = 2;
 
 #[classifier]
 pub(crate) fn egress(ctx: TcContext) -> i32 {
+    let v = egress_verdict(ctx.skb.skb);
+    if v & VERDICT_DNS_QUERY != 0 {
+        // Remembering a DNS query never changes the verdict.
+        dns::egress_track(ctx.skb.skb);
+    }
+    if v & VERDICT_DROP != 0 { DROP } else { PASS }
+}
+
+/// The verdict, as [`VERDICT_DROP`] and [`VERDICT_DNS_QUERY`] bits. A global function so the
+/// verifier checks it on its own: each function's stack frame then counts separately toward the
+/// 512-byte limit ("combined stack size of 2 calls is 560. Too large" otherwise), and DNS
+/// tracking is only explored once, not after every way the verdict can end.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn egress_verdict(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
     // The single-slot array always has index 0; `None` cannot happen but must be handled.
     let Some(cfg) = CONFIG.get(0) else {
-        return PASS;
+        return 0;
     };
     if cfg.mode == mode::UNSET {
         // Fail-open: the agent writes the configuration before it attaches the program, so
         // this is only reachable by a program attached by hand to fresh maps.
         count(counters::PASS_UNCONFIGURED);
-        return PASS;
+        return 0;
     }
-    match classify(&ctx, cfg) {
+    let (action, dns) = match classify(&ctx, cfg) {
         Ok(verdict) => verdict,
         // Fail-closed: a frame whose headers are too short or malformed to show a destination
         // address may be anything, including traffic the policy denies.
-        Err(_unparsable) => deny(cfg, None, reason::MALFORMED),
+        Err(_unparsable) => (deny(cfg, None, reason::MALFORMED), false),
+    };
+    let mut v = if action == DROP { VERDICT_DROP } else { 0 };
+    if dns {
+        v |= VERDICT_DNS_QUERY;
     }
+    v
 }
 
 #[inline(always)]
-fn classify(ctx: &TcContext, cfg: &Config) -> Result<i32, egress_common::packet::ParseError> {
+/// The TC action, and whether the packet is a UDP DNS query to remember.
+fn classify(
+    ctx: &TcContext,
+    cfg: &Config,
+) -> Result<(i32, bool), egress_common::packet::ParseError> {
     let Frame::Ip(p) = parse_frame(&Skb(ctx))? else {
         count(counters::PASS_NOT_IP);
-        return Ok(PASS);
+        return Ok((PASS, false));
     };
-    // Queries to trusted resolvers are remembered so their answers can be matched; this never
-    // changes the verdict below.
     let t = p.transport;
-    if t.kind == Kind::Ports && t.proto == IPPROTO_UDP && t.dport == [0, 53] {
-        dns::track_query(ctx, cfg, &p, t.sport);
-    }
+    let dns = t.kind == Kind::Ports && t.proto == IPPROTO_UDP && t.dport == [0, 53];
     let verdict = match t.kind {
         // Fail-open, by design: a later fragment carries no ports; the first fragment carries
         // them and gets the full verdict, and without it the datagram cannot be reassembled.
@@ -82,7 +107,7 @@ fn classify(ctx: &TcContext, cfg: &Config) -> Result<i32, egress_common::packet:
         },
         Kind::Ports => enforce(cfg, &p, t.proto, t.sport, t.dport, t.tcp_flags),
     };
-    Ok(verdict)
+    Ok((verdict, dns))
 }
 
 #[inline(always)]

@@ -24,8 +24,7 @@ pub(crate) static STATIC_V4: LpmTrie<[u8; 4], StaticValue> = LpmTrie::pinned(STA
 #[map]
 pub(crate) static STATIC_V6: LpmTrie<[u8; 16], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
 #[map]
-pub(crate) static LEARNED_V4: LpmTrie<[u8; 4], LearnedValue> =
-    LpmTrie::pinned(LEARNED_CAPACITY, 0);
+pub(crate) static LEARNED_V4: LpmTrie<[u8; 4], LearnedValue> = LpmTrie::pinned(LEARNED_CAPACITY, 0);
 #[map]
 pub(crate) static LEARNED_V6: LpmTrie<[u8; 16], LearnedValue> =
     LpmTrie::pinned(LEARNED_CAPACITY, 0);

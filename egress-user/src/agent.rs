@@ -156,8 +156,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         )
     })?;
     let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map missing")?)?;
-    let dns_ring =
-        RingBuf::try_from(ebpf.take_map(names::DNS_EVENTS).context("DNS_EVENTS map missing")?)?;
+    let dns_ring = RingBuf::try_from(
+        ebpf.take_map(names::DNS_EVENTS)
+            .context("DNS_EVENTS map missing")?,
+    )?;
     let mut dp = Datapath::from_ebpf(&mut ebpf)?;
     apply(&mut dp, &policy, mode).context("cannot apply the policy to the maps")?;
 
@@ -205,7 +207,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let learner = Arc::new(Mutex::new(learn::Learner::new(policy.allow.names.clone())));
     let learn_stats = Arc::new(learn::LearnStats::default());
     let learning = {
-        let (dp, learner, stats, cancel) = (dp.clone(), learner.clone(), learn_stats.clone(), cancel.clone());
+        let (dp, learner, stats, cancel) = (
+            dp.clone(),
+            learner.clone(),
+            learn_stats.clone(),
+            cancel.clone(),
+        );
         tokio::spawn(async move {
             events::drain_ring(dns_ring, cancel, |item| {
                 let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());

@@ -168,7 +168,11 @@ fn attach_tcx(
     }
 }
 
-fn attach_netlink(prog: &mut SchedClassifier, hook: Hook, iface: &str) -> Result<Attached, AttachError> {
+fn attach_netlink(
+    prog: &mut SchedClassifier,
+    hook: Hook,
+    iface: &str,
+) -> Result<Attached, AttachError> {
     let err = |how| {
         let iface = iface.to_owned();
         move |source| AttachError::Attach { iface, how, source }

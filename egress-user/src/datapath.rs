@@ -314,28 +314,42 @@ impl Datapath {
     pub fn sync_resolvers(&mut self, resolvers: &[IpAddr]) -> Result<()> {
         let want: BTreeSet<[u8; 16]> = resolvers.iter().map(|a| mapped(*a)).collect();
         for key in &want {
-            self.resolvers.insert(key, 1, 0).map_err(op(names::RESOLVERS, "insert"))?;
+            self.resolvers
+                .insert(key, 1, 0)
+                .map_err(op(names::RESOLVERS, "insert"))?;
         }
         let have: Vec<[u8; 16]> = self.resolvers.keys().filter_map(|k| k.ok()).collect();
         for key in have.iter().filter(|k| !want.contains(*k)) {
-            self.resolvers.remove(key).map_err(op(names::RESOLVERS, "remove"))?;
+            self.resolvers
+                .remove(key)
+                .map_err(op(names::RESOLVERS, "remove"))?;
         }
         Ok(())
     }
 
     pub fn resolvers(&self) -> Vec<IpAddr> {
-        self.resolvers.keys().filter_map(|k| k.ok()).map(unmapped).collect()
+        self.resolvers
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(unmapped)
+            .collect()
     }
 
     /// Makes the policy part of the name maps hold exactly `exact` and `wild` (hashes). Names
     /// learned as CNAME targets (with an expiry) are left alone; additions go first.
     pub fn sync_names(&mut self, exact: &BTreeSet<u64>, wild: &BTreeSet<u64>) -> Result<()> {
-        let permanent = NameValue { expires_ns: NAME_PERMANENT };
+        let permanent = NameValue {
+            expires_ns: NAME_PERMANENT,
+        };
         for h in exact {
-            self.names_exact.insert(h, permanent, 0).map_err(op(names::NAMES_EXACT, "insert"))?;
+            self.names_exact
+                .insert(h, permanent, 0)
+                .map_err(op(names::NAMES_EXACT, "insert"))?;
         }
         for h in wild {
-            self.names_wild.insert(h, permanent, 0).map_err(op(names::NAMES_WILD, "insert"))?;
+            self.names_wild
+                .insert(h, permanent, 0)
+                .map_err(op(names::NAMES_WILD, "insert"))?;
         }
         let stale: Vec<u64> = self
             .names_exact
@@ -345,11 +359,20 @@ impl Datapath {
             .map(|(h, _)| h)
             .collect();
         for h in stale {
-            self.names_exact.remove(&h).map_err(op(names::NAMES_EXACT, "remove"))?;
+            self.names_exact
+                .remove(&h)
+                .map_err(op(names::NAMES_EXACT, "remove"))?;
         }
-        let stale: Vec<u64> = self.names_wild.keys().filter_map(|k| k.ok()).filter(|h| !wild.contains(h)).collect();
+        let stale: Vec<u64> = self
+            .names_wild
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|h| !wild.contains(h))
+            .collect();
         for h in stale {
-            self.names_wild.remove(&h).map_err(op(names::NAMES_WILD, "remove"))?;
+            self.names_wild
+                .remove(&h)
+                .map_err(op(names::NAMES_WILD, "remove"))?;
         }
         Ok(())
     }
@@ -357,7 +380,11 @@ impl Datapath {
     /// Allows an exact name (a CNAME target) until `expires_ns`; a policy name or a later
     /// expiry already there is kept.
     pub fn allow_name_until(&mut self, hash: u64, expires_ns: u64) -> Result<()> {
-        let old = self.names_exact.get(&hash, 0).map(|v| v.expires_ns).unwrap_or(0);
+        let old = self
+            .names_exact
+            .get(&hash, 0)
+            .map(|v| v.expires_ns)
+            .unwrap_or(0);
         if old >= expires_ns {
             return Ok(());
         }

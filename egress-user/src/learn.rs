@@ -65,7 +65,10 @@ pub struct Learner {
 
 impl Learner {
     pub fn new(names: Vec<NamePattern>) -> Self {
-        Self { names, streams: HashMap::new() }
+        Self {
+            names,
+            streams: HashMap::new(),
+        }
     }
 
     pub fn set_names(&mut self, names: Vec<NamePattern>) {
@@ -108,12 +111,20 @@ impl Learner {
         }
         // A CNAME target allowed earlier (it is in the kernel's exact-name map).
         let (h, _) = name_hashes(cfg.hash_k0, cfg.hash_k1, &normalize(name));
-        dp.name_allowed_until(h).is_some_and(|t| t > clock::boot_ns())
+        dp.name_allowed_until(h)
+            .is_some_and(|t| t > clock::boot_ns())
     }
 
     /// Follows the CNAME chain from the question; learns the addresses at its end (if asked),
     /// or allows a dangling target.
-    fn follow(&self, msg: &Message, cfg: &Config, dp: &mut Datapath, stats: &LearnStats, learn_addresses: bool) {
+    fn follow(
+        &self,
+        msg: &Message,
+        cfg: &Config,
+        dp: &mut Datapath,
+        stats: &LearnStats,
+        learn_addresses: bool,
+    ) {
         let Some(q) = msg.queries().first() else {
             return;
         };
@@ -170,12 +181,26 @@ impl Learner {
         }
     }
 
-    fn tcp_segment(&mut self, h: &DnsEventHeader, payload: &[u8], cfg: &Config, dp: &mut Datapath, stats: &LearnStats) {
-        let key = StreamKey { resolver: h.resolver, client: h.client, client_port: h.client_port };
+    fn tcp_segment(
+        &mut self,
+        h: &DnsEventHeader,
+        payload: &[u8],
+        cfg: &Config,
+        dp: &mut Datapath,
+        stats: &LearnStats,
+    ) {
+        let key = StreamKey {
+            resolver: h.resolver,
+            client: h.client,
+            client_port: h.client_port,
+        };
         if self.streams.len() >= MAX_TCP_STREAMS && !self.streams.contains_key(&key) {
             self.streams.clear();
         }
-        let stream = self.streams.entry(key).or_insert_with(|| Stream { next_seq: h.tcp_seq, buf: Vec::new() });
+        let stream = self.streams.entry(key).or_insert_with(|| Stream {
+            next_seq: h.tcp_seq,
+            buf: Vec::new(),
+        });
         let offset = h.tcp_seq.wrapping_sub(stream.next_seq) as i32;
         if offset > 0 {
             // A gap (a lost copy): restart at this segment; what cannot be parsed teaches nothing.
@@ -209,14 +234,18 @@ impl Learner {
                 stats.unparsable.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            if msg.message_type() != MessageType::Response || msg.response_code() != ResponseCode::NoError {
+            if msg.message_type() != MessageType::Response
+                || msg.response_code() != ResponseCode::NoError
+            {
                 continue;
             }
             let Some(q) = msg.queries().first() else {
                 continue;
             };
-            if !matches!(q.query_type(), RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::HTTPS)
-                || !self.allowed(&q.name().to_ascii(), dp, cfg)
+            if !matches!(
+                q.query_type(),
+                RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::HTTPS
+            ) || !self.allowed(&q.name().to_ascii(), dp, cfg)
             {
                 continue;
             }

@@ -1,4 +1,7 @@
-use std::{net::{Ipv4Addr, Ipv6Addr}, str::FromStr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
@@ -33,22 +36,40 @@ fn response(qname: &str, records: Vec<Record>) -> Vec<u8> {
 }
 
 fn a(name: &str, ip: &str, ttl: u32) -> Record {
-    Record::from_rdata(Name::from_str(name).unwrap(), ttl, RData::A(rdata::A(Ipv4Addr::from_str(ip).unwrap())))
+    Record::from_rdata(
+        Name::from_str(name).unwrap(),
+        ttl,
+        RData::A(rdata::A(Ipv4Addr::from_str(ip).unwrap())),
+    )
 }
 
 fn aaaa(name: &str, ip: &str, ttl: u32) -> Record {
-    Record::from_rdata(Name::from_str(name).unwrap(), ttl, RData::AAAA(rdata::AAAA(Ipv6Addr::from_str(ip).unwrap())))
+    Record::from_rdata(
+        Name::from_str(name).unwrap(),
+        ttl,
+        RData::AAAA(rdata::AAAA(Ipv6Addr::from_str(ip).unwrap())),
+    )
 }
 
 fn cname(name: &str, target: &str, ttl: u32) -> Record {
-    Record::from_rdata(Name::from_str(name).unwrap(), ttl, RData::CNAME(rdata::CNAME(Name::from_str(target).unwrap())))
+    Record::from_rdata(
+        Name::from_str(name).unwrap(),
+        ttl,
+        RData::CNAME(rdata::CNAME(Name::from_str(target).unwrap())),
+    )
 }
 
 fn learn(msg: &[u8]) -> Result<(Question, Walk, Vec<(Address, u32)>), DnsError> {
     let b = buf(msg);
     let q = question(&b, msg.len(), K0, K1, &mut [0; MAX_LABELS], |_| false)?;
     let mut got = Vec::new();
-    let w = answers(&b, msg.len(), &q, |a, t| got.push((a, t)))?;
+    let w = answers(
+        &b,
+        msg.len(),
+        &q,
+        |off| skip_name(&b, msg.len(), off).ok(),
+        |a, t| got.push((a, t)),
+    )?;
     Ok((q, w, got))
 }
 
@@ -102,7 +123,10 @@ fn addresses_across_a_compressed_cname_chain() {
         vec![
             (Address::V4([192, 0, 2, 10]), 30),
             (Address::V4([192, 0, 2, 11]), 30),
-            (Address::V6(Ipv6Addr::from_str("2001:db8::10").unwrap().octets()), 7),
+            (
+                Address::V6(Ipv6Addr::from_str("2001:db8::10").unwrap().octets()),
+                7
+            ),
         ]
     );
 }
@@ -110,13 +134,34 @@ fn addresses_across_a_compressed_cname_chain() {
 #[test]
 fn queries_give_id_and_name_hash() {
     let mut m = Message::new();
-    m.set_id(77).set_message_type(MessageType::Query).add_query(Query::query(Name::from_str("cgr.dev.").unwrap(), RecordType::AAAA));
+    m.set_id(77)
+        .set_message_type(MessageType::Query)
+        .add_query(Query::query(
+            Name::from_str("cgr.dev.").unwrap(),
+            RecordType::AAAA,
+        ));
     let bytes = m.to_bytes().unwrap();
-    assert_eq!(query(&buf(&bytes), bytes.len(), K0, K1, &mut [0; MAX_LABELS]), Ok((77, name_hashes(K0, K1, "cgr.dev").0)));
+    assert_eq!(
+        query(&buf(&bytes), bytes.len(), K0, K1, &mut [0; MAX_LABELS]),
+        Ok((77, name_hashes(K0, K1, "cgr.dev").0))
+    );
     // A response is not a query and vice versa.
     let resp = response("cgr.dev.", vec![]);
-    assert_eq!(query(&buf(&resp), resp.len(), K0, K1, &mut [0; MAX_LABELS]), Err(DnsError::NotApplicable));
-    assert!(question(&buf(&bytes), bytes.len(), K0, K1, &mut [0; MAX_LABELS], |_| false).is_err());
+    assert_eq!(
+        query(&buf(&resp), resp.len(), K0, K1, &mut [0; MAX_LABELS]),
+        Err(DnsError::NotApplicable)
+    );
+    assert!(
+        question(
+            &buf(&bytes),
+            bytes.len(),
+            K0,
+            K1,
+            &mut [0; MAX_LABELS],
+            |_| false
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -128,8 +173,13 @@ fn ttls_are_clamped_to_a_day() {
 #[test]
 fn error_responses_teach_nothing() {
     let mut m = Message::new();
-    m.set_id(1).set_message_type(MessageType::Response).set_response_code(ResponseCode::NXDomain)
-        .add_query(Query::query(Name::from_str("a.example.").unwrap(), RecordType::A))
+    m.set_id(1)
+        .set_message_type(MessageType::Response)
+        .set_response_code(ResponseCode::NXDomain)
+        .add_query(Query::query(
+            Name::from_str("a.example.").unwrap(),
+            RecordType::A,
+        ))
         .add_answer(a("a.example.", "192.0.2.1", 5));
     let b = m.to_bytes().unwrap();
     assert_eq!(learn(&b).unwrap_err(), DnsError::NotApplicable);
@@ -139,7 +189,11 @@ fn error_responses_teach_nothing() {
 fn every_strict_prefix_teaches_nothing() {
     let msg = response(
         "a.example.",
-        vec![cname("a.example.", "b.example.", 5), a("b.example.", "192.0.2.1", 5), aaaa("b.example.", "2001:db8::1", 5)],
+        vec![
+            cname("a.example.", "b.example.", 5),
+            a("b.example.", "192.0.2.1", 5),
+            aaaa("b.example.", "2001:db8::1", 5),
+        ],
     );
     for len in 0..msg.len() {
         if let Ok((_, _, got)) = learn(&msg[..len]) {
@@ -151,7 +205,13 @@ fn every_strict_prefix_teaches_nothing() {
 
 #[test]
 fn wrong_rdlength_teaches_nothing() {
-    let mut msg = response("a.example.", vec![a("a.example.", "192.0.2.1", 5), a("a.example.", "192.0.2.2", 5)]);
+    let mut msg = response(
+        "a.example.",
+        vec![
+            a("a.example.", "192.0.2.1", 5),
+            a("a.example.", "192.0.2.2", 5),
+        ],
+    );
     // Make the second record's RDLENGTH 3 (and drop a byte so the message still ends there).
     let n = msg.len();
     msg[n - 5] = 3;
@@ -189,7 +249,9 @@ fn a_pointer_loop_in_an_answer_name_ends() {
 
 #[test]
 fn more_answers_than_the_kernel_walks_are_flagged() {
-    let records: Vec<Record> = (0..40).map(|i| a("s3.example.", &format!("192.0.2.{i}"), 5)).collect();
+    let records: Vec<Record> = (0..40)
+        .map(|i| a("s3.example.", &format!("192.0.2.{i}"), 5))
+        .collect();
     let msg = response("s3.example.", records);
     let (_, w, got) = learn(&msg).unwrap();
     assert!(w.incomplete);
@@ -198,7 +260,11 @@ fn more_answers_than_the_kernel_walks_are_flagged() {
 
 #[test]
 fn too_many_labels_and_long_names() {
-    let long = (0..MAX_LABELS + 1).map(|_| "a").collect::<Vec<_>>().join(".") + ".";
+    let long = (0..MAX_LABELS + 1)
+        .map(|_| "a")
+        .collect::<Vec<_>>()
+        .join(".")
+        + ".";
     let msg = response(&long, vec![]);
     assert_eq!(learn(&msg).unwrap_err(), DnsError::TooManyLabels);
 }
@@ -207,7 +273,11 @@ fn too_many_labels_and_long_names() {
 fn random_corruption_never_panics_or_loops() {
     let base = response(
         "x.r2.cloudflarestorage.com.",
-        vec![cname("x.r2.cloudflarestorage.com.", "y.example.", 5), a("y.example.", "192.0.2.1", 5), aaaa("y.example.", "2001:db8::1", 5)],
+        vec![
+            cname("x.r2.cloudflarestorage.com.", "y.example.", 5),
+            a("y.example.", "192.0.2.1", 5),
+            aaaa("y.example.", "2001:db8::1", 5),
+        ],
     );
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut next = || {
@@ -230,5 +300,8 @@ fn random_corruption_never_panics_or_loops() {
     // A full buffer of garbage, and lengths beyond the buffer.
     let junk = Box::new([0xc1u8; BUF]);
     let _ = question(&junk, BUF, K0, K1, &mut [0; MAX_LABELS], |_| false);
-    assert_eq!(question(&junk, BUF + 1, K0, K1, &mut [0; MAX_LABELS], |_| false), Err(DnsError::Truncated));
+    assert_eq!(
+        question(&junk, BUF + 1, K0, K1, &mut [0; MAX_LABELS], |_| false),
+        Err(DnsError::Truncated)
+    );
 }

@@ -27,7 +27,12 @@ fn tcp_v4_ports_flags_and_addresses() {
     assert_eq!(p.saddr, v4_mapped([192, 0, 2, 1]));
     assert_eq!(
         p.transport,
-        Transport::ports(IPPROTO_TCP, 40_000u16.to_be_bytes(), 443u16.to_be_bytes(), TCP_SYN)
+        Transport::ports(
+            IPPROTO_TCP,
+            40_000u16.to_be_bytes(),
+            443u16.to_be_bytes(),
+            TCP_SYN
+        )
     );
 }
 
@@ -43,7 +48,9 @@ fn udp_v6() {
             .octets()
     );
     assert!(
-        (p.transport.kind == Kind::Ports && p.transport.proto == IPPROTO_UDP && p.transport.dport == 443u16.to_be_bytes())
+        (p.transport.kind == Kind::Ports
+            && p.transport.proto == IPPROTO_UDP
+            && p.transport.dport == 443u16.to_be_bytes())
     );
 }
 
@@ -96,9 +103,10 @@ fn ipv4_options_are_skipped_by_ihl() {
     // Grow the header to IHL 6 with a 4-byte NOP option block.
     f[14] = 0x46;
     f.splice(34..34, [1u8, 1, 1, 0]);
-    assert!(
-        { let t = ip(&f).transport; t.kind == Kind::Ports && t.dport == 443u16.to_be_bytes() }
-    );
+    assert!({
+        let t = ip(&f).transport;
+        t.kind == Kind::Ports && t.dport == 443u16.to_be_bytes()
+    });
 }
 
 #[test]
@@ -144,7 +152,10 @@ fn ipv6_extension_headers_are_walked() {
         let mut pkt = Packet::tcp(v4(C6), v4(S6), 443);
         pkt.v6_ext = ext.clone();
         assert!(
-            { let t = ip(&pkt.build()).transport; t.kind == Kind::Ports && t.dport == 443u16.to_be_bytes() },
+            {
+                let t = ip(&pkt.build()).transport;
+                t.kind == Kind::Ports && t.dport == 443u16.to_be_bytes()
+            },
             "{ext:?}"
         );
     }

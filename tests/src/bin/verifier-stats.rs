@@ -16,10 +16,18 @@ fn main() -> anyhow::Result<()> {
         let prog: &mut SchedClassifier = bpf.program_mut(name).expect("program").try_into()?;
         match prog.load() {
             Ok(()) => println!("{name}: accepted"),
-            Err(aya::programs::ProgramError::LoadError { io_error, verifier_log }) => {
+            Err(aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            }) => {
                 let log = verifier_log.to_string();
                 let lines: Vec<&str> = log.lines().collect();
-                let tail = lines.len().saturating_sub(40);
+                let tail = lines.len().saturating_sub(
+                    std::env::var("TAIL")
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(40),
+                );
                 println!("{name}: REJECTED ({io_error})");
                 for l in &lines[tail..] {
                     println!("  {}", &l[..l.len().min(200)]);
@@ -32,6 +40,11 @@ fn main() -> anyhow::Result<()> {
                 }
                 let mut by: Vec<_> = counts.into_iter().collect();
                 by.sort_by(|a, b| b.1.cmp(&a.1));
+                for l in lines.iter().filter(|l| {
+                    l.contains("func#") || l.contains("Func#") || l.contains("Validating")
+                }) {
+                    println!("  {l}");
+                }
                 println!("  most visited source lines: {:?}", &by[..by.len().min(15)]);
             }
             Err(e) => println!("{name}: {e}"),
