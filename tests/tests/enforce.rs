@@ -128,7 +128,7 @@ fn link_program_ids(agent: &Agent) -> (u32, u32) {
         .pop()
         .expect("a pinned link");
     let link = aya::programs::links::PinnedLink::from_pin(
-        egress_user::pins::PinDir::new(&agent.pins).link(&iface),
+        egress_user::pins::PinDir::new(&agent.pins).link(egress_user::pins::Hook::Egress, &iface),
     )
     .unwrap();
     let fd: aya::programs::links::FdLink = link.into();
