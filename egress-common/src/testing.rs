@@ -25,7 +25,10 @@ pub struct Packet {
     pub v6_ext: Vec<u8>,
     /// Bytes of transport header kept (`None`: all of it); models tiny fragments.
     pub transport_len: Option<usize>,
+    /// Payload length (filled with 0xab) when `payload_bytes` is `None`.
     pub payload: usize,
+    /// The payload itself (a DNS message, say).
+    pub payload_bytes: Option<Vec<u8>>,
 }
 
 impl Packet {
@@ -44,7 +47,13 @@ impl Packet {
             v6_ext: Vec::new(),
             transport_len: None,
             payload: 0,
+            payload_bytes: None,
         }
+    }
+
+    /// A UDP datagram carrying `payload` from `src:sport` to `dst:dport`.
+    pub fn udp_with(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: Vec<u8>) -> Self {
+        Self { sport, payload_bytes: Some(payload), ..Self::udp(src, dst, dport) }
     }
 
     /// A UDP datagram from `src` to `dst:dport`.
@@ -64,7 +73,10 @@ impl Packet {
             f.extend_from_slice(&[0x00, 0x2a]);
         }
         let mut l4 = self.transport();
-        l4.resize(l4.len() + self.payload, 0xab);
+        match &self.payload_bytes {
+            Some(bytes) => l4.extend_from_slice(bytes),
+            None => l4.resize(l4.len() + self.payload, 0xab),
+        }
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 f.extend_from_slice(&ETH_P_IP.to_be_bytes());
@@ -126,7 +138,10 @@ impl Packet {
                 t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, self.tcp_flags]);
                 t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
             }
-            IPPROTO_UDP => t.extend_from_slice(&(8 + self.payload as u16).to_be_bytes()),
+            IPPROTO_UDP => {
+                let len = self.payload_bytes.as_ref().map_or(self.payload, Vec::len);
+                t.extend_from_slice(&(8 + len as u16).to_be_bytes());
+            }
             _ => {}
         }
         if self.proto == IPPROTO_UDP {

@@ -21,6 +21,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+
+pub mod dnsmsg;
+pub mod harness;
 use egress_user::{datapath::Datapath, pins::PinDir};
 
 /// The client's address on the veth.

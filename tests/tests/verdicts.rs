@@ -2,10 +2,6 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-};
 use egress_common::{
     counters, mode,
     packet::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
@@ -15,29 +11,13 @@ use egress_common::{
 use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, ip,
 };
-use egress_user::{agent, clock, datapath::Datapath, ebpf, policy};
+use egress_user::{clock, ebpf};
 
-struct Harness {
-    ebpf: Ebpf,
-    dp: Datapath,
-    _pins: TestPins,
-}
+struct Harness(egress_tests::harness::Harness);
 
 impl Harness {
     fn new(policy_text: &str) -> Self {
-        let pins = TestPins::new();
-        let mut ebpf = ebpf::load(&pins.pins).expect("load object");
-        let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
-        let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
-        agent::apply(&mut dp, &p, None).expect("apply");
-        let prog: &mut SchedClassifier =
-            ebpf.program_mut(ebpf::PROGRAM).unwrap().try_into().unwrap();
-        prog.load().expect("verifier accepts the classifier");
-        Self {
-            ebpf,
-            dp,
-            _pins: pins,
-        }
+        Self(egress_tests::harness::Harness::new(policy_text))
     }
 
     fn enforce() -> Self {
@@ -47,19 +27,24 @@ impl Harness {
     }
 
     fn run(&self, frame: &[u8]) -> i32 {
-        let prog: &SchedClassifier = self
-            .ebpf
-            .program(ebpf::PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value as i32
+        self.0.egress(frame)
     }
 
     fn counter(&self, c: u32) -> u64 {
-        self.dp.counters().unwrap()[c as usize]
+        self.0.counter(c)
+    }
+}
+
+impl std::ops::Deref for Harness {
+    type Target = egress_tests::harness::Harness;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 

@@ -1,0 +1,55 @@
+//! The real eBPF programs loaded against a private pin directory and run by the kernel on
+//! crafted frames (`BPF_PROG_TEST_RUN`), with the agent's own policy compilation.
+
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use egress_user::{agent, datapath::Datapath, ebpf, pins::Hook, policy};
+
+use crate::TestPins;
+
+pub struct Harness {
+    ebpf: Ebpf,
+    pub dp: Datapath,
+    _pins: TestPins,
+}
+
+impl Harness {
+    /// Loads both programs and applies `policy_text` as the agent would.
+    pub fn new(policy_text: &str) -> Self {
+        let pins = TestPins::new();
+        let mut ebpf = ebpf::load(&pins.pins).expect("load object");
+        let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
+        let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
+        agent::apply(&mut dp, &p, None).expect("apply");
+        for hook in Hook::ALL {
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(hook.name()).unwrap().try_into().unwrap();
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejects {}: {e:?}", hook.name()));
+        }
+        Self { ebpf, dp, _pins: pins }
+    }
+
+    fn run(&self, hook: Hook, frame: &[u8]) -> i32 {
+        let prog: &SchedClassifier = self.ebpf.program(hook.name()).unwrap().try_into().unwrap();
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value as i32
+    }
+
+    /// The verdict of the egress program.
+    pub fn egress(&self, frame: &[u8]) -> i32 {
+        self.run(Hook::Egress, frame)
+    }
+
+    /// The ingress (learning) program; always passes.
+    pub fn ingress(&self, frame: &[u8]) -> i32 {
+        self.run(Hook::Ingress, frame)
+    }
+
+    pub fn counter(&self, c: u32) -> u64 {
+        self.dp.counters().unwrap()[c as usize]
+    }
+}
