@@ -53,7 +53,11 @@ impl Packet {
 
     /// A UDP datagram carrying `payload` from `src:sport` to `dst:dport`.
     pub fn udp_with(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: Vec<u8>) -> Self {
-        Self { sport, payload_bytes: Some(payload), ..Self::udp(src, dst, dport) }
+        Self {
+            sport,
+            payload_bytes: Some(payload),
+            ..Self::udp(src, dst, dport)
+        }
     }
 
     /// A UDP datagram from `src` to `dst:dport`.

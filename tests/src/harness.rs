@@ -29,7 +29,11 @@ impl Harness {
             prog.load()
                 .unwrap_or_else(|e| panic!("verifier rejects {}: {e:?}", hook.name()));
         }
-        Self { ebpf, dp, _pins: pins }
+        Self {
+            ebpf,
+            dp,
+            _pins: pins,
+        }
     }
 
     fn run(&self, hook: Hook, frame: &[u8]) -> i32 {

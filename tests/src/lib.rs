@@ -24,6 +24,7 @@ use anyhow::{Context as _, bail};
 
 pub mod dnsmsg;
 pub mod harness;
+pub mod live;
 use egress_user::{datapath::Datapath, pins::PinDir};
 
 /// The client's address on the veth.
@@ -135,6 +136,8 @@ pub struct Topology {
     pub server: NetNs,
     /// The client's interface, where egress attaches.
     pub iface: String,
+    /// The server's end of the veth.
+    pub peer: String,
 }
 
 impl Topology {
@@ -191,6 +194,7 @@ impl Topology {
             client,
             server,
             iface,
+            peer,
         })
     }
 

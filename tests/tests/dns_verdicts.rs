@@ -3,7 +3,11 @@
 
 use std::net::IpAddr;
 
-use egress_common::{counters, tc_action::{DROP, PASS}, testing::Packet};
+use egress_common::{
+    counters,
+    tc_action::{DROP, PASS},
+    testing::Packet,
+};
 use egress_tests::{
     dnsmsg::{Rr, query, response},
     harness::Harness,
@@ -29,7 +33,15 @@ fn ask(h: &Harness, client: &str, resolver: &str, id: u16, name: &str, rtype: Re
     assert_eq!(h.egress(&q), PASS, "DNS queries are never enforced");
 }
 
-fn answer(h: &Harness, from: &str, to: &str, id: u16, name: &str, rtype: RecordType, rrs: &[Rr<'_>]) {
+fn answer(
+    h: &Harness,
+    from: &str,
+    to: &str,
+    id: u16,
+    name: &str,
+    rtype: RecordType,
+    rrs: &[Rr<'_>],
+) {
     let a = Packet::udp_with(ip(from), 53, ip(to), PORT, response(id, name, rtype, rrs)).build();
     assert_eq!(h.ingress(&a), PASS, "ingress never drops");
 }
@@ -37,7 +49,11 @@ fn answer(h: &Harness, from: &str, to: &str, id: u16, name: &str, rtype: RecordT
 fn learned(h: &Harness, addr: &str) -> Option<f64> {
     let addr: IpAddr = ip(addr);
     let now = clock::boot_ns();
-    h.dp.learned().unwrap().into_iter().find(|l| l.addr == addr).map(|l| (l.expires_ns as f64 - now as f64) / 1e9)
+    h.dp.learned()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.addr == addr)
+        .map(|l| (l.expires_ns as f64 - now as f64) / 1e9)
 }
 
 fn syn(h: &Harness, dst: &str) -> i32 {
@@ -50,9 +66,20 @@ fn an_allowed_answer_is_learned_before_ingress_returns() {
     let h = harness();
     assert_eq!(syn(&h, "198.51.100.1"), DROP);
     ask(&h, CLIENT, RESOLVER, 7, "cgr.dev.", RecordType::A);
-    answer(&h, RESOLVER, CLIENT, 7, "cgr.dev.", RecordType::A, &[Rr::Addr("cgr.dev.", "198.51.100.1", 60)]);
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        7,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.1", 60)],
+    );
     let left = learned(&h, "198.51.100.1").expect("learned");
-    assert!((89.0..=90.5).contains(&left), "ttl 60 + grace 30, got {left}");
+    assert!(
+        (89.0..=90.5).contains(&left),
+        "ttl 60 + grace 30, got {left}"
+    );
     assert_eq!(syn(&h, "198.51.100.1"), PASS);
     assert_eq!(h.counter(counters::DNS_ANSWER_LEARNED), 1);
     assert_eq!(h.counter(counters::DNS_ADDR_LEARNED), 1);
@@ -62,16 +89,35 @@ fn an_allowed_answer_is_learned_before_ingress_returns() {
 fn names_are_case_insensitive_and_ttls_have_a_floor() {
     let h = harness();
     ask(&h, CLIENT, RESOLVER, 8, "CGR.Dev.", RecordType::A);
-    answer(&h, RESOLVER, CLIENT, 8, "CGR.Dev.", RecordType::A, &[Rr::Addr("CGR.Dev.", "198.51.100.2", 1)]);
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        8,
+        "CGR.Dev.",
+        RecordType::A,
+        &[Rr::Addr("CGR.Dev.", "198.51.100.2", 1)],
+    );
     let left = learned(&h, "198.51.100.2").expect("learned");
-    assert!((34.0..=35.5).contains(&left), "min_ttl 5 + grace 30, got {left}");
+    assert!(
+        (34.0..=35.5).contains(&left),
+        "min_ttl 5 + grace 30, got {left}"
+    );
 }
 
 #[test]
 fn a_name_not_in_the_policy_teaches_nothing() {
     let h = harness();
     ask(&h, CLIENT, RESOLVER, 9, "evil.example.", RecordType::A);
-    answer(&h, RESOLVER, CLIENT, 9, "evil.example.", RecordType::A, &[Rr::Addr("evil.example.", "198.51.100.3", 60)]);
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        9,
+        "evil.example.",
+        RecordType::A,
+        &[Rr::Addr("evil.example.", "198.51.100.3", 60)],
+    );
     assert_eq!(learned(&h, "198.51.100.3"), None);
     assert_eq!(syn(&h, "198.51.100.3"), DROP);
     assert_eq!(h.counter(counters::DNS_NOT_ALLOWED), 1);
@@ -87,7 +133,15 @@ fn wildcards_match_any_depth_below_but_not_the_apex() {
         (13, "evilr2.cloudflarestorage.com.", "198.51.100.13", false),
     ] {
         ask(&h, CLIENT, RESOLVER, id, name, RecordType::A);
-        answer(&h, RESOLVER, CLIENT, id, name, RecordType::A, &[Rr::Addr(name, addr, 60)]);
+        answer(
+            &h,
+            RESOLVER,
+            CLIENT,
+            id,
+            name,
+            RecordType::A,
+            &[Rr::Addr(name, addr, 60)],
+        );
         assert_eq!(learned(&h, addr).is_some(), allowed, "{name}");
     }
 }
@@ -95,13 +149,28 @@ fn wildcards_match_any_depth_below_but_not_the_apex() {
 #[test]
 fn a_cname_chain_across_zones_allows_the_addresses_at_its_end() {
     let h = harness();
-    ask(&h, CLIENT, RESOLVER, 14, "packages.wolfi.dev.", RecordType::A);
-    answer(&h, RESOLVER, CLIENT, 14, "packages.wolfi.dev.", RecordType::A, &[
-        Rr::Cname("packages.wolfi.dev.", "edge.cdn.example.net.", 300),
-        Rr::Cname("edge.cdn.example.net.", "pop7.cdn.example.org.", 60),
-        Rr::Addr("pop7.cdn.example.org.", "198.51.100.20", 20),
-        Rr::Addr("pop7.cdn.example.org.", "198.51.100.21", 20),
-    ]);
+    ask(
+        &h,
+        CLIENT,
+        RESOLVER,
+        14,
+        "packages.wolfi.dev.",
+        RecordType::A,
+    );
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        14,
+        "packages.wolfi.dev.",
+        RecordType::A,
+        &[
+            Rr::Cname("packages.wolfi.dev.", "edge.cdn.example.net.", 300),
+            Rr::Cname("edge.cdn.example.net.", "pop7.cdn.example.org.", 60),
+            Rr::Addr("pop7.cdn.example.org.", "198.51.100.20", 20),
+            Rr::Addr("pop7.cdn.example.org.", "198.51.100.21", 20),
+        ],
+    );
     assert!(learned(&h, "198.51.100.20").is_some());
     assert!(learned(&h, "198.51.100.21").is_some());
 }
@@ -110,7 +179,15 @@ fn a_cname_chain_across_zones_allows_the_addresses_at_its_end() {
 fn aaaa_over_ipv6_transport() {
     let h = harness();
     ask(&h, CLIENT6, RESOLVER6, 15, "cgr.dev.", RecordType::AAAA);
-    answer(&h, RESOLVER6, CLIENT6, 15, "cgr.dev.", RecordType::AAAA, &[Rr::Addr("cgr.dev.", "2001:db8:cafe::1", 60)]);
+    answer(
+        &h,
+        RESOLVER6,
+        CLIENT6,
+        15,
+        "cgr.dev.",
+        RecordType::AAAA,
+        &[Rr::Addr("cgr.dev.", "2001:db8:cafe::1", 60)],
+    );
     assert!(learned(&h, "2001:db8:cafe::1").is_some());
     assert_eq!(syn(&h, "2001:db8:cafe::1"), PASS);
 }
@@ -119,7 +196,15 @@ fn aaaa_over_ipv6_transport() {
 fn answers_from_other_sources_teach_nothing() {
     let h = harness();
     ask(&h, CLIENT, RESOLVER, 16, "cgr.dev.", RecordType::A);
-    answer(&h, "192.0.2.66", CLIENT, 16, "cgr.dev.", RecordType::A, &[Rr::Addr("cgr.dev.", "198.51.100.30", 60)]);
+    answer(
+        &h,
+        "192.0.2.66",
+        CLIENT,
+        16,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.30", 60)],
+    );
     assert_eq!(learned(&h, "198.51.100.30"), None);
     assert_eq!(h.counter(counters::DNS_UNTRUSTED), 1);
 }
@@ -128,31 +213,93 @@ fn answers_from_other_sources_teach_nothing() {
 fn unsolicited_and_mismatched_answers_teach_nothing() {
     let h = harness();
     // No query at all.
-    answer(&h, RESOLVER, CLIENT, 17, "cgr.dev.", RecordType::A, &[Rr::Addr("cgr.dev.", "198.51.100.40", 60)]);
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        17,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.40", 60)],
+    );
     // A query, but the answer has another id, or another question, or goes to another port.
     ask(&h, CLIENT, RESOLVER, 18, "cgr.dev.", RecordType::A);
-    answer(&h, RESOLVER, CLIENT, 19, "cgr.dev.", RecordType::A, &[Rr::Addr("cgr.dev.", "198.51.100.41", 60)]);
-    answer(&h, RESOLVER, CLIENT, 18, "x.r2.cloudflarestorage.com.", RecordType::A, &[Rr::Addr("x.r2.cloudflarestorage.com.", "198.51.100.42", 60)]);
-    let other_port = Packet::udp_with(ip(RESOLVER), 53, ip(CLIENT), PORT + 1, response(18, "cgr.dev.", RecordType::A, &[Rr::Addr("cgr.dev.", "198.51.100.43", 60)])).build();
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        19,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.41", 60)],
+    );
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        18,
+        "x.r2.cloudflarestorage.com.",
+        RecordType::A,
+        &[Rr::Addr("x.r2.cloudflarestorage.com.", "198.51.100.42", 60)],
+    );
+    let other_port = Packet::udp_with(
+        ip(RESOLVER),
+        53,
+        ip(CLIENT),
+        PORT + 1,
+        response(
+            18,
+            "cgr.dev.",
+            RecordType::A,
+            &[Rr::Addr("cgr.dev.", "198.51.100.43", 60)],
+        ),
+    )
+    .build();
     h.ingress(&other_port);
-    for a in ["198.51.100.40", "198.51.100.41", "198.51.100.42", "198.51.100.43"] {
+    for a in [
+        "198.51.100.40",
+        "198.51.100.41",
+        "198.51.100.42",
+        "198.51.100.43",
+    ] {
         assert_eq!(learned(&h, a), None, "{a}");
     }
     assert_eq!(h.counter(counters::DNS_UNSOLICITED), 4);
     // The genuine answer still works, once.
-    answer(&h, RESOLVER, CLIENT, 18, "cgr.dev.", RecordType::A, &[Rr::Addr("cgr.dev.", "198.51.100.44", 60)]);
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        18,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.44", 60)],
+    );
     assert!(learned(&h, "198.51.100.44").is_some());
-    answer(&h, RESOLVER, CLIENT, 18, "cgr.dev.", RecordType::A, &[Rr::Addr("cgr.dev.", "198.51.100.45", 60)]);
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        18,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.45", 60)],
+    );
     assert_eq!(learned(&h, "198.51.100.45"), None, "a replayed answer");
 }
 
 #[test]
 fn malformed_answers_teach_nothing_and_never_crash() {
     let h = harness();
-    let good = response(20, "cgr.dev.", RecordType::A, &[
-        Rr::Cname("cgr.dev.", "x.cgr.dev.", 60),
-        Rr::Addr("x.cgr.dev.", "198.51.100.50", 60),
-    ]);
+    let good = response(
+        20,
+        "cgr.dev.",
+        RecordType::A,
+        &[
+            Rr::Cname("cgr.dev.", "x.cgr.dev.", 60),
+            Rr::Addr("x.cgr.dev.", "198.51.100.50", 60),
+        ],
+    );
     let mut seed = 0x2545f4914f6cdd1du64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -177,8 +324,13 @@ fn malformed_answers_teach_nothing_and_never_crash() {
             if before.iter().any(|b| b.addr == l.addr) {
                 continue;
             }
-            let IpAddr::V4(a) = l.addr else { panic!("AAAA from an A-only answer") };
-            assert!(m.windows(4).any(|w| w == a.octets()), "learned {a}, not in the answer");
+            let IpAddr::V4(a) = l.addr else {
+                panic!("AAAA from an A-only answer")
+            };
+            assert!(
+                m.windows(4).any(|w| w == a.octets()),
+                "learned {a}, not in the answer"
+            );
         }
     }
     // Absurd counts and garbage from the resolver's address.
