@@ -230,6 +230,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut gc = tokio::time::interval(GC_INTERVAL);
     let mut current = policy;
+    let mut learn_failed_seen = 0u64;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -266,6 +267,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         agent_metrics.gc_flows_removed.inc_by(flows as u64);
                     }
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                }
+                // A full learned map fails inserts in the kernel: those addresses stay denied.
+                if let Ok(c) = guard.counters() {
+                    let failed = c[egress_common::counters::DNS_LEARN_FAILED as usize];
+                    if failed > learn_failed_seen {
+                        tracing::warn!(
+                            failed = failed - learn_failed_seen,
+                            capacity = egress_common::maps::LEARNED_CAPACITY,
+                            "learned-address map full: new addresses stay denied until garbage collection frees room"
+                        );
+                        learn_failed_seen = failed;
+                    }
                 }
             }
         }

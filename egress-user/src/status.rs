@@ -14,10 +14,20 @@ pub struct Status {
     pub mode: &'static str,
     pub interfaces: Vec<String>,
     pub ports: Vec<u16>,
+    pub resolvers: Vec<IpAddr>,
+    /// Entries of the name maps: policy names, CNAME targets (expiring), wildcard suffixes.
+    pub names: NameCounts,
     pub static_cidrs: Vec<IpNet>,
     pub learned: Vec<LearnedStatus>,
     pub flows: usize,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NameCounts {
+    pub exact: usize,
+    pub cname_targets: usize,
+    pub wildcard_suffixes: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +64,19 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
         },
         interfaces: pins.linked_interfaces(),
         ports: dp.ports()?,
+        resolvers: {
+            let mut r = dp.resolvers();
+            r.sort();
+            r
+        },
+        names: {
+            let (exact, cname_targets, wildcard_suffixes) = dp.name_counts();
+            NameCounts {
+                exact,
+                cname_targets,
+                wildcard_suffixes,
+            }
+        },
         static_cidrs,
         learned,
         flows: dp.flows().len(),
@@ -76,6 +99,13 @@ pub fn render(s: &Status) -> String {
     );
     let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
     let _ = writeln!(o, "ports:      {}", ports.join(", "));
+    let resolvers: Vec<String> = s.resolvers.iter().map(IpAddr::to_string).collect();
+    let _ = writeln!(o, "resolvers:  {}", resolvers.join(", "));
+    let _ = writeln!(
+        o,
+        "names:      {} exact, {} wildcard suffixes, {} CNAME targets (expiring)",
+        s.names.exact, s.names.wildcard_suffixes, s.names.cname_targets
+    );
     let _ = writeln!(o, "flows:      {}", s.flows);
     let _ = writeln!(o, "static CIDRs ({}):", s.static_cidrs.len());
     for c in &s.static_cidrs {

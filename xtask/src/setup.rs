@@ -17,8 +17,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const APT_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
+    ("ss", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
+    ("curl", "curl"),
+    ("openssl", "openssl"),
+    // The DNS tests' resolver and TLS server, started by the tests in their own namespaces.
+    ("dnsmasq", "dnsmasq-base"),
+    ("nginx", "nginx-light"),
 ];
 
 #[derive(clap::Args)]
@@ -191,11 +197,27 @@ fn apt_tools(opts: &SetupArgs) -> anyhow::Result<()> {
     eprintln!("setup: installing {}", missing.join(" "));
     status(Command::new("apt-get").arg("update").arg("-q"))
         .context("apt-get update failed; are you root on a Debian-like system?")?;
-    status(
+    // Packages such as nginx start a system service on install; the tests start their own
+    // servers in namespaces, so forbid that (policy-rc.d exit 101 = "action not allowed").
+    let policy_rc = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy_rc.exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(
+            policy_rc,
+            "#!/bin/sh\n# written by cargo xtask setup for one apt-get run\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy_rc, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = status(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .with_context(|| format!("cannot install {}", missing.join(" ")))
+    .with_context(|| format!("cannot install {}", missing.join(" ")));
+    if ours {
+        let _ = std::fs::remove_file(policy_rc);
+    }
+    installed
 }
