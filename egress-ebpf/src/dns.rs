@@ -13,7 +13,7 @@ use egress_common::{
     counters,
     dns::{self, Address, BUF, Question},
     maps::{
-        Config, DNS_QUERY_TIMEOUT_NS, DnsEvent, DnsPacket, DnsParsed, LearnedValue, PendingKey,
+        DNS_QUERY_TIMEOUT_NS, DnsEvent, DnsPacket, DnsParsed, LearnedValue, PendingKey,
         PendingValue, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind,
     },
     mode,
@@ -58,7 +58,7 @@ const UDP_ANSWER: i32 = 1;
 /// function (see below).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
+pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let Some(cfg) = CONFIG.get(0) else {
         return 0;
@@ -109,7 +109,7 @@ pub extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
 /// Parses the query in scratch `slot` (`len` bytes): 0 and `parsed.{id, full}` on success.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
+pub(crate) extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
     let Some(cfg) = CONFIG.get(0) else {
         return -1;
     };
@@ -138,7 +138,7 @@ pub extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
 /// success, including whether a proper suffix of the name is an allowed wildcard.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn dns_parse_answer(len: u32) -> i32 {
+pub(crate) extern "C" fn dns_parse_answer(len: u32) -> i32 {
     let Some(cfg) = CONFIG.get(0) else {
         return -1;
     };
@@ -203,7 +203,7 @@ fn load_payload(ctx: &TcContext, off: usize, slot: u32) -> Option<(&'static DnsP
 /// Egress: remembers a UDP query to a trusted resolver (a global function, see above).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
+pub(crate) extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     if let Ok(Frame::Ip(p)) = parse_frame(&Skb(&ctx)) {
         track_query(&ctx, &p, p.transport.sport);
@@ -250,7 +250,7 @@ fn track_query(ctx: &TcContext, p: &IpPacket, sport: [u8; 2]) {
 /// scratch slot (a global function, see below).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn ingress_udp_answer(skb: *mut __sk_buff) -> i32 {
+pub(crate) extern "C" fn ingress_udp_answer(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
         return 0;
@@ -328,7 +328,7 @@ fn learn_udp(ctx: &TcContext, p: &DnsPacket) {
 /// otherwise multiply with every record the walk goes on to.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn dns_skip_name(len: u32, off: u32) -> i64 {
+pub(crate) extern "C" fn dns_skip_name(len: u32, off: u32) -> i64 {
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
         return -1;
     };
@@ -348,7 +348,7 @@ const WALK_INCOMPLETE: i64 = 1;
 /// verifier checks the walk once, not once per way the question parser can exit.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn ingress_learn_answers(len: u32, end: u32, ancount: u32) -> i64 {
+pub(crate) extern "C" fn ingress_learn_answers(len: u32, end: u32, ancount: u32) -> i64 {
     let Some(cfg) = CONFIG.get(0) else {
         return -1;
     };

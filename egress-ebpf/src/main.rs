@@ -48,7 +48,7 @@ pub(crate) fn egress(ctx: TcContext) -> i32 {
 /// tracking is only explored once, not after every way the verdict can end.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn egress_verdict(skb: *mut __sk_buff) -> i32 {
+pub(crate) extern "C" fn egress_verdict(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
     // The single-slot array always has index 0; `None` cannot happen but must be handled.
     let Some(cfg) = CONFIG.get(0) else {
