@@ -36,6 +36,11 @@ impl Harness {
         }
     }
 
+    /// A loaded program, for callers that need more than the verdict (durations, repeats).
+    pub fn program(&self, name: &str) -> &aya::programs::Program {
+        self.ebpf.program(name).expect("program in the object")
+    }
+
     fn run(&self, hook: Hook, frame: &[u8]) -> i32 {
         let prog: &SchedClassifier = self.ebpf.program(hook.name()).unwrap().try_into().unwrap();
         let mut opts = TestRunOptions::default();
