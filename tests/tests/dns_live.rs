@@ -168,8 +168,12 @@ fn ttl_expiry_stops_new_connections_but_not_an_established_one() {
 /// Sends `payload` as a UDP datagram from `src:53` in the server namespace to the client, with a
 /// raw socket, so the source can be any address (even the resolver's, whose port 53 dnsmasq owns).
 fn inject(w: &World, src: &str, dst_port: u16, payload: Vec<u8>) {
+    inject_from(&w.topo.server, src, dst_port, payload);
+}
+
+fn inject_from(server: &egress_tests::NetNs, src: &str, dst_port: u16, payload: Vec<u8>) {
     let src: std::net::Ipv4Addr = src.parse().unwrap();
-    w.topo.server.run(move || {
+    server.run(move || {
         let s = socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::RAW,
@@ -251,4 +255,97 @@ fn the_race_resolve_then_connect_at_once_never_waits() {
     assert_eq!(v["failed"], 0, "{out}\n{}", agent.log_text());
     assert_eq!(v["slow"], 0, "connects slower than 200 ms: {out}");
     let _ = RESOLVER_V6;
+}
+
+#[test]
+fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
+    use egress_tests::dnsmsg::{Rr, query, response};
+    // No resolver process: the test plays the resolver, so it controls the answers exactly.
+    let topo = egress_tests::Topology::new().unwrap();
+    topo.server
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{RESOLVER_V4}/24"),
+            "dev",
+            &topo.peer,
+        ])
+        .unwrap();
+    topo.server
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{WEB_DENIED}/24"),
+            "dev",
+            &topo.peer,
+        ])
+        .unwrap();
+    let _servers = egress_tests::Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [app.example]\n");
+    let agent = Agent::start(&topo, &pins, &policy, &[]).unwrap();
+    let client = topo.client.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let port = client.local_addr().unwrap().port();
+    let resolver: SocketAddr = format!("{RESOLVER_V4}:53").parse().unwrap();
+    let ask = |id: u16, name: &str| {
+        client
+            .send_to(&query(id, name, RecordType::A), resolver)
+            .unwrap();
+    };
+
+    // Before: an answer for the target teaches nothing.
+    ask(0x1000, "edge.other.test.");
+    inject_from(
+        &topo.server,
+        RESOLVER_V4,
+        port,
+        response(
+            0x1000,
+            "edge.other.test.",
+            RecordType::A,
+            &[Rr::Addr("edge.other.test.", WEB_DENIED, 60)],
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!learned(&agent, WEB_DENIED));
+
+    // The allowed name's answer ends in a CNAME without addresses.
+    ask(0x1111, "app.example.");
+    inject_from(
+        &topo.server,
+        RESOLVER_V4,
+        port,
+        response(
+            0x1111,
+            "app.example.",
+            RecordType::A,
+            &[Rr::Cname("app.example.", "edge.other.test.", 60)],
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while agent.datapath().name_counts().1 == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not allow the CNAME target: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The follow-up query for the target is learned by the kernel.
+    ask(0x2222, "edge.other.test.");
+    inject_from(
+        &topo.server,
+        RESOLVER_V4,
+        port,
+        response(
+            0x2222,
+            "edge.other.test.",
+            RecordType::A,
+            &[Rr::Addr("edge.other.test.", WEB_DENIED, 60)],
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(learned(&agent, WEB_DENIED));
+    topo.connect(WEB_DENIED, 443, MAX)
+        .expect("the CNAME target's address connects");
 }
