@@ -1,7 +1,7 @@
 //! The demo behind `cargo xtask demo`: a throwaway sandbox (two network namespaces joined by a
-//! veth "NIC"), echo servers on 443 and 80, the real agent on the client's NIC with an example
-//! policy, then connection after connection with what happened to it. Everything is removed at
-//! the end, also on Ctrl-C.
+//! veth "NIC"), a real resolver (dnsmasq) and TLS server (nginx) on the far side, the real agent
+//! on the client's NIC with an example policy, then connection after connection with what
+//! happened to it. Everything is removed at the end, also on Ctrl-C.
 
 use std::{
     sync::{
@@ -12,75 +12,108 @@ use std::{
 };
 
 use egress_tests::{
-    ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, egress_bin,
+    Agent, Servers, TestPins, egress_bin,
+    live::{RESOLVER_V4, RESOLVER_V6, WEB_DENIED, World, WorldOptions},
 };
 
-const POLICY: &str = "\
-# The demo policy: 443 (TCP and UDP) only to the allowed server's addresses.
-mode: enforce
-ports: [443]
-allow:
-  cidrs: [198.18.0.2, \"2001:db8::2\"]
-";
+fn policy() -> String {
+    format!(
+        "# The demo policy: HTTPS (TCP and UDP 443) only to these names and this CIDR.\n\
+         mode: enforce\nports: [443]\nresolvers: [{RESOLVER_V4}, \"{RESOLVER_V6}\"]\n\
+         allow:\n  names: [cgr.dev, packages.wolfi.dev, \"*.r2.cloudflarestorage.com\"]\n  cidrs: [198.18.0.2]\n"
+    )
+}
+
+enum Try {
+    Curl(&'static str),
+    Tcp(&'static str, u16),
+    Udp(&'static str, u16),
+}
 
 fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    println!("== egress demo: building a sandbox (namespaces, veth, servers on 443 and 80)");
-    let topo = Topology::new()?;
-    let _servers = Servers::start(&topo.server, &[443, 80]);
+    println!(
+        "== egress demo: building a sandbox (namespaces, veth, dnsmasq, nginx on 443, a server on 80)"
+    );
+    let world = World::new(WorldOptions::default())?;
+    let _plain = Servers::start(&world.topo.server, &[80]);
     let pins = TestPins::new();
-    println!("== policy:\n{POLICY}");
+    let policy = policy();
+    println!("== policy:\n{policy}");
     println!(
         "== starting `egress run --iface {} ...` in the client namespace",
-        topo.iface
+        world.topo.iface
     );
-    let agent = Agent::start(&topo, &pins, POLICY, &[])?;
-    println!("== agent ready; connecting from the client namespace\n");
+    let agent = Agent::start(&world.topo, &pins, &policy, &[])?;
     println!(
-        "{:<6} {:<28} {:<9} {}",
-        "proto", "destination", "verdict", "detail"
+        "== agent ready; the client uses curl and its system resolver, as any program would\n"
     );
-    let attempts: [(&str, &str, u16, &str); 8] = [
-        ("tcp", ALLOWED_V4, 443, "allowed by cidr 198.18.0.2/32"),
-        ("tcp", DENIED_V4, 443, "not in the policy"),
-        ("tcp", DENIED_V4, 80, "port 80 is not enforced"),
-        ("tcp", ALLOWED_V6, 443, "allowed by cidr 2001:db8::2/128"),
-        ("tcp", DENIED_V6, 443, "not in the policy"),
-        ("udp", ALLOWED_V4, 443, "QUIC-like datagram, allowed"),
+    println!("{:<44} {:<9} detail", "attempt", "verdict");
+    let attempts = [
         (
-            "udp",
-            DENIED_V4,
-            443,
-            "QUIC-like datagram, not in the policy",
+            Try::Curl("https://cgr.dev/"),
+            "name in the policy: learned from the DNS answer",
         ),
-        ("udp", DENIED_V6, 80, "port 80 is not enforced"),
+        (
+            Try::Curl("https://packages.wolfi.dev/"),
+            "CNAME chain across two zones",
+        ),
+        (
+            Try::Curl("https://acct.r2.cloudflarestorage.com/"),
+            "matches *.r2.cloudflarestorage.com",
+        ),
+        (
+            Try::Curl("https://r2.cloudflarestorage.com/"),
+            "the apex: *. covers names below only",
+        ),
+        (Try::Curl("https://denied.test/"), "name not in the policy"),
+        (
+            Try::Curl("https://198.18.0.13/"),
+            "bare IP, never resolved from an allowed name",
+        ),
+        (
+            Try::Curl("https://198.18.0.2/"),
+            "static CIDR 198.18.0.2/32",
+        ),
+        (Try::Tcp(WEB_DENIED, 80), "port 80 is not enforced"),
+        (
+            Try::Udp(WEB_DENIED, 443),
+            "QUIC-like datagram to an unknown address",
+        ),
     ];
-    for (proto, dst, port, why) in attempts {
+    for (attempt, why) in attempts {
         if stop.load(Ordering::Relaxed) {
             println!("\ninterrupted; cleaning up");
             break;
         }
-        let shown = if dst.contains(':') {
-            format!("[{dst}]:{port}")
-        } else {
-            format!("{dst}:{port}")
-        };
         let start = Instant::now();
-        let ok = match proto {
-            "tcp" => topo.connect(dst, port, Duration::from_millis(1500)).is_ok(),
-            _ => topo.udp_echo(dst, port, Duration::from_millis(800)),
+        let (shown, ok) = match attempt {
+            Try::Curl(url) => (
+                format!("curl {url}"),
+                world.curl(url, &[], Duration::from_secs(2)).is_some(),
+            ),
+            Try::Tcp(ip, port) => (
+                format!("tcp connect {ip}:{port}"),
+                world
+                    .topo
+                    .connect(ip, port, Duration::from_millis(1500))
+                    .is_ok(),
+            ),
+            Try::Udp(ip, port) => (
+                format!("udp {ip}:{port}"),
+                world.topo.udp_echo(ip, port, Duration::from_millis(800)),
+            ),
         };
-        let took = start.elapsed();
-        let verdict = if ok { "allowed" } else { "DROPPED" };
-        let detail = if ok {
-            format!("{why}; answered in {:.1} ms", took.as_secs_f64() * 1e3)
+        let took = start.elapsed().as_secs_f64();
+        let (verdict, detail) = if ok {
+            ("allowed", format!("{why}; done in {:.0} ms", took * 1e3))
         } else {
-            format!("{why}; no answer after {:.1} s", took.as_secs_f64())
+            ("DROPPED", format!("{why}; nothing after {took:.1} s"))
         };
-        println!("{proto:<6} {shown:<28} {verdict:<9} {detail}");
+        println!("{shown:<44} {verdict:<9} {detail}");
     }
     if !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(300));
@@ -99,7 +132,7 @@ fn main() -> anyhow::Result<()> {
     println!("\n== removing the sandbox");
     drop(agent);
     drop(pins);
-    drop(topo);
+    drop(world);
     println!("== done");
     Ok(())
 }

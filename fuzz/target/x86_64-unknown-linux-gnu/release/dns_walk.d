@@ -1,0 +1,1 @@
+/work/main/fuzz/target/x86_64-unknown-linux-gnu/release/dns_walk: /work/main/egress-common/src/counters.rs /work/main/egress-common/src/dns.rs /work/main/egress-common/src/hash.rs /work/main/egress-common/src/lib.rs /work/main/egress-common/src/maps.rs /work/main/egress-common/src/packet.rs /work/main/egress-common/src/testing.rs /work/main/fuzz/fuzz_targets/dns_walk.rs
