@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's tasks. See README.md.
 
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -22,6 +23,8 @@ enum Task {
     Test(test::Options),
     /// Setup, build, then a live demo in a throwaway network sandbox (needs root).
     Demo(setup::SetupArgs),
+    /// Run the cargo-fuzz targets for a while each (nightly; installs cargo-fuzz).
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup(opts) => setup::run(&opts),
         Task::Test(opts) => test::run(&opts),
         Task::Demo(opts) => demo::run(&opts),
+        Task::Fuzz(opts) => fuzz::run(&opts),
     }
 }
 

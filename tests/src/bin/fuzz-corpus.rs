@@ -1,4 +1,4 @@
-//! Writes the seed corpus of the `dns_walk` fuzz target: real encodings (hickory-proto) of
+//! Writes the seed corpus of the `dns_walk` fuzz target (committed in `fuzz/seeds/dns_walk`): real encodings (hickory-proto) of
 //! answers with CNAME chains, AAAA, several records, EDNS and compression, plus queries.
 //!
 //! Usage: fuzz-corpus DIR
@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(
         std::env::args()
             .nth(1)
-            .unwrap_or_else(|| "fuzz/corpus/dns_walk".into()),
+            .unwrap_or_else(|| "fuzz/seeds/dns_walk".into()),
     );
     std::fs::create_dir_all(&dir)?;
     let mut seeds: Vec<(&str, Vec<u8>)> = vec![
