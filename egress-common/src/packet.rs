@@ -6,6 +6,8 @@
 //!
 //! What is parsed, and what the rest gets, is documented in `docs/design.md` ("Parsing").
 
+use seq_macro::seq;
+
 use crate::maps::{family, v4_mapped};
 
 /// Reads `N` bytes at `off` from the start of the frame; `None` when they are not all there.
@@ -37,6 +39,8 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked before giving up (fail-closed for denied destinations).
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+// The unrolled walks below spell these bounds as literals (seq! needs them).
+const _: () = assert!(MAX_VLAN_TAGS == 2 && MAX_IPV6_EXT_HEADERS == 8);
 
 /// TCP flag bits in byte 13 of the TCP header.
 pub const TCP_SYN: u8 = 0x02;
@@ -133,17 +137,15 @@ pub enum ParseError {
 pub fn parse_frame<R: Reader + ?Sized>(r: &R) -> Result<Frame, ParseError> {
     let mut off = 12;
     let mut ethertype = u16::from_be_bytes(r.read::<2>(off).ok_or(ParseError::Truncated)?);
-    let mut tags = 0;
-    while tags < MAX_VLAN_TAGS + 1 {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
+    // Unrolled (see the seq-macro note in Cargo.toml): up to MAX_VLAN_TAGS tags.
+    seq!(_ in 0..2 {
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            off += 4;
+            ethertype = u16::from_be_bytes(r.read::<2>(off).ok_or(ParseError::Truncated)?);
         }
-        if tags == MAX_VLAN_TAGS {
-            return Err(ParseError::TooManyVlanTags);
-        }
-        off += 4;
-        ethertype = u16::from_be_bytes(r.read::<2>(off).ok_or(ParseError::Truncated)?);
-        tags += 1;
+    });
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Err(ParseError::TooManyVlanTags);
     }
     let l3 = off + 2;
     match ethertype {
@@ -195,57 +197,23 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
     daddr.copy_from_slice(&h[24..40]);
     let mut next = h[6];
     let mut off = l3 + 40;
-    let mut transport = Transport::UNPARSED;
-    let mut i = 0;
-    while i < MAX_IPV6_EXT_HEADERS + 1 {
-        i += 1;
-        match next {
-            // Hop-by-hop, routing, destination options, mobility, HIP, shim6, experimental:
-            // all share the "next header, length in 8-octet units beyond the first" layout
-            // (RFC 8200 section 4, RFC 7045).
-            0 | 43 | 60 | 135 | 139 | 140 | 253 | 254 => {
-                if i > MAX_IPV6_EXT_HEADERS {
-                    break;
+    // Unrolled (see the seq-macro note in Cargo.toml): up to MAX_IPV6_EXT_HEADERS headers.
+    let transport = 'walk: {
+        seq!(_ in 0..8 {
+            match ext_step(r, next, off) {
+                Ext::Header { next: n, off: o } => {
+                    next = n;
+                    off = o;
                 }
-                let Some(e) = r.read::<2>(off) else {
-                    break;
-                };
-                next = e[0];
-                off += (e[1] as usize + 1) * 8;
+                Ext::Done(t) => break 'walk t,
             }
-            // Authentication header: length in 4-octet units minus 2 (RFC 4302).
-            51 => {
-                if i > MAX_IPV6_EXT_HEADERS {
-                    break;
-                }
-                let Some(e) = r.read::<2>(off) else {
-                    break;
-                };
-                next = e[0];
-                off += (e[1] as usize + 2) * 4;
-            }
-            // Fragment header (RFC 8200 section 4.5): a non-zero offset means no transport
-            // header follows.
-            44 => {
-                if i > MAX_IPV6_EXT_HEADERS {
-                    break;
-                }
-                let Some(e) = r.read::<4>(off) else {
-                    break;
-                };
-                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                    transport = Transport::LATER_FRAGMENT;
-                    break;
-                }
-                next = e[0];
-                off += 8;
-            }
-            proto => {
-                transport = parse_transport(r, off, proto);
-                break;
-            }
+        });
+        // Past the bound: another extension header means the ports are unknown.
+        match ext_step(r, next, off) {
+            Ext::Header { .. } => Transport::UNPARSED,
+            Ext::Done(t) => t,
         }
-    }
+    };
     Ok(IpPacket {
         family: family::V6,
         saddr,
@@ -253,6 +221,51 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
         transport,
         l4_off: off,
     })
+}
+
+/// One step of the IPv6 extension-header walk.
+enum Ext {
+    /// An extension header: what follows it, and where.
+    Header { next: u8, off: usize },
+    /// The walk ends with this transport.
+    Done(Transport),
+}
+
+#[inline(always)]
+fn ext_step<R: Reader + ?Sized>(r: &R, next: u8, off: usize) -> Ext {
+    match next {
+        // Hop-by-hop, routing, destination options, mobility, HIP, shim6, experimental: all
+        // share the "next header, length in 8-octet units beyond the first" layout (RFC 8200
+        // section 4, RFC 7045).
+        0 | 43 | 60 | 135 | 139 | 140 | 253 | 254 => match r.read::<2>(off) {
+            Some(e) => Ext::Header {
+                next: e[0],
+                off: off + (e[1] as usize + 1) * 8,
+            },
+            None => Ext::Done(Transport::UNPARSED),
+        },
+        // Authentication header: length in 4-octet units minus 2 (RFC 4302).
+        51 => match r.read::<2>(off) {
+            Some(e) => Ext::Header {
+                next: e[0],
+                off: off + (e[1] as usize + 2) * 4,
+            },
+            None => Ext::Done(Transport::UNPARSED),
+        },
+        // Fragment header (RFC 8200 section 4.5): a non-zero offset means no transport header
+        // follows.
+        44 => match r.read::<4>(off) {
+            Some(e) if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 => {
+                Ext::Done(Transport::LATER_FRAGMENT)
+            }
+            Some(e) => Ext::Header {
+                next: e[0],
+                off: off + 8,
+            },
+            None => Ext::Done(Transport::UNPARSED),
+        },
+        proto => Ext::Done(parse_transport(r, off, proto)),
+    }
 }
 
 #[inline(always)]

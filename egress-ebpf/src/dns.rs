@@ -26,7 +26,7 @@ use crate::{
         CONFIG, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_V4, LEARNED_V6, NAMES_EXACT,
         NAMES_WILD, RESOLVERS,
     },
-    skb::{Skb, count, count_n, now},
+    skb::{Skb, count, now},
 };
 
 const UDP_HLEN: usize = 8;
@@ -200,50 +200,69 @@ fn load_payload(ctx: &TcContext, off: usize, slot: u32) -> Option<(&'static DnsP
     Some((parsed, len))
 }
 
-/// Egress: remembers a UDP query to a trusted resolver (a global function, see above).
+/// [`egress_track`]: a UDP query to a trusted resolver, its addressing in the scratch slot.
+pub(crate) const UDP_QUERY: i32 = 1;
+
+/// Egress, step 1: finds a UDP query to a trusted resolver and leaves its addressing in the
+/// egress scratch slot (a global function, see above; split from step 2 so that no call chain
+/// holds the header parser's frame and the DNS parser's frame at once: Linux 6.1 counts
+/// "combined stack size of 3 calls is 544. Too large").
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    if let Ok(Frame::Ip(p)) = parse_frame(&Skb(&ctx)) {
-        track_query(&ctx, &p, p.transport.sport);
-    }
-    0
-}
-
-#[inline(always)]
-fn track_query(ctx: &TcContext, p: &IpPacket, sport: [u8; 2]) {
+    let Ok(Frame::Ip(p)) = parse_frame(&Skb(&ctx)) else {
+        return 0;
+    };
     // SAFETY: a read-only lookup of a plain value.
     if unsafe { RESOLVERS.get(&p.daddr) }.is_none() {
-        return;
+        return 0;
     }
-    let Some((parsed, len)) = load_payload(ctx, p.l4_off + UDP_HLEN, SCRATCH_EGRESS) else {
-        return;
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_EGRESS) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU map slot from a successful lookup, used only by this program run.
+    let pkt = unsafe { &mut (*scratch).packet };
+    pkt.saddr = p.saddr;
+    pkt.daddr = p.daddr;
+    pkt.payload_off = (p.l4_off + UDP_HLEN) as u32;
+    pkt.sport = p.transport.sport;
+    pkt.dport = p.transport.dport;
+    pkt.family = p.family;
+    UDP_QUERY
+}
+
+/// Egress, step 2: parses the query [`egress_track`] found and remembers it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn egress_remember_query(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_EGRESS) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU slot `egress_track` filled during this same program run.
+    let p = unsafe { (*scratch).packet };
+    let Some((parsed, len)) = load_payload(&ctx, p.payload_off as usize, SCRATCH_EGRESS) else {
+        return 0;
     };
     if dns_parse_query(SCRATCH_EGRESS, len as u32) != 0 {
-        return;
+        return 0;
     }
-    let (id, qname) = (parsed.id, parsed.full);
     let key = PendingKey {
         resolver: p.daddr,
-        client_port: sport,
-        txid: id.to_be_bytes(),
+        client_port: p.sport,
+        txid: parsed.id.to_be_bytes(),
         family: p.family,
         _pad: [0; 3],
     };
-    if DNS_PENDING
-        .insert(
-            &key,
-            &PendingValue {
-                qname,
-                sent_ns: now(),
-            },
-            0,
-        )
-        .is_ok()
-    {
+    let value = PendingValue {
+        qname: parsed.full,
+        sent_ns: now(),
+    };
+    if DNS_PENDING.insert(&key, &value, 0).is_ok() {
         count(counters::DNS_QUERY_TRACKED);
     }
+    0
 }
 
 /// Matches, walks and learns the UDP answer whose addressing [`ingress_classify`] left in the
@@ -366,24 +385,21 @@ pub(crate) extern "C" fn ingress_learn_answers(len: u32, end: u32, ancount: u32)
         end: end as usize,
     };
     let now = now();
-    let mut learned = 0u64;
-    let mut failed = 0u64;
     let len = (len as usize).min(BUF);
     let skip = |off: usize| {
         let r = dns_skip_name(len as u32, off as u32);
         if r < 0 { None } else { Some(r as usize) }
     };
     match dns::answers(buf, len, &q, skip, |addr, ttl| {
-        if insert(addr, now + cfg.lifetime_ns(ttl)) {
-            learned += 1;
+        // Counted in the map, not in locals: see `dns::Walk`.
+        count(if insert(addr, now + cfg.lifetime_ns(ttl)) {
+            counters::DNS_ADDR_LEARNED
         } else {
-            failed += 1;
-        }
+            counters::DNS_LEARN_FAILED
+        });
     }) {
         Ok(walk) => {
             count(counters::DNS_ANSWER_LEARNED);
-            count_n(counters::DNS_ADDR_LEARNED, learned);
-            count_n(counters::DNS_LEARN_FAILED, failed);
             if walk.incomplete { WALK_INCOMPLETE } else { 0 }
         }
         Err(_) => -1,

@@ -35,9 +35,9 @@ const VERDICT_DNS_QUERY: i32 = 2;
 #[classifier]
 pub(crate) fn egress(ctx: TcContext) -> i32 {
     let v = egress_verdict(ctx.skb.skb);
-    if v & VERDICT_DNS_QUERY != 0 {
-        // Remembering a DNS query never changes the verdict.
-        dns::egress_track(ctx.skb.skb);
+    // Remembering a DNS query never changes the verdict.
+    if v & VERDICT_DNS_QUERY != 0 && dns::egress_track(ctx.skb.skb) == dns::UDP_QUERY {
+        dns::egress_remember_query(ctx.skb.skb);
     }
     if v & VERDICT_DROP != 0 { DROP } else { PASS }
 }

@@ -35,15 +35,10 @@ impl Reader for Skb<'_> {
 
 #[inline(always)]
 pub(crate) fn count(counter: u32) {
-    count_n(counter, 1);
-}
-
-#[inline(always)]
-pub(crate) fn count_n(counter: u32, n: u64) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter) {
         // SAFETY: per-CPU slot from a successful lookup; TC programs do not nest on a CPU
         // (egress runs with bottom halves disabled, ingress in softirq), so nothing races us.
-        unsafe { *c += n };
+        unsafe { *c += 1 };
     }
 }
 

@@ -115,8 +115,6 @@ fn addresses_across_a_compressed_cname_chain() {
         ],
     );
     let (_, w, got) = learn(&msg).unwrap();
-    assert_eq!(w.cnames, 2);
-    assert_eq!(w.addresses, 3);
     assert!(!w.incomplete);
     assert_eq!(
         got,
