@@ -104,15 +104,30 @@ impl PinDir {
     pub fn ensure(&self) -> Result<(), PinError> {
         let root = Path::new(BPFFS_ROOT);
         if self.root.starts_with(root) && root.is_dir() && fs_type(root)? != BPF_FS_MAGIC {
-            nix::mount::mount(
-                Some("bpf"),
-                root,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .map_err(|source| PinError::Mount { source })?;
-            tracing::info!(path = BPFFS_ROOT, "mounted a BPF filesystem");
+            // Two processes starting at once must not both mount: the second bpffs would hide
+            // the first, and pins made in it. An exclusive lock on the (sysfs) directory
+            // serializes check-and-mount; the loser sees the bpffs and mounts nothing.
+            let dir = std::fs::File::open(root).map_err(|source| PinError::Io {
+                path: root.to_owned(),
+                source,
+            })?;
+            let _lock = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).map_err(
+                |(_, e)| PinError::Io {
+                    path: root.to_owned(),
+                    source: e.into(),
+                },
+            )?;
+            if fs_type(root)? != BPF_FS_MAGIC {
+                nix::mount::mount(
+                    Some("bpf"),
+                    root,
+                    Some("bpf"),
+                    nix::mount::MsFlags::empty(),
+                    None::<&str>,
+                )
+                .map_err(|source| PinError::Mount { source })?;
+                tracing::info!(path = BPFFS_ROOT, "mounted a BPF filesystem");
+            }
         }
         std::fs::create_dir_all(&self.root).map_err(|source| PinError::Io {
             path: self.root.clone(),

@@ -343,6 +343,19 @@ fn udp_echo(
     }
 }
 
+/// Whether this kernel has TCX links (Linux >= 6.6); older kernels get clsact filters, which
+/// are not pinned, so tests skip what only links can show (link ids, interfaces from pins).
+pub fn kernel_has_tcx() -> bool {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
 /// Path of the `egress` binary: `EGRESS_BIN` (set by `cargo xtask test`), else the one beside
 /// the test executable's `deps` directory.
 pub fn egress_bin() -> PathBuf {

@@ -91,7 +91,8 @@ fn kill_9_keeps_enforcing_and_restart_adopts_the_pins() {
     dp.learn(ip(DENIED_V6), clock::boot_ns() + 600_000_000_000)
         .unwrap();
     let mut conn = topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
-    let before_ids = link_program_ids(&agent);
+    let tcx = egress_tests::kernel_has_tcx();
+    let before_ids = tcx.then(|| link_program_ids(&agent));
 
     agent.kill9();
     assert!(
@@ -116,9 +117,14 @@ fn kill_9_keeps_enforcing_and_restart_adopts_the_pins() {
         .expect("learned entry lost by restart");
     assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
     // The restarted agent's program replaced the old one in the same link.
-    let after_ids = link_program_ids(&agent);
-    assert_eq!(before_ids.0, after_ids.0, "link id changed");
-    assert_ne!(before_ids.1, after_ids.1, "program not replaced");
+    match before_ids {
+        Some(before) => {
+            let after = link_program_ids(&agent);
+            assert_eq!(before.0, after.0, "link id changed");
+            assert_ne!(before.1, after.1, "program not replaced");
+        }
+        None => eprintln!("no TCX on this kernel: link and program ids not compared"),
+    }
 }
 
 /// (link id, program id) of the pinned TCX link.
@@ -271,7 +277,10 @@ fn netlink_attach_enforces_and_keeps_other_filters() {
 fn detach_removes_everything() {
     let (topo, _s, pins, mut agent) = setup(&static_policy("enforce"), &[]);
     agent.kill9();
-    let out = std::process::Command::new(egress_bin())
+    // In the namespace, where the interface (and a clsact filter on older kernels) lives.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", topo.client.name))
+        .arg(egress_bin())
         .args(["detach", "--iface", &topo.iface, "--pin-dir"])
         .arg(pins.path())
         .output()
@@ -304,7 +313,9 @@ fn status_reads_the_pins_without_an_agent() {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["mode"], "enforce");
     assert_eq!(s["ports"], serde_json::json!([443]));
-    assert_eq!(s["interfaces"], serde_json::json!([topo.iface]));
+    if egress_tests::kernel_has_tcx() {
+        assert_eq!(s["interfaces"], serde_json::json!([topo.iface]));
+    }
     assert!(s["counters"]["drop_denied"].as_u64().unwrap() >= 1);
     assert_eq!(s["static_cidrs"].as_array().unwrap().len(), 2);
 }

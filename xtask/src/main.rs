@@ -5,6 +5,7 @@ mod fuzz;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 

@@ -8,6 +8,9 @@ use crate::{run, setup};
 pub(crate) struct Options {
     #[command(flatten)]
     setup: setup::SetupArgs,
+    /// Run the tests inside Debian's Linux 6.1 under qemu instead of on this kernel.
+    #[arg(long)]
+    vm: bool,
     /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
@@ -16,6 +19,9 @@ pub(crate) struct Options {
 pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     setup::run(&opts.setup)?;
     run::require_root("test")?;
+    if opts.vm {
+        return crate::vm::run(&opts.cargo_test_args);
+    }
     // Builds the eBPF object too (egress-user/build.rs).
     run::status(Command::new("cargo").args(["build", "--package", "egress-user", "--bins"]))?;
     let bin = run::target_dir()?.join("debug").join("egress");
