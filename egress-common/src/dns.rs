@@ -98,7 +98,7 @@ fn be32(buf: &[u8; BUF], off: usize) -> u32 {
 /// The header checks shared by queries and responses: returns (id, ancount).
 #[inline(always)]
 fn header(buf: &[u8; BUF], len: usize, response: bool) -> Result<(u16, u16), DnsError> {
-    if len < HEADER_LEN || len > BUF {
+    if !(HEADER_LEN..=BUF).contains(&len) {
         return Err(DnsError::Truncated);
     }
     let flags = be16(buf, 2);

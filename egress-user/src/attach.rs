@@ -242,18 +242,18 @@ fn detach_hook(hook: Hook, iface: &str, pins: &PinDir) -> Result<bool, AttachErr
             });
         }
     }
-    if check_iface(iface).is_ok() {
-        if let Ok(link) = SchedClassifierLink::attached(
+    if check_iface(iface).is_ok()
+        && let Ok(link) = SchedClassifierLink::attached(
             iface,
             tc_type(hook),
             NETLINK_PRIORITY,
             NETLINK_HANDLE,
             None,
-        ) {
-            use aya::programs::links::Link as _;
-            if link.detach().is_ok() {
-                found = true;
-            }
+        )
+    {
+        use aya::programs::links::Link as _;
+        if link.detach().is_ok() {
+            found = true;
         }
     }
     Ok(found)

@@ -51,7 +51,7 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
             expires_in_s: (l.expires_ns as f64 - now as f64) / 1e9,
         })
         .collect();
-    learned.sort_by(|a, b| a.addr.cmp(&b.addr));
+    learned.sort_by_key(|a| a.addr);
     let mut static_cidrs = dp.static_cidrs()?;
     static_cidrs.sort();
     let counts = dp.counters()?;

@@ -43,8 +43,10 @@ impl Harness {
 
     fn run(&self, hook: Hook, frame: &[u8]) -> i32 {
         let prog: &SchedClassifier = self.ebpf.program(hook.name()).unwrap().try_into().unwrap();
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
         prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value as i32
     }
 

@@ -65,12 +65,19 @@ fn prepare() -> anyhow::Result<(PathBuf, String)> {
             "--names-only",
             &format!("^{KERNEL_PACKAGE_PREFIX}[0-9]+{KERNEL_PACKAGE_SUFFIX}$"),
         ]))?;
+        // The newest ABI by number (a string maximum would put -9 above -56).
+        let abi = |name: &str| {
+            name.strip_prefix(KERNEL_PACKAGE_PREFIX)
+                .and_then(|r| r.strip_suffix(KERNEL_PACKAGE_SUFFIX))
+                .and_then(|n| n.parse::<u32>().ok())
+        };
         let package = names
             .lines()
             .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|n| abi(n).map(|a| (a, n)))
             .max()
-            .context("no Linux 6.1 image in the apt archive (run apt-get update?)")?
-            .to_owned();
+            .map(|(_, n)| n.to_owned())
+            .context("no Linux 6.1 image in the apt archive (run apt-get update?)")?;
         eprintln!("vm: downloading {package}");
         status(
             Command::new("apt-get")
@@ -117,13 +124,14 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["kind"][0] == "test" {
-            if let Some(exe) = msg["executable"].as_str() {
-                bins.push((
-                    msg["target"]["name"].as_str().unwrap_or("?").to_owned(),
-                    PathBuf::from(exe),
-                ));
-            }
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["kind"][0] == "test"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            bins.push((
+                msg["target"]["name"].as_str().unwrap_or("?").to_owned(),
+                PathBuf::from(exe),
+            ));
         }
     }
     bins.sort();

@@ -59,7 +59,10 @@ fn cname(name: &str, target: &str, ttl: u32) -> Record {
     )
 }
 
-fn learn(msg: &[u8]) -> Result<(Question, Walk, Vec<(Address, u32)>), DnsError> {
+/// What one answer taught: the question, the walk, and each (address, TTL) handed to the sink.
+type Learned = (Question, Walk, Vec<(Address, u32)>);
+
+fn learn(msg: &[u8]) -> Result<Learned, DnsError> {
     let b = buf(msg);
     let q = question(&b, msg.len(), K0, K1, &mut [0; MAX_LABELS], |_| false)?;
     let mut got = Vec::new();

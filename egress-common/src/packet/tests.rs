@@ -56,7 +56,7 @@ fn udp_v6() {
 
 #[test]
 fn non_ip_frames_are_not_ip() {
-    let mut arp = vec![0u8; 42];
+    let mut arp = [0u8; 42];
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     assert_eq!(parse_frame(&arp[..]), Ok(Frame::NotIp));
 }

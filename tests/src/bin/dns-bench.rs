@@ -68,7 +68,9 @@ fn main() {
 
 fn run_ingress(h: &Harness, frame: &[u8]) -> u64 {
     let prog: &SchedClassifier = h.program("ingress").try_into().unwrap();
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(frame);
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ..TestRunOptions::default()
+    };
     prog.test_run(opts).unwrap().duration.as_nanos() as u64
 }

@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 let mut by: Vec<_> = counts.into_iter().collect();
-                by.sort_by(|a, b| b.1.cmp(&a.1));
+                by.sort_by_key(|e| std::cmp::Reverse(e.1));
                 for l in lines.iter().filter(|l| {
                     l.contains("func#") || l.contains("Func#") || l.contains("Validating")
                 }) {
