@@ -85,17 +85,9 @@ pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
     if t.proto != IPPROTO_UDP {
         return 0;
     }
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+    if !stash_packet(SCRATCH_INGRESS, &p) {
         return 0;
-    };
-    // SAFETY: a per-CPU map slot from a successful lookup, used only by this program run.
-    let pkt = unsafe { &mut (*scratch).packet };
-    pkt.saddr = p.saddr;
-    pkt.daddr = p.daddr;
-    pkt.payload_off = (p.l4_off + UDP_HLEN) as u32;
-    pkt.sport = t.sport;
-    pkt.dport = t.dport;
-    pkt.family = p.family;
+    }
     UDP_ANSWER
 }
 
@@ -172,6 +164,24 @@ pub(crate) extern "C" fn dns_parse_answer(len: u32) -> i32 {
     }
 }
 
+/// Leaves the addressing of a UDP DNS packet in scratch `slot`, for the separately verified
+/// function that handles it next.
+#[inline(always)]
+fn stash_packet(slot: u32, p: &IpPacket) -> bool {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: a per-CPU map slot from a successful lookup, used only by this program run.
+    let pkt = unsafe { &mut (*scratch).packet };
+    pkt.saddr = p.saddr;
+    pkt.daddr = p.daddr;
+    pkt.payload_off = (p.l4_off + UDP_HLEN) as u32;
+    pkt.sport = p.transport.sport;
+    pkt.dport = p.transport.dport;
+    pkt.family = p.family;
+    true
+}
+
 /// Copies `len` payload bytes at `off` into the scratch slot `slot`; `None` if the payload does
 /// not fit or cannot be read.
 #[inline(always)]
@@ -218,17 +228,9 @@ pub(crate) extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
     if unsafe { RESOLVERS.get(&p.daddr) }.is_none() {
         return 0;
     }
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_EGRESS) else {
+    if !stash_packet(SCRATCH_EGRESS, &p) {
         return 0;
-    };
-    // SAFETY: a per-CPU map slot from a successful lookup, used only by this program run.
-    let pkt = unsafe { &mut (*scratch).packet };
-    pkt.saddr = p.saddr;
-    pkt.daddr = p.daddr;
-    pkt.payload_off = (p.l4_off + UDP_HLEN) as u32;
-    pkt.sport = p.transport.sport;
-    pkt.dport = p.transport.dport;
-    pkt.family = p.family;
+    }
     UDP_QUERY
 }
 

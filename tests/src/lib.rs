@@ -367,6 +367,21 @@ pub fn egress_bin() -> PathBuf {
     dir.join("egress")
 }
 
+/// Runs the `egress` binary with `args`, inside `ns`'s network namespace if given (where its
+/// interfaces live), and returns its output.
+pub fn egress(ns: Option<&NetNs>, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", ns.name))
+                .arg(egress_bin());
+            c
+        }
+        None => Command::new(egress_bin()),
+    };
+    cmd.args(args).output().expect("run egress")
+}
+
 /// A unique pin directory under `/sys/fs/bpf`, removed (with everything in it) on drop.
 pub struct TestPins {
     pub pins: PinDir,

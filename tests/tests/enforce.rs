@@ -5,7 +5,7 @@ use std::{io::Write as _, time::Duration};
 use egress_common::counters;
 use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
-    egress_bin, http_get, ip, static_policy,
+    egress, http_get, ip, static_policy,
 };
 use egress_user::clock;
 
@@ -278,13 +278,16 @@ fn detach_removes_everything() {
     let (topo, _s, pins, mut agent) = setup(&static_policy("enforce"), &[]);
     agent.kill9();
     // In the namespace, where the interface (and a clsact filter on older kernels) lives.
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", topo.client.name))
-        .arg(egress_bin())
-        .args(["detach", "--iface", &topo.iface, "--pin-dir"])
-        .arg(pins.path())
-        .output()
-        .unwrap();
+    let out = egress(
+        Some(&topo.client),
+        &[
+            "detach".as_ref(),
+            "--iface".as_ref(),
+            topo.iface.as_ref(),
+            "--pin-dir".as_ref(),
+            pins.path().as_ref(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -300,11 +303,15 @@ fn status_reads_the_pins_without_an_agent() {
     let (topo, _s, pins, mut agent) = setup(&static_policy("enforce"), &[]);
     let _ = topo.connect(DENIED_V4, 443, Duration::from_millis(300));
     agent.kill9();
-    let out = std::process::Command::new(egress_bin())
-        .args(["status", "--json", "--pin-dir"])
-        .arg(pins.path())
-        .output()
-        .unwrap();
+    let out = egress(
+        None,
+        &[
+            "status".as_ref(),
+            "--json".as_ref(),
+            "--pin-dir".as_ref(),
+            pins.path().as_ref(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -334,20 +341,18 @@ fn a_bad_policy_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("bad.yaml");
     std::fs::write(&policy, "allow:\n  cidrs: [10.0.0.1/8]\n").unwrap();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", topo.client.name))
-        .arg(egress_bin())
-        .args([
-            "run",
-            "--iface",
-            &topo.iface,
-            "--pin-dir",
-            &pins_dir,
-            "--policy",
-        ])
-        .arg(&policy)
-        .output()
-        .unwrap();
+    let out = egress(
+        Some(&topo.client),
+        &[
+            "run".as_ref(),
+            "--iface".as_ref(),
+            topo.iface.as_ref(),
+            "--pin-dir".as_ref(),
+            pins_dir.as_ref(),
+            "--policy".as_ref(),
+            policy.as_ref(),
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:2:"), "{err}");
@@ -364,15 +369,19 @@ fn a_pin_dir_outside_bpffs_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("p.yaml");
     std::fs::write(&policy, static_policy("enforce")).unwrap();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", topo.client.name))
-        .arg(egress_bin())
-        .args(["run", "--iface", &topo.iface, "--policy"])
-        .arg(&policy)
-        .arg("--pin-dir")
-        .arg(dir.path().join("pins"))
-        .output()
-        .unwrap();
+    let pins = dir.path().join("pins");
+    let out = egress(
+        Some(&topo.client),
+        &[
+            "run".as_ref(),
+            "--iface".as_ref(),
+            topo.iface.as_ref(),
+            "--policy".as_ref(),
+            policy.as_ref(),
+            "--pin-dir".as_ref(),
+            pins.as_ref(),
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a BPF filesystem"), "{err}");
@@ -385,15 +394,18 @@ fn a_missing_interface_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("p.yaml");
     std::fs::write(&policy, static_policy("enforce")).unwrap();
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", topo.client.name))
-        .arg(egress_bin())
-        .args(["run", "--iface", "nosuch0", "--policy"])
-        .arg(&policy)
-        .arg("--pin-dir")
-        .arg(pins.path())
-        .output()
-        .unwrap();
+    let out = egress(
+        Some(&topo.client),
+        &[
+            "run".as_ref(),
+            "--iface".as_ref(),
+            "nosuch0".as_ref(),
+            "--policy".as_ref(),
+            policy.as_ref(),
+            "--pin-dir".as_ref(),
+            pins.path().as_ref(),
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"nosuch0\" does not exist"), "{err}");
