@@ -132,7 +132,7 @@ fn dns_over_tcp() {
 fn ttl_expiry_stops_new_connections_but_not_an_established_one() {
     let (w, _p, agent) = start(
         WorldOptions {
-            ttl: 1,
+            ttl: 3,
             ..WorldOptions::default()
         },
         "  min_ttl: 1s\n  grace: 0s\n",
@@ -147,7 +147,19 @@ fn ttl_expiry_stops_new_connections_but_not_an_established_one() {
         .topo
         .connect(WEB_CGR, 443, MAX)
         .expect("connect while learned");
-    std::thread::sleep(Duration::from_millis(2500));
+    // Wait until the kernel's expiry has passed (read from the map, so a slow machine does not
+    // turn this into a race), plus a little.
+    let expires = agent
+        .datapath()
+        .learned()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.addr == ip(WEB_CGR))
+        .expect("learned")
+        .expires_ns;
+    while egress_user::clock::boot_ns() < expires + 300_000_000 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         w.topo
             .connect(WEB_CGR, 443, Duration::from_millis(1500))
