@@ -28,6 +28,13 @@ use maps::{
 };
 use skb::{Skb, count, now};
 
+/// A program that only passes: the baseline `cargo xtask bench` measures the datapath against.
+/// The agent never attaches it.
+#[classifier]
+pub(crate) fn empty(_ctx: TcContext) -> i32 {
+    PASS
+}
+
 /// Bits of [`egress_verdict`]'s result.
 const VERDICT_DROP: i32 = 1;
 const VERDICT_DNS_QUERY: i32 = 2;

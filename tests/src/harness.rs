@@ -18,16 +18,29 @@ pub struct Harness {
 impl Harness {
     /// Loads both programs and applies `policy_text` as the agent would.
     pub fn new(policy_text: &str) -> Self {
+        Self::with_learned_capacity(policy_text, None)
+    }
+
+    /// As [`Harness::new`], with the learned maps sized to `capacity` entries per family.
+    pub fn with_learned_capacity(policy_text: &str, capacity: Option<u32>) -> Self {
         let pins = TestPins::new();
-        let mut ebpf = ebpf::load(&pins.pins).expect("load object");
+        let mut loader = ebpf::loader(&pins.pins);
+        if let Some(c) = capacity {
+            loader.map_max_entries(egress_common::maps::names::LEARNED_V4, c);
+            loader.map_max_entries(egress_common::maps::names::LEARNED_V6, c);
+        }
+        let mut ebpf = loader.load(ebpf::OBJECT).expect("load object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
         agent::apply(&mut dp, &p, None).expect("apply");
-        for hook in Hook::ALL {
-            let prog: &mut SchedClassifier =
-                ebpf.program_mut(hook.name()).unwrap().try_into().unwrap();
+        for name in [
+            Hook::Ingress.name(),
+            Hook::Egress.name(),
+            ebpf::EMPTY_PROGRAM,
+        ] {
+            let prog: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             prog.load()
-                .unwrap_or_else(|e| panic!("verifier rejects {}: {e:?}", hook.name()));
+                .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
         }
         Self {
             ebpf,

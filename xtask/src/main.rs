@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's tasks. See README.md.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod run;
@@ -24,6 +25,8 @@ enum Task {
     Test(test::Options),
     /// Setup, build, then a live demo in a throwaway network sandbox (needs root).
     Demo(setup::SetupArgs),
+    /// Benchmarks; writes bench/REPORT.md and bench/results.json (needs root).
+    Bench(bench::Options),
     /// Run the cargo-fuzz targets for a while each (nightly; installs cargo-fuzz).
     Fuzz(fuzz::Options),
 }
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(opts) => test::run(&opts),
         Task::Demo(opts) => demo::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
+        Task::Bench(opts) => bench::run(&opts),
     }
 }
 
