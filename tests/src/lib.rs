@@ -356,15 +356,21 @@ pub fn kernel_has_tcx() -> bool {
     (major, minor) >= (6, 6)
 }
 
-/// Path of the `egress` binary: `EGRESS_BIN` (set by `cargo xtask test`), else the one beside
-/// the test executable's `deps` directory.
+/// Path of the `egress` binary: `EGRESS_BIN` (set by `cargo xtask test`), else the one built
+/// beside this executable.
 pub fn egress_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("EGRESS_BIN") {
         return p.into();
     }
+    // Beside this executable (the tools in target/*/), or one level up (tests in target/*/deps/).
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join("egress")
+    let here = exe.parent().expect("executable dir");
+    let beside = here.join("egress");
+    if beside.exists() {
+        beside
+    } else {
+        here.parent().expect("target dir").join("egress")
+    }
 }
 
 /// Runs the `egress` binary with `args`, inside `ns`'s network namespace if given (where its
@@ -492,6 +498,11 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's process id (nsenter executes the agent in its own process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: the agent gets no chance to clean up.

@@ -25,6 +25,8 @@ const APT_TOOLS: &[(&str, &str)] = &[
     // The DNS tests' resolver and TLS server, started by the tests in their own namespaces.
     ("dnsmasq", "dnsmasq-base"),
     ("nginx", "nginx-light"),
+    // `cargo xtask bench` throughput runs.
+    ("iperf3", "iperf3"),
 ];
 
 #[derive(clap::Args)]

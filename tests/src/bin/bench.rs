@@ -2,16 +2,22 @@
 //! to an empty TC program measured in the same run, with 10, 100,000 and 1,000,000 learned
 //! prefixes. Prints one JSON document (the `cargo xtask bench` report is built from it).
 //!
-//! Usage: egress-bench [REPEAT] [DNS_ANSWERS]
+//! Usage: egress-bench packet [REPEAT] [DNS_ANSWERS] | race COUNT | iperf SECONDS ROUNDS | control
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Instant,
+};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use egress_common::{packet::TCP_ACK, testing::Packet};
 use egress_tests::{
+    ALLOWED_V4, Agent, TestPins, Topology,
     dnsmsg::{Rr, query, response},
     harness::Harness,
     ip,
+    live::{World, WorldOptions, policy},
+    static_policy,
 };
 use egress_user::clock;
 use hickory_proto::rr::RecordType;
@@ -79,11 +85,154 @@ fn dns_answer_cost(h: &Harness, addresses: usize, answers: usize) -> (f64, f64) 
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let repeat: u32 = args
-        .get(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let dns_answers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let out = match args.get(1).map(String::as_str) {
+        Some("race") => race(arg(2, 10_000)),
+        Some("iperf") => iperf(arg(2, 5), arg(3, 3)),
+        Some("control") => control(),
+        _ => packet(arg(2, 1_000_000) as u32, arg(3, 20_000) as usize),
+    };
+    println!("{out}");
+}
+
+/// Resolve-then-connect over `count` fresh names through dnsmasq, with the agent enforcing.
+fn race(count: u64) -> Value {
+    let world = World::new(WorldOptions::default()).expect("world");
+    let pins = TestPins::new();
+    let _agent = Agent::start(&world.topo, &pins, &policy("  min_ttl: 5s\n"), &[]).expect("agent");
+    let race = std::env::current_exe()
+        .unwrap()
+        .with_file_name("egress-race");
+    let out = world
+        .run_in_client(&race, &[&count.to_string(), "race.test", "200"])
+        .expect("race");
+    serde_json::from_str(out.trim()).expect("race JSON")
+}
+
+/// iperf3 to port 443 over the veth, alternating runs without and with the agent attached.
+fn iperf(seconds: u64, rounds: u64) -> Value {
+    let topo = Topology::new().expect("topology");
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        for with_agent in [false, true] {
+            let pins = TestPins::new();
+            let agent = with_agent.then(|| {
+                Agent::start(&topo, &pins, &static_policy("enforce"), &[]).expect("agent")
+            });
+            let mut server = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &topo.server.name,
+                    "iperf3",
+                    "-s",
+                    "-1",
+                    "-p",
+                    "443",
+                    "-B",
+                    ALLOWED_V4,
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("iperf3 server");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let secs = seconds.to_string();
+            let out = egress_tests::sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &topo.client.name,
+                "iperf3",
+                "-J",
+                "-c",
+                ALLOWED_V4,
+                "-p",
+                "443",
+                "-t",
+                &secs,
+            ])
+            .expect("iperf3 client");
+            let _ = server.wait();
+            let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
+            let bps = v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0);
+            runs.push(json!({"round": round, "agent": with_agent, "gbit_per_s": bps / 1e9}));
+            drop(agent);
+        }
+    }
+    let mean = |with: bool| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r["agent"] == with)
+            .filter_map(|r| r["gbit_per_s"].as_f64())
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let (without, with) = (mean(false), mean(true));
+    json!({"runs": runs, "without_gbit_per_s": without, "with_gbit_per_s": with, "ratio": with / without, "seconds": seconds})
+}
+
+/// Policy compile and apply time for 10,000 names and 10,000 CIDRs, a reload of a changed
+/// policy, and the agent's resident memory with 100,000 learned addresses.
+fn control() -> Value {
+    let big = |salt: u32| {
+        let mut p = String::from("resolvers: [192.0.2.53]\nallow:\n  names:\n");
+        for i in 0..10_000u32 {
+            p.push_str(&format!(
+                "    - n{}.svc{}.example.com\n",
+                i,
+                (i + salt) % 97
+            ));
+        }
+        p.push_str("  cidrs:\n");
+        for i in 0..10_000u32 {
+            let j = i + salt;
+            p.push_str(&format!("    - 10.{}.{}.0/24\n", (j >> 8) & 0xff, j & 0xff));
+        }
+        p
+    };
+    let (first, changed) = (big(0), big(1_000));
+    let pins = TestPins::new();
+    let mut ebpf = egress_user::ebpf::load(&pins.pins).expect("load");
+    let mut dp = egress_user::datapath::Datapath::from_ebpf(&mut ebpf).expect("maps");
+    let t = Instant::now();
+    let p1 = egress_user::policy::parse(&first, "big.yaml".as_ref()).expect("policy");
+    let parse_s = t.elapsed().as_secs_f64();
+    egress_user::agent::apply(&mut dp, &p1, None).expect("apply");
+    let load_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let p2 = egress_user::policy::parse(&changed, "big.yaml".as_ref()).expect("policy");
+    egress_user::agent::apply(&mut dp, &p2, None).expect("reload");
+    let reload_s = t.elapsed().as_secs_f64();
+    drop(dp);
+    drop(ebpf);
+
+    // The real agent's memory with 100,000 learned addresses.
+    let topo = Topology::new().expect("topology");
+    let apins = TestPins::new();
+    let agent = Agent::start(&topo, &apins, &static_policy("enforce"), &[]).expect("agent");
+    let mut adp = agent.datapath();
+    let until = clock::boot_ns() + 3_600_000_000_000;
+    for i in 0..100_000u32 {
+        adp.learn(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), until)
+            .unwrap();
+    }
+    // Let garbage collection walk them once (every 5 s) and a metrics scrape read the maps.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let _ = egress_tests::http_get(&topo.client, "/metrics");
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    json!({"names": 10_000, "cidrs": 10_000, "parse_s": parse_s, "load_s": load_s, "reload_s": reload_s, "agent_rss_kib_with_100k_learned": rss_kib})
+}
+
+fn packet(repeat: u32, dns_answers: usize) -> Value {
     let mut rows = Vec::new();
     for prefixes in [10usize, 100_000, 1_000_000] {
         let mut h = Harness::with_learned_capacity(
@@ -113,5 +262,5 @@ fn main() {
             rows.push(json!({"case": format!("DNS answer, {addresses} address(es)"), "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": base, "ratio_to_empty": ns / base, "repeat": 1, "runs": dns_answers}));
         }
     }
-    println!("{}", Value::Array(rows));
+    Value::Array(rows)
 }
