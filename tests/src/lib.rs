@@ -22,6 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod classic;
 pub mod dnsmsg;
 pub mod harness;
 pub mod live;

@@ -23,7 +23,11 @@ pub const WEB_CGR_V6: &str = "2001:db8::10";
 pub const WEB_CDN: &str = "198.18.0.11";
 pub const WEB_R2: &str = "198.18.0.12";
 pub const WEB_DENIED: &str = "198.18.0.13";
-pub const WEB_RACE: &str = "198.18.0.14";
+/// The race tests' addresses: dnsmasq synthesizes `n-198-19-X-Y.race.test` → 198.19.X.Y, and
+/// the server namespace accepts connections to all of them (a local route), so every name of a
+/// race has an address of its own and every connect is the first to its address.
+pub const RACE_NET: &str = "198.19.0.0/16";
+pub const RACE_FIRST: &str = "198.19.0.1";
 
 /// The zones dnsmasq serves. `packages.wolfi.dev` is a CNAME chain across three zones;
 /// `address=/r2.cloudflarestorage.com/` answers the apex and every name below it, so the
@@ -38,7 +42,7 @@ fn dnsmasq_conf(ttl: u32) -> String {
          cname=packages.wolfi.dev,edge.cdn.test\n\
          address=/r2.cloudflarestorage.com/{WEB_R2}\n\
          host-record=denied.test,{WEB_DENIED}\n\
-         address=/race.test/{WEB_RACE}\n"
+         synth-domain=race.test,{RACE_NET},n-\n"
     )
 }
 
@@ -117,7 +121,7 @@ impl World {
     pub fn new(opts: WorldOptions) -> anyhow::Result<Self> {
         let topo = Topology::new()?;
         let peer = topo.peer.clone();
-        for a in [RESOLVER_V4, WEB_CGR, WEB_CDN, WEB_R2, WEB_DENIED, WEB_RACE] {
+        for a in [RESOLVER_V4, WEB_CGR, WEB_CDN, WEB_R2, WEB_DENIED] {
             topo.server
                 .ip(&["addr", "add", &format!("{a}/24"), "dev", &peer])?;
         }
@@ -125,6 +129,10 @@ impl World {
             topo.server
                 .ip(&["addr", "add", &format!("{a}/64"), "dev", &peer, "nodad"])?;
         }
+        topo.server
+            .ip(&["route", "add", "local", RACE_NET, "dev", "lo"])?;
+        topo.client
+            .ip(&["route", "add", RACE_NET, "via", crate::ALLOWED_V4])?;
         let dir = tempfile::tempdir()?;
         let netns_etc = PathBuf::from("/etc/netns").join(&topo.client.name);
         std::fs::create_dir_all(&netns_etc)?;

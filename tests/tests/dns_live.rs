@@ -10,7 +10,8 @@ use std::{
 use egress_tests::{
     Agent, TestPins, echo_once, ip,
     live::{
-        RESOLVER_V4, RESOLVER_V6, WEB_CDN, WEB_CGR, WEB_DENIED, WEB_R2, World, WorldOptions, policy,
+        RACE_FIRST, RESOLVER_V4, RESOLVER_V6, WEB_CDN, WEB_CGR, WEB_DENIED, WEB_R2, World,
+        WorldOptions, policy,
     },
 };
 use hickory_proto::rr::RecordType;
@@ -259,11 +260,14 @@ fn the_race_resolve_then_connect_at_once_never_waits() {
     let (w, _p, agent) = start(WorldOptions::default(), "  min_ttl: 5s\n");
     let race = Path::new(env!("CARGO_BIN_EXE_egress-race"));
     let out = w
-        .run_in_client(race, &["1000", "race.test", "200"])
+        .run_in_client(race, &["1000", "race.test", "200", RACE_FIRST])
         .unwrap();
     eprintln!("race: {out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["unresolved"], 0, "{out}");
+    // Every name had an address of its own, so every connect was the first to its address.
+    assert_eq!(v["wrong_address"], 0, "{out}");
+    assert_eq!(v["connected"], 1000, "{out}");
     assert_eq!(v["failed"], 0, "{out}\n{}", agent.log_text());
     assert_eq!(v["slow"], 0, "connects slower than 200 ms: {out}");
     let _ = RESOLVER_V6;

@@ -25,8 +25,9 @@ const APT_TOOLS: &[(&str, &str)] = &[
     // The DNS tests' resolver and TLS server, started by the tests in their own namespaces.
     ("dnsmasq", "dnsmasq-base"),
     ("nginx", "nginx-light"),
-    // `cargo xtask bench` throughput runs.
+    // `cargo xtask bench`: throughput runs, and the classic setup it compares with.
     ("iperf3", "iperf3"),
+    ("nft", "nftables"),
 ];
 
 #[derive(clap::Args)]

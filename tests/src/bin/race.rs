@@ -1,30 +1,58 @@
 //! Resolve-then-connect, as an application does: for N fresh names, `getaddrinfo` (the system
 //! resolver, through the namespace's resolv.conf) and, at once, a TCP connect to port 443.
-//! Prints one JSON line: how many connects took longer than the threshold (a dropped first SYN
-//! costs a 1 s retransmission), failures, and connect-time percentiles.
 //!
-//! Usage: egress-race COUNT SUFFIX [THRESHOLD_MS]
+//! Every name resolves to an address no earlier name had (the test resolver synthesizes
+//! `n-198-19-X-Y.SUFFIX` → 198.19.X.Y, see `live::RACE_NET`), so every connect is the first one
+//! to its address: a connect can only be fast if the address was allowed before the
+//! application read the answer. An answer with any other address counts as `wrong_address`.
+//!
+//! Prints one JSON line: how many connects took longer than the threshold (a dropped first SYN
+//! costs a 1 s retransmission), failures, and resolve and connect percentiles.
+//!
+//! Usage: egress-race COUNT SUFFIX [THRESHOLD_MS] [FIRST_ADDRESS]
 
 use std::{
-    net::{TcpStream, ToSocketAddrs},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs},
     time::{Duration, Instant},
 };
 
+fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
+    v.sort_unstable();
+    let pct = |p: f64| {
+        v.get(((v.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    (pct(0.5), pct(0.99), v.last().copied().unwrap_or(0))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let count: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let count: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let suffix = args.get(2).cloned().unwrap_or_else(|| "race.test".into());
     let threshold = Duration::from_millis(args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200));
-    let tag = std::process::id();
-    let mut connect_us = Vec::with_capacity(count);
-    let (mut slow, mut failed, mut unresolved) = (0, 0, 0);
+    let first: Ipv4Addr = args
+        .get(4)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(Ipv4Addr::new(198, 19, 0, 1));
+    let mut connect_us = Vec::with_capacity(count as usize);
+    let mut resolve_us = Vec::with_capacity(count as usize);
+    let (mut slow, mut failed, mut unresolved, mut wrong) = (0, 0, 0, 0);
     let started = Instant::now();
     for i in 0..count {
-        let name = format!("n{tag}x{i}.{suffix}:443");
+        let want = Ipv4Addr::from(u32::from(first) + i);
+        let [a, b, c, d] = want.octets();
+        let name = format!("n-{a}-{b}-{c}-{d}.{suffix}:443");
+        let t = Instant::now();
         let Some(addr) = name.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
             unresolved += 1;
             continue;
         };
+        resolve_us.push(t.elapsed().as_micros() as u64);
+        if addr != SocketAddr::new(IpAddr::V4(want), 443) {
+            wrong += 1;
+            continue;
+        }
         let t = Instant::now();
         match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
             Ok(_) => {
@@ -37,20 +65,12 @@ fn main() {
             Err(_) => failed += 1,
         }
     }
-    connect_us.sort_unstable();
-    let pct = |p: f64| {
-        connect_us
-            .get(((connect_us.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
+    let connected = connect_us.len();
+    let (p50, p99, max) = percentiles(connect_us);
+    let (r50, r99, rmax) = percentiles(resolve_us);
     println!(
-        "{{\"count\":{count},\"connected\":{},\"slow\":{slow},\"failed\":{failed},\"unresolved\":{unresolved},\"threshold_ms\":{},\"p50_us\":{},\"p99_us\":{},\"max_us\":{},\"seconds\":{:.2}}}",
-        connect_us.len(),
+        "{{\"count\":{count},\"connected\":{connected},\"slow\":{slow},\"failed\":{failed},\"unresolved\":{unresolved},\"wrong_address\":{wrong},\"threshold_ms\":{},\"p50_us\":{p50},\"p99_us\":{p99},\"max_us\":{max},\"resolve_p50_us\":{r50},\"resolve_p99_us\":{r99},\"resolve_max_us\":{rmax},\"seconds\":{:.2}}}",
         threshold.as_millis(),
-        pct(0.5),
-        pct(0.99),
-        connect_us.last().copied().unwrap_or(0),
         started.elapsed().as_secs_f64()
     );
 }
