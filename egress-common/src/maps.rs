@@ -41,9 +41,15 @@ pub mod names {
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
     /// `RingBuf` of [`super::DnsEvent`]: copies of DNS answers for the agent.
     pub const DNS_EVENTS: &str = "DNS_EVENTS";
+    /// `HashMap<[u8; 16], AnswerValue>`, written by the agent only: the question name each
+    /// answered address last came from, allowed or not (status, denied-destination names).
+    pub const ANSWERS: &str = "ANSWERS";
+    /// `HashMap<NameKey, DeniedValue>`, written by the agent only: denied destinations by the
+    /// name that last resolved to them, or by address text (`egress suggest`).
+    pub const DENIED: &str = "DENIED";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         CONFIG,
         PORTS,
         STATIC_V4,
@@ -60,6 +66,8 @@ pub mod names {
         DNS_PENDING,
         DNS_SCRATCH,
         DNS_EVENTS,
+        ANSWERS,
+        DENIED,
     ];
 }
 
@@ -77,6 +85,15 @@ pub const NAMES_EXACT_CAPACITY: u32 = 65_536;
 pub const NAMES_WILD_CAPACITY: u32 = 16_384;
 /// Capacity of the resolver map.
 pub const RESOLVERS_CAPACITY: u32 = 64;
+/// Addresses whose question name is remembered ([`names::ANSWERS`]; allocated as used).
+pub const ANSWERS_CAPACITY: u32 = 65_536;
+/// Denied destinations remembered for `egress suggest` ([`names::DENIED`]; allocated as used).
+pub const DENIED_CAPACITY: u32 = 16_384;
+/// `BPF_F_NO_PREALLOC`: a hash map that allocates entries as they are inserted, for the
+/// agent's records, which are usually far from full.
+pub const NO_PREALLOC: u32 = 1;
+/// Bytes of a name in the agent's records: a DNS name is at most 253 characters.
+pub const NAME_BYTES: usize = 256;
 /// Outstanding DNS queries remembered (LRU).
 pub const DNS_PENDING_CAPACITY: u32 = 65_536;
 /// An answer must arrive within this long of its query.
@@ -262,6 +279,46 @@ pub struct LearnedValue {
     /// `CLOCK_BOOTTIME` in ns after which the address admits no new flow. The kernel checks it on
     /// every lookup, so expiry holds even while the agent is down.
     pub expires_ns: u64,
+    /// New flows this entry admitted (incremented in the kernel; kept across refreshes).
+    pub hits: u64,
+}
+
+/// Value of [`names::ANSWERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnswerValue {
+    /// The question name, lowercase, without the trailing dot; `len` bytes are used.
+    pub name: [u8; NAME_BYTES],
+    /// Wall-clock seconds (Unix) of the last answer.
+    pub seen_unix_s: u64,
+    pub len: u16,
+    /// 1 if the question name was allowed.
+    pub allowed: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Key of [`names::DENIED`]: a name or an address as text, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NameKey {
+    pub name: [u8; NAME_BYTES],
+}
+
+/// Value of [`names::DENIED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeniedValue {
+    /// Denied-destination events (the kernel rate-limits them per CPU, so this undercounts
+    /// packets under a flood).
+    pub hits: u64,
+    pub first_unix_s: u64,
+    pub last_unix_s: u64,
+    /// The last denied destination port and IP protocol.
+    pub port: u16,
+    pub proto: u8,
+    /// 1 if the mode was audit (would have been dropped), 0 if dropped.
+    pub audit: u8,
+    pub _pad: [u8; 4],
 }
 
 /// Address family tags used in keys and events.
@@ -376,7 +433,10 @@ const _: () = assert!(size_of::<PendingValue>() == 16);
 const _: () = assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 1 + 5);
 const _: () = assert!(size_of::<DnsEvent>() == size_of::<DnsEventHeader>() + crate::dns::BUF);
 const _: () = assert!(size_of::<StaticValue>() == 4);
-const _: () = assert!(size_of::<LearnedValue>() == 8);
+const _: () = assert!(size_of::<LearnedValue>() == 16);
+const _: () = assert!(size_of::<AnswerValue>() == NAME_BYTES + 8 + 2 + 1 + 5);
+const _: () = assert!(size_of::<NameKey>() == NAME_BYTES);
+const _: () = assert!(size_of::<DeniedValue>() == 8 * 3 + 2 + 1 + 1 + 4);
 const _: () = assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
 const _: () = assert!(size_of::<FlowValue>() == 8);
 const _: () = assert!(size_of::<RateState>() == 16);
@@ -407,6 +467,12 @@ mod pod {
     unsafe impl aya::Pod for super::PendingValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsEventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AnswerValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NameKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DeniedValue {}
 }
 
 #[cfg(test)]

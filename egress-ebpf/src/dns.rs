@@ -24,7 +24,7 @@ use egress_common::{
 use crate::{
     maps::{
         CONFIG, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_V4, LEARNED_V6, NAMES_EXACT,
-        NAMES_WILD, RESOLVERS,
+        NAMES_WILD, RESOLVERS, learned_mut,
     },
     skb::{Skb, count, now},
 };
@@ -419,27 +419,43 @@ fn name_allowed(q: &DnsParsed) -> bool {
     matches!(unsafe { NAMES_EXACT.get(&q.full) }, Some(v) if v.expires_ns > now())
 }
 
-/// Allows `addr` until `expires_ns`, keeping a later expiry that is already there. Returns
-/// whether the address is now allowed at least that long.
+/// Allows `addr` until `expires_ns`, keeping a later expiry that is already there (and the
+/// entry's hit count). Returns whether the address is now allowed at least that long.
 #[inline(always)]
 fn insert(addr: Address, expires_ns: u64) -> bool {
-    let value = LearnedValue { expires_ns };
+    let value = LearnedValue {
+        expires_ns,
+        hits: 0,
+    };
     match addr {
         Address::V4(a) => {
             let key = Key::new(32, a);
-            match LEARNED_V4.get(&key) {
-                Some(old) if old.expires_ns >= expires_ns => true,
-                _ => LEARNED_V4.insert(&key, &value, 0).is_ok(),
+            match learned_mut(&LEARNED_V4, &key) {
+                Some(old) => extend(old, expires_ns),
+                None => LEARNED_V4.insert(&key, &value, 0).is_ok(),
             }
         }
         Address::V6(a) => {
             let key = Key::new(128, a);
-            match LEARNED_V6.get(&key) {
-                Some(old) if old.expires_ns >= expires_ns => true,
-                _ => LEARNED_V6.insert(&key, &value, 0).is_ok(),
+            match learned_mut(&LEARNED_V6, &key) {
+                Some(old) => extend(old, expires_ns),
+                None => LEARNED_V6.insert(&key, &value, 0).is_ok(),
             }
         }
     }
+}
+
+/// Moves an entry's expiry later in place, keeping its hits (an aligned 8-byte store: a
+/// concurrent lookup sees the old or the new expiry, both of which allow).
+#[inline(always)]
+fn extend(old: *mut LearnedValue, expires_ns: u64) -> bool {
+    // SAFETY: `old` is a non-null pointer into the map value the lookup returned (writable).
+    unsafe {
+        if (*old).expires_ns < expires_ns {
+            (*old).expires_ns = expires_ns;
+        }
+    }
+    true
 }
 
 /// A TCP segment from a trusted resolver: the agent reassembles the stream and learns.

@@ -16,8 +16,8 @@ use aya_ebpf::{bindings::__sk_buff, macros::classifier, maps::lpm_trie::Key, pro
 use egress_common::{
     counters,
     maps::{
-        Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, action, family, port_bit,
-        reason, v4_of_mapped,
+        Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, LearnedValue, action,
+        family, port_bit, reason, v4_of_mapped,
     },
     mode,
     packet::{Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK, TCP_SYN, parse_frame},
@@ -192,8 +192,9 @@ fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
         if STATIC_V4.get(&key).is_some() {
             return Some(counters::PASS_STATIC);
         }
-        match LEARNED_V4.get(&key) {
-            Some(v) if v.expires_ns > now => Some(counters::PASS_LEARNED),
+        match maps::learned_mut(&LEARNED_V4, &key) {
+            // SAFETY: a non-null value pointer from the lookup.
+            Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
             _ => None,
         }
     } else {
@@ -201,11 +202,24 @@ fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
         if STATIC_V6.get(&key).is_some() {
             return Some(counters::PASS_STATIC);
         }
-        match LEARNED_V6.get(&key) {
-            Some(v) if v.expires_ns > now => Some(counters::PASS_LEARNED),
+        match maps::learned_mut(&LEARNED_V6, &key) {
+            // SAFETY: a non-null value pointer from the lookup.
+            Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
             _ => None,
         }
     }
+}
+
+/// Counts a flow admitted by a learned entry on the entry itself (`egress status` shows it).
+/// A plain increment, not an atomic one (`core` offers no atomic read-modify-write on the BPF
+/// target): two CPUs admitting flows to one address at the same instant can lose a count, so
+/// hits are a close approximation, documented as such.
+#[inline(always)]
+fn hit(v: *mut LearnedValue) -> u32 {
+    // SAFETY: `v` is a non-null pointer into a map value the lookup returned (writable,
+    // 8-byte aligned); the kernel keeps it valid for the rest of this program run.
+    unsafe { (*v).hits = (*v).hits.wrapping_add(1) };
+    counters::PASS_LEARNED
 }
 
 /// Counts, reports (rate-limited) and returns the verdict for a denied packet.

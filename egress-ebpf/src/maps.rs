@@ -3,15 +3,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use egress_common::{
     counters,
     maps::{
-        Config, DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY,
-        FlowKey, FlowValue, LEARNED_CAPACITY, LearnedValue, NAMES_EXACT_CAPACITY,
-        NAMES_WILD_CAPACITY, NameValue, PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY,
-        RateState, STATIC_CAPACITY, StaticValue,
+        ANSWERS_CAPACITY, AnswerValue, Config, DENIED_CAPACITY, DNS_EVENTS_BYTES,
+        DNS_PENDING_CAPACITY, DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue,
+        LEARNED_CAPACITY, LearnedValue, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, NO_PREALLOC,
+        NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY, RateState,
+        STATIC_CAPACITY, StaticValue,
     },
 };
 
@@ -49,3 +50,30 @@ pub(crate) static DNS_PENDING: LruHashMap<PendingKey, PendingValue> =
 pub(crate) static DNS_SCRATCH: PerCpuArray<DnsBuf> = PerCpuArray::pinned(2, 0);
 #[map]
 pub(crate) static DNS_EVENTS: RingBuf = RingBuf::pinned(DNS_EVENTS_BYTES, 0);
+
+// The agent's records: no program touches them; they live in the object so that they are
+// created and pinned with everything else, and outlive the agent like the other maps.
+#[map]
+pub(crate) static ANSWERS: HashMap<[u8; 16], AnswerValue> =
+    HashMap::pinned(ANSWERS_CAPACITY, NO_PREALLOC);
+#[map]
+pub(crate) static DENIED: HashMap<NameKey, DeniedValue> =
+    HashMap::pinned(DENIED_CAPACITY, NO_PREALLOC);
+
+/// A writable pointer to the learned value of `key` in `map` (`LEARNED_V4` or `LEARNED_V6`).
+/// aya-ebpf's `LpmTrie::get` hands out only shared references, and writing through one is
+/// undefined behaviour in Rust; the kernel's lookup returns a pointer into the writable value.
+#[inline(always)]
+pub(crate) fn learned_mut<K>(
+    map: &LpmTrie<K, LearnedValue>,
+    key: &Key<K>,
+) -> Option<*mut LearnedValue> {
+    // `LpmTrie` is `repr(transparent)` over the map definition, so its address is the map
+    // pointer the helper expects (what aya-ebpf's own `get` passes).
+    let map = core::ptr::from_ref(map)
+        .cast_mut()
+        .cast::<core::ffi::c_void>();
+    // SAFETY: a lookup helper call with a valid map and a key of the map's key type.
+    let p = unsafe { aya_ebpf::helpers::bpf_map_lookup_elem(map, core::ptr::from_ref(key).cast()) };
+    (!p.is_null()).then_some(p.cast::<LearnedValue>())
+}

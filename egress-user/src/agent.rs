@@ -138,10 +138,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         attach: attach_mode,
     } = opts;
     // Everything that can be checked is checked before the kernel is touched.
-    let policy = policy::load(&policy_path)?;
-    if ifaces.is_empty() {
-        bail!("no --iface given");
-    }
+    let policy_text = policy::read(&policy_path)?;
+    let policy = policy::parse(&policy_text, &policy_path)?;
+    let ifaces = if ifaces.is_empty() {
+        let found = crate::routes::default_route_interfaces()?;
+        tracing::info!(ifaces = ?found, "no --iface given: enforcing on the interfaces of the default routes");
+        found
+    } else {
+        ifaces
+    };
     for iface in &ifaces {
         check_ethernet(iface)?;
     }
@@ -194,18 +199,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let dp = Arc::new(Mutex::new(dp));
     let agent_metrics = AgentMetrics::default();
     let event_stats = Arc::new(events::EventStats::default());
+    let learn_stats = Arc::new(learn::LearnStats::default());
     let state = Arc::new(http::HttpState {
-        registry: metrics::registry(dp.clone(), &agent_metrics, event_stats.clone()),
+        registry: metrics::registry(
+            dp.clone(),
+            &agent_metrics,
+            event_stats.clone(),
+            learn_stats.clone(),
+        ),
         ready: false.into(),
     });
     let cancel = CancellationToken::new();
     let server = tokio::spawn(http::serve(listener, state.clone(), cancel.clone()));
     let drain = {
-        let (stats, cancel) = (event_stats.clone(), cancel.clone());
-        tokio::spawn(async move { events::drain(ring, &stats, cancel).await })
+        let (stats, dp, cancel) = (event_stats.clone(), dp.clone(), cancel.clone());
+        tokio::spawn(async move { events::drain(ring, &stats, dp, cancel).await })
     };
     let learner = Arc::new(Mutex::new(learn::Learner::new(policy.allow.names.clone())));
-    let learn_stats = Arc::new(learn::LearnStats::default());
     let learning = {
         let (dp, learner, stats, cancel) = (
             dp.clone(),
@@ -229,6 +239,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut gc = tokio::time::interval(GC_INTERVAL);
+    let mut watch = crate::watch::PolicyWatch::new(&policy_path)?;
+    let mut last_text = Some(policy_text);
     let mut current = policy;
     let mut learn_failed_seen = 0u64;
     loop {
@@ -236,27 +248,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                match policy::load(&policy_path) {
-                    Ok(new) => {
-                        let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
-                        match apply(&mut guard, &new, mode) {
-                            Ok(()) => {
-                                agent_metrics.reloads.inc();
-                                learner.lock().unwrap_or_else(|p| p.into_inner()).set_names(new.allow.names.clone());
-                                tracing::info!(path = %policy_path.display(), "policy reloaded");
-                                current = new;
-                            }
-                            Err(e) => {
-                                agent_metrics.reload_failures.inc();
-                                tracing::error!(error = %format!("{e:#}"), "cannot apply the reloaded policy; restoring the previous one");
-                                let _ = apply(&mut guard, &current, mode);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        agent_metrics.reload_failures.inc();
-                        tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
-                    }
+                reload(&policy_path, None, &mut last_text, &mut current, mode, &dp, &learner, &agent_metrics);
+            }
+            _ = watch.changed() => {
+                let text = std::fs::read_to_string(&policy_path).ok();
+                if text.is_some() && text != last_text {
+                    reload(&policy_path, text, &mut last_text, &mut current, mode, &dp, &learner, &agent_metrics);
                 }
             }
             _ = gc.tick() => {
@@ -289,6 +286,59 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let _ = drain.await;
     let _ = learning.await;
     Ok(())
+}
+
+/// Re-reads the policy (or takes `text`, already read) and applies the difference. A policy
+/// that does not parse, or that the maps refuse, leaves the previous one in force: the error is
+/// logged with its file:line:column and counted in `egress_reload_failures`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the agent's state, passed apart to keep locks short"
+)]
+fn reload(
+    path: &std::path::Path,
+    text: Option<String>,
+    last_text: &mut Option<String>,
+    current: &mut Policy,
+    mode: Option<Mode>,
+    dp: &Mutex<Datapath>,
+    learner: &Mutex<learn::Learner>,
+    metrics: &AgentMetrics,
+) {
+    let text = match text.map_or_else(|| policy::read(path), Ok) {
+        Ok(t) => t,
+        Err(e) => {
+            metrics.reload_failures.inc();
+            tracing::error!(error = %format!("{e:#}"), "policy reload failed; the previous policy stays in force");
+            return;
+        }
+    };
+    *last_text = Some(text.clone());
+    let new = match policy::parse(&text, path) {
+        Ok(p) => p,
+        Err(e) => {
+            metrics.reload_failures.inc();
+            tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+            return;
+        }
+    };
+    let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
+    match apply(&mut guard, &new, mode) {
+        Ok(()) => {
+            metrics.reloads.inc();
+            learner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_names(new.allow.names.clone());
+            tracing::info!(path = %path.display(), "policy reloaded");
+            *current = new;
+        }
+        Err(e) => {
+            metrics.reload_failures.inc();
+            tracing::error!(error = %format!("{e:#}"), "cannot apply the reloaded policy; restoring the previous one");
+            let _ = apply(&mut guard, current, mode);
+        }
+    }
 }
 
 /// The classifier parses Ethernet frames; any other link type (tun, WireGuard, ...) is refused

@@ -12,8 +12,8 @@ use aya::{
 use egress_common::{
     counters,
     maps::{
-        Config, FlowKey, FlowValue, LearnedValue, NAME_PERMANENT, NameValue, PORT_WORDS,
-        StaticValue, names, port_bit, v4_mapped,
+        AnswerValue, Config, DeniedValue, FlowKey, FlowValue, LearnedValue, NAME_PERMANENT,
+        NameKey, NameValue, PORT_WORDS, StaticValue, names, port_bit, v4_mapped,
     },
 };
 use ipnet::IpNet;
@@ -57,6 +57,8 @@ type Result<T> = std::result::Result<T, DatapathError>;
 pub struct Learned {
     pub addr: IpAddr,
     pub expires_ns: u64,
+    /// New flows the entry admitted.
+    pub hits: u64,
 }
 
 /// The datapath's maps, typed.
@@ -72,6 +74,9 @@ pub struct Datapath {
     resolvers: HashMap<MapData, [u8; 16], u32>,
     names_exact: HashMap<MapData, u64, NameValue>,
     names_wild: HashMap<MapData, u64, NameValue>,
+    // The agent's records; their methods are in `records.rs`.
+    pub(crate) answers: HashMap<MapData, [u8; 16], AnswerValue>,
+    pub(crate) denied: HashMap<MapData, NameKey, DeniedValue>,
 }
 
 impl Datapath {
@@ -111,6 +116,8 @@ impl Datapath {
             resolvers: typed(get, names::RESOLVERS)?,
             names_exact: typed(get, names::NAMES_EXACT)?,
             names_wild: typed(get, names::NAMES_WILD)?,
+            answers: typed(get, names::ANSWERS)?,
+            denied: typed(get, names::DENIED)?,
         })
     }
 
@@ -224,13 +231,10 @@ impl Datapath {
         match addr {
             IpAddr::V4(a) => {
                 let key = Key::new(32, a.octets());
-                let old = self
-                    .learned_v4
-                    .get(&key, 0)
-                    .map(|v| v.expires_ns)
-                    .unwrap_or(0);
+                let old = self.learned_v4.get(&key, 0).unwrap_or_default();
                 let value = LearnedValue {
-                    expires_ns: expires_ns.max(old),
+                    expires_ns: expires_ns.max(old.expires_ns),
+                    hits: old.hits,
                 };
                 self.learned_v4
                     .insert(&key, value, 0)
@@ -238,13 +242,10 @@ impl Datapath {
             }
             IpAddr::V6(a) => {
                 let key = Key::new(128, a.octets());
-                let old = self
-                    .learned_v6
-                    .get(&key, 0)
-                    .map(|v| v.expires_ns)
-                    .unwrap_or(0);
+                let old = self.learned_v6.get(&key, 0).unwrap_or_default();
                 let value = LearnedValue {
-                    expires_ns: expires_ns.max(old),
+                    expires_ns: expires_ns.max(old.expires_ns),
+                    hits: old.hits,
                 };
                 self.learned_v6
                     .insert(&key, value, 0)
@@ -260,6 +261,7 @@ impl Datapath {
             out.push(Learned {
                 addr: IpAddr::V4(Ipv4Addr::from(key.data())),
                 expires_ns: value.expires_ns,
+                hits: value.hits,
             });
         }
         for entry in self.learned_v6.iter() {
@@ -267,6 +269,7 @@ impl Datapath {
             out.push(Learned {
                 addr: IpAddr::V6(Ipv6Addr::from(key.data())),
                 expires_ns: value.expires_ns,
+                hits: value.hits,
             });
         }
         Ok(out)
@@ -411,6 +414,53 @@ impl Datapath {
         (permanent, expiring, self.names_wild.keys().count())
     }
 
+    /// Entries and capacity of each map that can fill up, by map name.
+    pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
+        use egress_common::maps::{
+            ANSWERS_CAPACITY, DENIED_CAPACITY, FLOW_CAPACITY, LEARNED_CAPACITY,
+            NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, STATIC_CAPACITY,
+        };
+        vec![
+            (
+                names::LEARNED_V4,
+                self.learned_v4.keys().count(),
+                LEARNED_CAPACITY,
+            ),
+            (
+                names::LEARNED_V6,
+                self.learned_v6.keys().count(),
+                LEARNED_CAPACITY,
+            ),
+            (
+                names::STATIC_V4,
+                self.static_v4.keys().count(),
+                STATIC_CAPACITY,
+            ),
+            (
+                names::STATIC_V6,
+                self.static_v6.keys().count(),
+                STATIC_CAPACITY,
+            ),
+            (names::FLOWS, self.flows.keys().count(), FLOW_CAPACITY),
+            (
+                names::NAMES_EXACT,
+                self.names_exact.keys().count(),
+                NAMES_EXACT_CAPACITY,
+            ),
+            (
+                names::NAMES_WILD,
+                self.names_wild.keys().count(),
+                NAMES_WILD_CAPACITY,
+            ),
+            (
+                names::ANSWERS,
+                self.answers.keys().count(),
+                ANSWERS_CAPACITY,
+            ),
+            (names::DENIED, self.denied.keys().count(), DENIED_CAPACITY),
+        ]
+    }
+
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows.iter().filter_map(|e| e.ok()).collect()
     }
@@ -435,7 +485,7 @@ impl std::fmt::Debug for Datapath {
     }
 }
 
-fn op(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(crate) fn op(name: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Op { name, op, source }
 }
 
@@ -447,7 +497,7 @@ pub fn mapped(addr: IpAddr) -> [u8; 16] {
     }
 }
 
-fn unmapped(key: [u8; 16]) -> IpAddr {
+pub(crate) fn unmapped(key: [u8; 16]) -> IpAddr {
     let a = Ipv6Addr::from(key);
     match a.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),

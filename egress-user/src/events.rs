@@ -1,10 +1,14 @@
 //! Drains the denied-destination ring buffer: one structured log line per destination per
-//! interval (the kernel already rate-limits per CPU), and counters for metrics.
+//! interval (the kernel already rate-limits per CPU) naming the name that last resolved to it,
+//! a count per destination in the `DENIED` record (for `egress suggest`), and counters.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -12,6 +16,8 @@ use aya::maps::{MapData, RingBuf};
 use egress_common::maps::{DenyEvent, action, family, reason, v4_of_mapped};
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
+
+use crate::datapath::Datapath;
 
 /// A destination is logged at most once per this interval.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -23,6 +29,8 @@ const MAX_REMEMBERED: usize = 16_384;
 pub struct EventStats {
     pub dropped: AtomicU64,
     pub audited: AtomicU64,
+    /// Denied destinations not recorded for `egress suggest` because its record is full.
+    pub unrecorded: AtomicU64,
 }
 
 /// Decoded destination of an event.
@@ -71,12 +79,14 @@ pub fn read_record<T: aya::Pod>(item: &[u8]) -> Option<T> {
 pub async fn drain(
     ring: RingBuf<MapData>,
     stats: &EventStats,
+    dp: Arc<Mutex<Datapath>>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let mut last_logged: HashMap<(Option<IpAddr>, u16, u8), Instant> = HashMap::new();
     drain_ring(ring, cancel, |item| {
         if let Some(ev) = read_record::<DenyEvent>(item) {
-            record(&ev, stats, &mut last_logged);
+            let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+            record(&ev, stats, &mut last_logged, &mut dp);
         }
     })
     .await
@@ -86,6 +96,7 @@ fn record(
     ev: &DenyEvent,
     stats: &EventStats,
     last_logged: &mut HashMap<(Option<IpAddr>, u16, u8), Instant>,
+    dp: &mut Datapath,
 ) {
     let audited = ev.action == action::AUDITED;
     if audited {
@@ -94,6 +105,12 @@ fn record(
         stats.dropped.fetch_add(1, Ordering::Relaxed);
     }
     let dst = destination(ev);
+    let name = dst.and_then(|d| dp.answer_name(d));
+    if let Some(key) = name.clone().or_else(|| dst.map(|d| d.to_string()))
+        && !dp.record_denied(&key, ev.dport(), ev.proto, audited)
+    {
+        stats.unrecorded.fetch_add(1, Ordering::Relaxed);
+    }
     let key = (dst, ev.dport(), ev.proto);
     let now = Instant::now();
     if last_logged
@@ -117,9 +134,11 @@ fn record(
         "not allowed"
     };
     let dst = dst.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
+    // The name that last resolved to the address, if any answer did ("-" otherwise).
+    let name = name.as_deref().unwrap_or("-");
     if audited {
-        tracing::warn!(%dst, port = ev.dport(), proto, reason = why, "audit: would drop");
+        tracing::warn!(%dst, port = ev.dport(), proto, name, reason = why, "audit: would drop");
     } else {
-        tracing::info!(%dst, port = ev.dport(), proto, reason = why, "dropped");
+        tracing::info!(%dst, port = ev.dport(), proto, name, reason = why, "dropped");
     }
 }

@@ -44,6 +44,8 @@ pub struct LearnStats {
     pub unparsable: AtomicU64,
     /// Inserts that failed (map full).
     pub insert_failures: AtomicU64,
+    /// Answers that could not be recorded in the answer record.
+    pub record_failures: AtomicU64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -94,6 +96,7 @@ impl Learner {
                     stats.unparsable.fetch_add(1, Ordering::Relaxed);
                     return;
                 };
+                remember(&msg, h.flags & dns_flag::ALLOWED != 0, dp, stats);
                 if h.flags & dns_flag::ALLOWED != 0 {
                     let learn_addresses = h.flags & dns_flag::KERNEL_LEARNED == 0
                         || h.flags & dns_flag::INCOMPLETE != 0;
@@ -242,15 +245,36 @@ impl Learner {
             let Some(q) = msg.queries().first() else {
                 continue;
             };
+            let allowed = self.allowed(&q.name().to_ascii(), dp, cfg);
+            remember(&msg, allowed, dp, stats);
             if !matches!(
                 q.query_type(),
                 RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::HTTPS
-            ) || !self.allowed(&q.name().to_ascii(), dp, cfg)
+            ) || !allowed
             {
                 continue;
             }
             stats.tcp_answers.fetch_add(1, Ordering::Relaxed);
             self.follow(&msg, cfg, dp, stats, true);
+        }
+    }
+}
+
+/// Records which question name answered each address of the answer section, allowed or not
+/// (see `records.rs`), so denied destinations can be named and learned ones grouped by name.
+fn remember(msg: &Message, allowed: bool, dp: &mut Datapath, stats: &LearnStats) {
+    let Some(q) = msg.queries().first() else {
+        return;
+    };
+    let asked = normalize(&q.name().to_ascii());
+    for r in msg.answers() {
+        let addr = match r.data() {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        if dp.record_answer(addr, &asked, allowed).is_err() {
+            stats.record_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -12,4 +12,8 @@ pub mod learn;
 pub mod metrics;
 pub mod pins;
 pub mod policy;
+pub mod records;
+pub mod routes;
 pub mod status;
+pub mod suggest;
+pub mod watch;

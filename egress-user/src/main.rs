@@ -25,8 +25,9 @@ struct Cli {
 enum Command {
     /// Load, pin and attach the datapath, apply the policy, and keep it current.
     Run {
-        /// Interface whose egress is enforced (repeat for several).
-        #[arg(long = "iface", required = true)]
+        /// Interface whose egress is enforced (repeat for several). Default: the interfaces
+        /// that carry the IPv4 and IPv6 default routes.
+        #[arg(long = "iface")]
         ifaces: Vec<String>,
         /// Policy file (YAML); see docs/policy.md.
         #[arg(long)]
@@ -53,6 +54,15 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a policy fragment with the names that were denied (or would have been, in audit
+    /// mode), read from the pinned record; see docs/operations.md "Audit, then enforce".
+    Suggest {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Forget the recorded destinations after printing them.
+        #[arg(long)]
+        reset: bool,
     },
     /// Remove egress from an interface; with no interface left, remove every pin.
     Detach {
@@ -115,6 +125,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print!("{}", status::render(&s));
+            }
+            Ok(())
+        }
+        Command::Suggest { pin_dir, reset } => {
+            let pins = PinDir::new(&pin_dir);
+            let mut dp = egress_user::datapath::Datapath::open_pinned(&pins)
+                .map_err(|e| anyhow::anyhow!("no egress state under {}: {e}", pin_dir.display()))?;
+            print!(
+                "{}",
+                egress_user::suggest::fragment(&dp.denied(), &pin_dir.display().to_string())
+            );
+            if reset {
+                let n = dp.clear_denied();
+                eprintln!("forgot {n} recorded destinations");
             }
             Ok(())
         }

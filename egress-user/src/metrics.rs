@@ -1,4 +1,5 @@
-//! Prometheus metrics, registered in one place. Datapath counters are read from the kernel at
+//! Prometheus metrics, registered in one place (every name gets the registry's `egress_`
+//! prefix; collectors name their families without it). Datapath counters are read from the kernel at
 //! scrape time, so they are exact and survive agent restarts (the counter map is pinned).
 
 use std::{
@@ -17,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{datapath::Datapath, events::EventStats};
+use crate::{datapath::Datapath, events::EventStats, learn::LearnStats};
 
 /// Agent-side counters.
 #[derive(Debug, Default)]
@@ -28,10 +29,70 @@ pub struct AgentMetrics {
     pub gc_flows_removed: Counter,
 }
 
+/// Derived families: (family, help, label, [(label value, counter index)]). Each datapath counter
+/// is also exported raw in `egress_datapath{counter=...}`; these group them the way dashboards
+/// ask (see docs/metrics.md).
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, u32)],
+);
+const DERIVED: &[Family] = &[
+    (
+        "packets",
+        "Packets judged on the enforced interfaces, by verdict",
+        "verdict",
+        &[
+            ("pass_not_enforced", counters::PASS_NOT_ENFORCED),
+            ("pass_not_ip", counters::PASS_NOT_IP),
+            ("pass_fragment", counters::PASS_FRAGMENT),
+            ("pass_flow", counters::PASS_FLOW),
+            ("pass_static", counters::PASS_STATIC),
+            ("pass_learned", counters::PASS_LEARNED),
+            ("pass_unconfigured", counters::PASS_UNCONFIGURED),
+            ("drop_denied", counters::DROP_DENIED),
+            ("audit_denied", counters::AUDIT_DENIED),
+            ("deny_malformed", counters::DENY_MALFORMED),
+        ],
+    ),
+    (
+        "dns_answers",
+        "DNS answers seen on ingress, by what the kernel did with them",
+        "result",
+        &[
+            ("learned", counters::DNS_ANSWER_LEARNED),
+            ("not_allowed", counters::DNS_NOT_ALLOWED),
+            ("untrusted_source", counters::DNS_UNTRUSTED),
+            ("unsolicited", counters::DNS_UNSOLICITED),
+            ("malformed", counters::DNS_MALFORMED),
+        ],
+    ),
+    (
+        "ringbuf_lost",
+        "Records lost because a ring buffer was full, by ring",
+        "ring",
+        &[
+            ("deny_events", counters::EVENT_RINGBUF_FULL),
+            ("dns_copies", counters::DNS_EVENT_LOST),
+        ],
+    ),
+    (
+        "insert_failures",
+        "Kernel map inserts that failed, by map (full)",
+        "map",
+        &[
+            ("learned", counters::DNS_LEARN_FAILED),
+            ("flows", counters::FLOW_INSERT_FAILED),
+        ],
+    ),
+];
+
 pub fn registry(
     dp: Arc<Mutex<Datapath>>,
     agent: &AgentMetrics,
     events: Arc<EventStats>,
+    learn: Arc<LearnStats>,
 ) -> Registry {
     let mut r = Registry::with_prefix("egress");
     r.register("reloads", "Policy reloads applied", agent.reloads.clone());
@@ -50,7 +111,7 @@ pub fn registry(
         "Idle flows removed by garbage collection",
         agent.gc_flows_removed.clone(),
     );
-    r.register_collector(Box::new(DatapathCollector { dp, events }));
+    r.register_collector(Box::new(DatapathCollector { dp, events, learn }));
     r
 }
 
@@ -58,21 +119,30 @@ pub fn registry(
 struct DatapathCollector {
     dp: Arc<Mutex<Datapath>>,
     events: Arc<EventStats>,
+    learn: Arc<LearnStats>,
 }
 
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let (counts, learned, statics, flows) = {
+        let (counts, fill) = {
             let dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
             (
                 dp.counters().unwrap_or([0; counters::COUNT as usize]),
-                dp.learned().map(|l| l.len()).unwrap_or(0),
-                dp.static_cidrs().map(|s| s.len()).unwrap_or(0),
-                dp.flows().len(),
+                dp.fill(),
             )
         };
+        let entries = |names: &[&str]| -> usize {
+            fill.iter()
+                .filter(|(n, _, _)| names.contains(n))
+                .map(|(_, e, _)| e)
+                .sum()
+        };
+        use egress_common::maps::names as map;
+        let learned = entries(&[map::LEARNED_V4, map::LEARNED_V6]);
+        let statics = entries(&[map::STATIC_V4, map::STATIC_V6]);
+        let flows = entries(&[map::FLOWS]);
         let mut family = encoder.encode_descriptor(
-            "egress_datapath",
+            "datapath",
             "Datapath decisions and events, by counter (see docs/design.md)",
             None,
             prometheus_client::metrics::MetricType::Counter,
@@ -83,22 +153,62 @@ impl Collector for DatapathCollector {
         }
         for (name, help, value) in [
             (
-                "egress_learned_entries",
+                "learned_entries",
                 "Learned addresses in the kernel maps",
                 learned,
             ),
             (
-                "egress_static_entries",
+                "static_entries",
                 "Static CIDRs in the kernel maps",
                 statics,
             ),
-            ("egress_flows", "Entries in the flow table", flows),
+            ("flows", "Entries in the flow table", flows),
         ] {
             let gauge = ConstGauge::new(value as i64);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        for (family, help, label, members) in DERIVED {
+            let mut f = encoder.encode_descriptor(
+                family,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (value, index) in *members {
+                ConstCounter::new(counts[*index as usize])
+                    .encode(f.encode_family(&[(*label, *value)])?)?;
+            }
+        }
+        let mut fr = encoder.encode_descriptor(
+            "map_fill_ratio",
+            "Entries over capacity of each map that can fill up (1.0: inserts fail or, for flows, evict)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (name, n, capacity) in &fill {
+            ConstGauge::new(*n as f64 / f64::from(*capacity))
+                .encode(fr.encode_family(&[("map", name.to_ascii_lowercase())])?)?;
+        }
+        let mut ag = encoder.encode_descriptor(
+            "agent_dns",
+            "The agent's side of DNS learning, by event (see docs/metrics.md)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (event, value) in [
+            ("copies", &self.learn.copies),
+            ("cname_targets_allowed", &self.learn.cname_targets),
+            ("addresses_learned", &self.learn.addresses),
+            ("tcp_answers", &self.learn.tcp_answers),
+            ("unparsable", &self.learn.unparsable),
+            ("insert_failures", &self.learn.insert_failures),
+            ("record_failures", &self.learn.record_failures),
+        ] {
+            ConstCounter::new(value.load(Ordering::Relaxed))
+                .encode(ag.encode_family(&[("event", event)])?)?;
+        }
         let mut ev = encoder.encode_descriptor(
-            "egress_deny_events_received",
+            "deny_events_received",
             "Denied-destination events received by the agent, by action",
             None,
             prometheus_client::metrics::MetricType::Counter,
@@ -106,6 +216,7 @@ impl Collector for DatapathCollector {
         for (action, value) in [
             ("dropped", self.events.dropped.load(Ordering::Relaxed)),
             ("audited", self.events.audited.load(Ordering::Relaxed)),
+            ("unrecorded", self.events.unrecorded.load(Ordering::Relaxed)),
         ] {
             ConstCounter::new(value).encode(ev.encode_family(&[("action", action)])?)?;
         }

@@ -414,11 +414,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
 
 /// Reads, parses and validates a policy file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+    parse(&read(path)?, path)
+}
+
+/// Reads a policy file's text.
+pub fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    parse(&text, path)
+    })
 }
 
 /// serde-saphyr renders a source snippet after the message; the location is reported

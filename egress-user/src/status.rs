@@ -18,6 +18,9 @@ pub struct Status {
     /// Entries of the name maps: policy names, CNAME targets (expiring), wildcard suffixes.
     pub names: NameCounts,
     pub static_cidrs: Vec<IpNet>,
+    /// Learned addresses grouped by the question name that last answered them (from the
+    /// agent's answer record; `null` for addresses it has no name for).
+    pub learned_by_name: Vec<NameStatus>,
     pub learned: Vec<LearnedStatus>,
     pub flows: usize,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
@@ -30,11 +33,21 @@ pub struct NameCounts {
     pub wildcard_suffixes: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize)]
 pub struct LearnedStatus {
     pub addr: IpAddr,
     /// Seconds until the address stops admitting new flows (negative: expired, awaiting GC).
     pub expires_in_s: f64,
+    /// New flows the address admitted (approximate: see docs/metrics.md).
+    pub hits: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NameStatus {
+    pub name: Option<String>,
+    /// Sum of the addresses' hits.
+    pub hits: u64,
+    pub addresses: Vec<LearnedStatus>,
 }
 
 pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
@@ -49,9 +62,28 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
         .map(|l| LearnedStatus {
             addr: l.addr,
             expires_in_s: (l.expires_ns as f64 - now as f64) / 1e9,
+            hits: l.hits,
         })
         .collect();
     learned.sort_by_key(|a| a.addr);
+    let named: std::collections::HashMap<IpAddr, String> =
+        dp.answers().into_iter().map(|a| (a.addr, a.name)).collect();
+    let mut groups: std::collections::BTreeMap<Option<String>, Vec<LearnedStatus>> =
+        std::collections::BTreeMap::new();
+    for l in &learned {
+        groups
+            .entry(named.get(&l.addr).cloned())
+            .or_default()
+            .push(*l);
+    }
+    let learned_by_name = groups
+        .into_iter()
+        .map(|(name, addresses)| NameStatus {
+            name,
+            hits: addresses.iter().map(|a| a.hits).sum(),
+            addresses,
+        })
+        .collect();
     let mut static_cidrs = dp.static_cidrs()?;
     static_cidrs.sort();
     let counts = dp.counters()?;
@@ -78,6 +110,7 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
             }
         },
         static_cidrs,
+        learned_by_name,
         learned,
         flows: dp.flows().len(),
         counters: counters::NAMES.iter().copied().zip(counts).collect(),
@@ -111,14 +144,26 @@ pub fn render(s: &Status) -> String {
     for c in &s.static_cidrs {
         let _ = writeln!(o, "  {c}");
     }
-    let _ = writeln!(o, "learned addresses ({}):", s.learned.len());
-    for l in &s.learned {
-        let left = if l.expires_in_s >= 0.0 {
-            format!("{:.0}s left", l.expires_in_s)
-        } else {
-            "expired".into()
-        };
-        let _ = writeln!(o, "  {:<40} {left}", l.addr);
+    let _ = writeln!(
+        o,
+        "learned addresses ({}), by the name that last answered them:",
+        s.learned.len()
+    );
+    for n in &s.learned_by_name {
+        let _ = writeln!(
+            o,
+            "  {}  ({} hits)",
+            n.name.as_deref().unwrap_or("(no name recorded)"),
+            n.hits
+        );
+        for l in &n.addresses {
+            let left = if l.expires_in_s >= 0.0 {
+                format!("{:.0}s left", l.expires_in_s)
+            } else {
+                "expired".into()
+            };
+            let _ = writeln!(o, "    {:<40} {left:>12}  {} hits", l.addr, l.hits);
+        }
     }
     let _ = writeln!(o, "counters:");
     for (name, v) in &s.counters {

@@ -426,6 +426,8 @@ pub struct Agent {
     pub pins: PathBuf,
     ns: String,
     iface: String,
+    /// Whether `run` gets `--iface` (without it, the agent picks the default-route interfaces).
+    iface_flag: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -437,6 +439,25 @@ impl Agent {
         policy: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with(topo, pins, policy, extra, true)
+    }
+
+    /// Starts the agent without `--iface`: it must find the interface by the default route.
+    pub fn start_on_default_route(
+        topo: &Topology,
+        pins: &TestPins,
+        policy: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(topo, pins, policy, &[], false)
+    }
+
+    fn start_with(
+        topo: &Topology,
+        pins: &TestPins,
+        policy: &str,
+        extra: &[&str],
+        iface_flag: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, policy)?;
@@ -447,6 +468,7 @@ impl Agent {
             pins: pins.path().to_owned(),
             ns: topo.client.name.clone(),
             iface: topo.iface.clone(),
+            iface_flag,
             _dir: dir,
         };
         agent.spawn(extra)?;
@@ -457,16 +479,17 @@ impl Agent {
     /// Starts (again) on the same pin directory, policy and interface.
     pub fn spawn(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         let log = File::options().create(true).append(true).open(&self.log)?;
+        let iface: &[&str] = if self.iface_flag {
+            &["--iface", &self.iface]
+        } else {
+            &[]
+        };
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(egress_bin())
-            .args([
-                "run",
-                "--iface",
-                &self.iface,
-                "--metrics-addr",
-                "127.0.0.1:9090",
-            ])
+            .arg("run")
+            .args(iface)
+            .args(["--metrics-addr", "127.0.0.1:9090"])
             .arg("--policy")
             .arg(&self.policy)
             .arg("--pin-dir")

@@ -1,0 +1,162 @@
+//! What the agent remembers about names, in two pinned maps that no program reads (so they
+//! survive restarts and `egress status` / `egress suggest` read them without an agent):
+//!
+//! - `ANSWERS`: for each answered address, the question name it last came from, allowed or
+//!   not. It names learned addresses in `egress status` and denied destinations in logs and
+//!   in `DENIED`. Bounded by [`ANSWERS_CAPACITY`]: when full, the oldest quarter is dropped.
+//! - `DENIED`: denied destinations by that name (or by address text when no answer named
+//!   them), with hit counts and times: the input of `egress suggest`. Bounded by
+//!   [`DENIED_CAPACITY`]: when full, new destinations are not recorded (counted).
+
+use std::{
+    net::IpAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use egress_common::maps::{ANSWERS_CAPACITY, AnswerValue, DeniedValue, NAME_BYTES, NameKey, names};
+
+use crate::datapath::{Datapath, DatapathError, mapped, op, unmapped};
+
+/// A remembered answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub addr: IpAddr,
+    pub name: String,
+    pub allowed: bool,
+    pub seen_unix_s: u64,
+}
+
+/// A remembered denied destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied {
+    /// The name that last resolved to the destination, or the address as text.
+    pub key: String,
+    pub hits: u64,
+    pub first_unix_s: u64,
+    pub last_unix_s: u64,
+    pub port: u16,
+    pub proto: u8,
+    pub audit: bool,
+}
+
+impl Denied {
+    /// The destination had no name: the key is an address.
+    pub fn addr(&self) -> Option<IpAddr> {
+        self.key.parse().ok()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn name_bytes(name: &str) -> ([u8; NAME_BYTES], u16) {
+    let mut out = [0u8; NAME_BYTES];
+    let n = name.len().min(NAME_BYTES);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    (out, n as u16)
+}
+
+fn text(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+impl Datapath {
+    /// Remembers that `name` (the question) answered `addr`.
+    pub fn record_answer(&mut self, addr: IpAddr, name: &str, allowed: bool) -> Result<()> {
+        let (bytes, len) = name_bytes(name);
+        let value = AnswerValue {
+            name: bytes,
+            seen_unix_s: unix_now(),
+            len,
+            allowed: u8::from(allowed),
+            _pad: [0; 5],
+        };
+        let key = mapped(addr);
+        if self.answers.insert(key, value, 0).is_ok() {
+            return Ok(());
+        }
+        // Full (E2BIG): drop the oldest quarter, then try once more.
+        let mut all: Vec<([u8; 16], u64)> = self
+            .answers
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(k, v)| (k, v.seen_unix_s))
+            .collect();
+        all.sort_by_key(|&(_, seen)| seen);
+        for (k, _) in all.iter().take((ANSWERS_CAPACITY / 4) as usize) {
+            let _ = self.answers.remove(k);
+        }
+        self.answers
+            .insert(key, value, 0)
+            .map_err(op(names::ANSWERS, "insert"))
+    }
+
+    /// The question name that last answered `addr`.
+    pub fn answer_name(&self, addr: IpAddr) -> Option<String> {
+        let v = self.answers.get(&mapped(addr), 0).ok()?;
+        Some(text(&v.name[..usize::from(v.len).min(NAME_BYTES)]))
+    }
+
+    pub fn answers(&self) -> Vec<Answer> {
+        self.answers
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(k, v)| Answer {
+                addr: unmapped(k),
+                name: text(&v.name[..usize::from(v.len).min(NAME_BYTES)]),
+                allowed: v.allowed != 0,
+                seen_unix_s: v.seen_unix_s,
+            })
+            .collect()
+    }
+
+    /// Counts a denied destination under `key` (a name or an address). Returns false if the
+    /// map is full and `key` is new.
+    pub fn record_denied(&mut self, key: &str, port: u16, proto: u8, audit: bool) -> bool {
+        let k = NameKey {
+            name: name_bytes(key).0,
+        };
+        let now = unix_now();
+        let old = self.denied.get(&k, 0).ok();
+        let value = DeniedValue {
+            hits: old.map_or(0, |o| o.hits) + 1,
+            first_unix_s: old.map_or(now, |o| o.first_unix_s),
+            last_unix_s: now,
+            port,
+            proto,
+            audit: u8::from(audit),
+            _pad: [0; 4],
+        };
+        self.denied.insert(k, value, 0).is_ok()
+    }
+
+    pub fn denied(&self) -> Vec<Denied> {
+        self.denied
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(k, v)| Denied {
+                key: text(&k.name),
+                hits: v.hits,
+                first_unix_s: v.first_unix_s,
+                last_unix_s: v.last_unix_s,
+                port: v.port,
+                proto: v.proto,
+                audit: v.audit != 0,
+            })
+            .collect()
+    }
+
+    /// Forgets every denied destination (`egress suggest --reset`).
+    pub fn clear_denied(&mut self) -> usize {
+        let keys: Vec<NameKey> = self.denied.keys().filter_map(|k| k.ok()).collect();
+        keys.iter()
+            .filter(|k| self.denied.remove(k).is_ok())
+            .count()
+    }
+}

@@ -1,0 +1,278 @@
+//! Operating the agent: audit mode and `egress suggest`, per-name status, reload on a change of
+//! the policy file (including the symlink swap of a Kubernetes ConfigMap), the default-route
+//! interface, and the metrics an operator alerts on. Real agent, real traffic.
+
+use std::{
+    ffi::OsStr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use egress_tests::{
+    ALLOWED_V4, Agent, DENIED_V4, Servers, TestPins, Topology, egress, http_get,
+    live::{RESOLVER_V4, WEB_CDN, WEB_CGR, WEB_DENIED, World, WorldOptions},
+};
+
+const MAX: Duration = Duration::from_secs(3);
+
+fn run_egress(args: &[&str], pins: &TestPins) -> String {
+    let mut full: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    full.push(OsStr::new("--pin-dir"));
+    full.push(pins.path().as_os_str());
+    let out = egress(None, &full);
+    assert!(
+        out.status.success(),
+        "egress {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of one Prometheus sample, e.g. `egress_reloads_total`.
+fn metric(topo: &Topology, sample: &str) -> f64 {
+    let (_, body) = http_get(&topo.client, "/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in\n{body}"))
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn audit_mode_names_what_it_would_drop_and_suggest_turns_it_into_a_policy() {
+    let w = World::new(WorldOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let policy = format!("mode: audit\nresolvers: [{RESOLVER_V4}]\nallow:\n  names: [cgr.dev]\n");
+    let agent = Agent::start(&w.topo, &pins, &policy, &[]).unwrap();
+    // Audit: nothing is dropped, neither a name outside the policy nor a bare address.
+    assert_eq!(w.curl("https://denied.test/", &[], MAX), Some(200));
+    assert_eq!(w.curl(&format!("https://{WEB_CDN}/"), &[], MAX), Some(200));
+    assert_eq!(w.curl("https://cgr.dev/", &[], MAX), Some(200));
+    // The log line names the destination by the name that resolved to it.
+    wait_for("the audit log line", || {
+        agent.log_text().lines().any(|l| {
+            l.contains("audit: would drop")
+                && l.contains(&format!("dst={WEB_DENIED}"))
+                && l.contains("name=\"denied.test\"")
+        })
+    });
+    assert!(metric(&w.topo, "egress_packets_total{verdict=\"audit_denied\"}") > 0.0);
+
+    let text = run_egress(&["suggest"], &pins);
+    let p = egress_user::policy::parse(&text, "suggest.yaml".as_ref()).expect(&text);
+    let names: Vec<String> = p.allow.names.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["denied.test"], "{text}");
+    // The allowed name is not suggested; the bare address only as a comment.
+    assert!(p.allow.cidrs.is_empty());
+    assert!(text.contains(&format!("# - {WEB_CDN}/32")), "{text}");
+
+    // --reset forgets; the next suggestion is empty.
+    run_egress(&["suggest", "--reset"], &pins);
+    let p =
+        egress_user::policy::parse(&run_egress(&["suggest"], &pins), "s.yaml".as_ref()).unwrap();
+    assert!(p.allow.names.is_empty());
+}
+
+#[test]
+fn enforce_mode_logs_the_name_of_a_dropped_destination() {
+    let w = World::new(WorldOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [cgr.dev]\n");
+    let agent = Agent::start(&w.topo, &pins, &policy, &[]).unwrap();
+    assert_eq!(
+        w.curl("https://denied.test/", &[], Duration::from_secs(1)),
+        None
+    );
+    wait_for("the drop log line", || {
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("dropped") && l.contains("name=\"denied.test\""))
+    });
+    let denied = agent.datapath().denied();
+    assert!(
+        denied
+            .iter()
+            .any(|d| d.key == "denied.test" && d.hits > 0 && !d.audit),
+        "{denied:?}"
+    );
+}
+
+#[test]
+fn status_shows_each_name_with_its_addresses_time_left_and_hits() {
+    let w = World::new(WorldOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [cgr.dev]\n");
+    let _agent = Agent::start(&w.topo, &pins, &policy, &[]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(w.curl("https://cgr.dev/", &["-4"], MAX), Some(200));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&run_egress(&["status", "--json"], &pins)).unwrap();
+    let by_name = v["learned_by_name"].as_array().unwrap();
+    let cgr = by_name
+        .iter()
+        .find(|n| n["name"] == "cgr.dev")
+        .unwrap_or_else(|| panic!("no cgr.dev in {v:#}"));
+    let addr = cgr["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["addr"] == WEB_CGR)
+        .unwrap_or_else(|| panic!("no {WEB_CGR} under cgr.dev: {v:#}"));
+    // Three connections, each a new flow judged against the learned entry.
+    assert_eq!(addr["hits"], 3, "{v:#}");
+    let left = addr["expires_in_s"].as_f64().unwrap();
+    assert!(left > 0.0 && left <= 60.0 + 30.0, "{left}");
+    let text = run_egress(&["status"], &pins);
+    assert!(text.contains("cgr.dev  (3 hits)"), "{text}");
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_changed_policy_file_is_reloaded_and_a_bad_one_keeps_the_old() {
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let first = format!("allow:\n  cidrs: [{ALLOWED_V4}]\n");
+    let agent = Agent::start(&topo, &pins, &first, &[]).unwrap();
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(500))
+            .is_err()
+    );
+
+    write_atomically(
+        &agent.policy,
+        &format!("allow:\n  cidrs: [{ALLOWED_V4}, {DENIED_V4}]\n"),
+    );
+    wait_for("the reload", || {
+        topo.connect(DENIED_V4, 443, Duration::from_millis(300))
+            .is_ok()
+    });
+    assert_eq!(metric(&topo, "egress_reloads_total"), 1.0);
+
+    // A bad policy: counted, logged with file:line:column, the previous one stays.
+    std::fs::write(&agent.policy, "allow:\n  cidrs: [10.0.0.1/8]\n").unwrap();
+    wait_for("the rejected reload", || {
+        metric(&topo, "egress_reload_failures_total") == 1.0
+    });
+    let log = agent.log_text();
+    assert!(log.contains("policy.yaml:2:"), "{log}");
+    assert!(topo.connect(DENIED_V4, 443, MAX).is_ok());
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_reloaded() {
+    // The layout kubelet makes for a mounted ConfigMap: policy.yaml -> ..data/policy.yaml,
+    // ..data -> ..<timestamp>/; an update writes a new timestamped directory and renames a new
+    // ..data symlink over the old one.
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let version = |name: &str, text: &str| {
+        std::fs::create_dir(d.join(name)).unwrap();
+        std::fs::write(d.join(name).join("policy.yaml"), text).unwrap();
+    };
+    version(
+        "..2026_11_22_1",
+        &format!("allow:\n  cidrs: [{ALLOWED_V4}]\n"),
+    );
+    std::os::unix::fs::symlink("..2026_11_22_1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/policy.yaml", d.join("policy.yaml")).unwrap();
+
+    let mut agent = Agent::start(&topo, &pins, "allow: {}\n", &[]).unwrap();
+    agent.kill9();
+    agent.policy = d.join("policy.yaml");
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&topo.client).unwrap();
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(500))
+            .is_err()
+    );
+
+    version(
+        "..2026_11_22_2",
+        &format!("allow:\n  cidrs: [{ALLOWED_V4}, {DENIED_V4}]\n"),
+    );
+    std::os::unix::fs::symlink("..2026_11_22_2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..2026_11_22_1")).unwrap();
+    wait_for("the reload after the symlink swap", || {
+        topo.connect(DENIED_V4, 443, Duration::from_millis(300))
+            .is_ok()
+    });
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+}
+
+#[test]
+fn without_iface_the_agent_enforces_on_the_default_route_interface() {
+    let topo = Topology::new().unwrap();
+    topo.client
+        .ip(&["route", "add", "default", "via", ALLOWED_V4])
+        .unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let policy = format!("allow:\n  cidrs: [{ALLOWED_V4}]\n");
+    let agent = Agent::start_on_default_route(&topo, &pins, &policy).unwrap();
+    let log = agent.log_text();
+    assert!(
+        log.contains("interfaces of the default routes") && log.contains(&topo.iface),
+        "{log}"
+    );
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(700))
+            .is_err()
+    );
+}
+
+#[test]
+fn without_iface_and_without_a_default_route_the_agent_refuses_to_start() {
+    let topo = Topology::new().unwrap();
+    let pins = TestPins::new();
+    let err = Agent::start_on_default_route(&topo, &pins, "allow: {}\n")
+        .err()
+        .expect("started without an interface");
+    assert!(err.to_string().contains("no default route"), "{err:#}");
+}
+
+#[test]
+fn metrics_cover_verdicts_dns_results_fill_ratios_and_ring_losses() {
+    let w = World::new(WorldOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [cgr.dev]\n");
+    let _agent = Agent::start(&w.topo, &pins, &policy, &[]).unwrap();
+    assert_eq!(w.curl("https://cgr.dev/", &["-4"], MAX), Some(200));
+    assert_eq!(
+        w.curl("https://denied.test/", &["-4"], Duration::from_secs(1)),
+        None
+    );
+    let m = |s: &str| metric(&w.topo, s);
+    assert!(m("egress_packets_total{verdict=\"pass_learned\"}") >= 1.0);
+    assert!(m("egress_packets_total{verdict=\"drop_denied\"}") >= 1.0);
+    assert!(m("egress_dns_answers_total{result=\"learned\"}") >= 1.0);
+    assert!(m("egress_dns_answers_total{result=\"not_allowed\"}") >= 1.0);
+    assert_eq!(
+        m("egress_dns_answers_total{result=\"untrusted_source\"}"),
+        0.0
+    );
+    let fill = m("egress_map_fill_ratio{map=\"learned_v4\"}");
+    assert!(fill > 0.0 && fill < 0.001, "{fill}");
+    assert_eq!(m("egress_ringbuf_lost_total{ring=\"dns_copies\"}"), 0.0);
+    assert_eq!(m("egress_reload_failures_total"), 0.0);
+}
