@@ -12,6 +12,7 @@ pub mod learn;
 pub mod metrics;
 pub mod pins;
 pub mod policy;
+pub mod presets;
 pub mod records;
 pub mod routes;
 pub mod status;

@@ -47,6 +47,11 @@ enum Command {
     },
     /// Validate a policy file and print it normalized.
     Check { file: PathBuf },
+    /// List the built-in presets, or print one as a policy fragment.
+    Presets {
+        /// A preset to print (default: list them all).
+        name: Option<String>,
+    },
     /// Show what the pinned maps hold (works without a running agent).
     Status {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -119,6 +124,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", serde_saphyr::to_string(&p)?);
             Ok(())
         }
+        Command::Presets { name: None } => {
+            print!("{}", egress_user::presets::list());
+            Ok(())
+        }
+        Command::Presets { name: Some(name) } => match egress_user::presets::get(&name) {
+            Some(p) => {
+                print!("{}", p.fragment());
+                Ok(())
+            }
+            None => anyhow::bail!(
+                "unknown preset {name:?}: the presets are {}",
+                egress_user::presets::known()
+            ),
+        },
         Command::Status { pin_dir, json } => {
             let s = status::collect(&PinDir::new(pin_dir))?;
             if json {

@@ -157,11 +157,7 @@ impl Collector for DatapathCollector {
                 "Learned addresses in the kernel maps",
                 learned,
             ),
-            (
-                "static_entries",
-                "Static CIDRs in the kernel maps",
-                statics,
-            ),
+            ("static_entries", "Static CIDRs in the kernel maps", statics),
             ("flows", "Entries in the flow table", flows),
         ] {
             let gauge = ConstGauge::new(value as i64);

@@ -70,6 +70,7 @@ pub struct Policy {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Allow {
+    /// The policy's names and those of its presets, sorted and deduplicated.
     pub names: Vec<NamePattern>,
     pub cidrs: Vec<IpNet>,
     pub presets: Vec<String>,
@@ -342,7 +343,7 @@ impl<'de> Deserialize<'de> for Ports {
     }
 }
 
-/// Named built-in lists. None exist yet (a later issue adds them): any name is an error.
+/// A built-in list of names (`crate::presets`); an unknown one is a located error.
 struct Preset(String);
 
 impl Preset {
@@ -354,9 +355,13 @@ impl Preset {
 impl<'de> Deserialize<'de> for Preset {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
-        Err(de::Error::custom(format!(
-            "unknown preset {name:?}: this version has no presets"
-        )))
+        if crate::presets::get(&name).is_none() {
+            return Err(de::Error::custom(format!(
+                "unknown preset {name:?}: the presets are {} (`egress presets` lists them)",
+                crate::presets::known()
+            )));
+        }
+        Ok(Preset(name))
     }
 }
 
@@ -388,7 +393,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     } = allow;
     let RawDns { min_ttl, grace } = dns;
     let defaults = Dns::default();
+    let presets: Vec<String> = presets.into_iter().map(Preset::into_name).collect();
+    // Presets are expanded here, once: everything downstream sees only `allow.names`.
     let mut names: Vec<NamePattern> = names.into_iter().map(|v| v.0).collect();
+    for p in &presets {
+        names.extend(crate::presets::get(p).expect("validated above").patterns());
+    }
     names.sort();
     names.dedup();
     let mut cidrs: Vec<IpNet> = cidrs.into_iter().map(|v| v.0.0).collect();
@@ -403,7 +413,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         allow: Allow {
             names,
             cidrs,
-            presets: presets.into_iter().map(Preset::into_name).collect(),
+            presets,
         },
         dns: Dns {
             min_ttl: min_ttl.map_or(defaults.min_ttl, |v| v.0.0),

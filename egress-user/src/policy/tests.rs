@@ -88,7 +88,10 @@ fn invalid_values_are_errors() {
         ("allow:\n  names: [\"-a.com\"]\n", "starts or ends"),
         ("allow:\n  cidrs: [\"10.0.0.0/33\"]\n", "invalid CIDR"),
         ("allow:\n  cidrs: [\"not-an-ip\"]\n", "invalid CIDR"),
-        ("allow:\n  presets: [talos]\n", "unknown preset"),
+        (
+            "allow:\n  presets: [talso]\n",
+            "unknown preset \"talso\": the presets are",
+        ),
         ("resolvers: [dns.google]\n", "dns.google"),
         ("dns:\n  min_ttl: 5 parsecs\n", "invalid duration"),
         ("dns:\n  min_ttl: 2h\n", "out of range"),
@@ -129,4 +132,45 @@ fn a_missing_file_names_its_path() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("/nonexistent/policy.yaml"), "{e}");
+}
+
+#[test]
+fn presets_expand_into_the_allowed_names_and_stay_listed() {
+    let p = parse(
+        "allow:\n  names: [example.com, ghcr.io]\n  presets: [talos, chainguard]\n",
+        "p.yaml".as_ref(),
+    )
+    .unwrap();
+    assert_eq!(p.allow.presets, ["talos", "chainguard"]);
+    for want in [
+        "example.com",
+        "ghcr.io",
+        "registry.k8s.io",
+        "*.pkg.dev",
+        "cgr.dev",
+    ] {
+        assert!(
+            p.allow.names.contains(&want.parse().unwrap()),
+            "{want} missing from {:?}",
+            p.allow.names
+        );
+    }
+    // ghcr.io is in the policy and in both presets: once.
+    let ghcr: NamePattern = "ghcr.io".parse().unwrap();
+    assert_eq!(p.allow.names.iter().filter(|n| **n == ghcr).count(), 1);
+}
+
+#[test]
+fn an_unknown_preset_is_located() {
+    let e = parse(
+        "allow:\n  presets:\n    - talos\n    - nope\n",
+        "p.yaml".as_ref(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("p.yaml:4:"), "{e}");
+    assert!(
+        e.contains("chainguard, ibm-container-registry, talos"),
+        "{e}"
+    );
 }
