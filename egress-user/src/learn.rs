@@ -60,16 +60,140 @@ struct Stream {
     buf: Vec<u8>,
 }
 
+/// DNS-over-TCP streams from trusted resolvers, reassembled from the kernel's segment copies
+/// into whole messages. Bounded: [`MAX_TCP_STREAMS`] streams of [`MAX_TCP_BUFFER`] bytes.
+#[derive(Default)]
+pub struct Reassembler {
+    streams: HashMap<StreamKey, Stream>,
+}
+
+impl Reassembler {
+    /// Adds a segment (`seq`: TCP sequence number of its first byte) of the stream of
+    /// (`resolver`, `client`, `client_port`) and returns the DNS messages it completes.
+    pub fn push(
+        &mut self,
+        resolver: [u8; 16],
+        client: [u8; 16],
+        client_port: [u8; 2],
+        seq: u32,
+        payload: &[u8],
+    ) -> Vec<Vec<u8>> {
+        let key = StreamKey {
+            resolver,
+            client,
+            client_port,
+        };
+        if self.streams.len() >= MAX_TCP_STREAMS && !self.streams.contains_key(&key) {
+            self.streams.clear();
+        }
+        let stream = self.streams.entry(key).or_insert_with(|| Stream {
+            next_seq: seq,
+            buf: Vec::new(),
+        });
+        let offset = seq.wrapping_sub(stream.next_seq) as i32;
+        if offset > 0 {
+            // A gap (a lost copy): restart at this segment; what cannot be parsed teaches nothing.
+            stream.buf.clear();
+            stream.next_seq = seq;
+        }
+        let skip = if offset < 0 {
+            offset.unsigned_abs() as usize
+        } else {
+            0
+        };
+        if skip < payload.len() {
+            stream.buf.extend_from_slice(&payload[skip..]);
+            stream.next_seq = seq.wrapping_add(payload.len() as u32);
+        }
+        if stream.buf.len() > MAX_TCP_BUFFER {
+            self.streams.remove(&key);
+            return Vec::new();
+        }
+        let mut messages = Vec::new();
+        let buf = &mut stream.buf;
+        while buf.len() >= 2 {
+            let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+            if buf.len() < 2 + len {
+                break;
+            }
+            messages.push(buf[2..2 + len].to_vec());
+            buf.drain(..2 + len);
+        }
+        messages
+    }
+
+    /// Streams and bytes held (the bounds are what the fuzzer checks).
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.streams.len(),
+            self.streams.values().map(|s| s.buf.len()).max().unwrap_or(0),
+        )
+    }
+}
+
+/// What an answer teaches: the end of the CNAME chain that starts at its question, and the
+/// addresses the answer section gives for that end.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ChainEnd {
+    /// The question name (lowercase, no trailing dot).
+    pub asked: String,
+    /// The chain's last name (`asked` if there is no CNAME).
+    pub name: String,
+    /// TTL of the last CNAME followed (0 without one).
+    pub last_ttl: u32,
+    /// A/AAAA records owned by `name`, with their TTLs.
+    pub addresses: Vec<(IpAddr, u32)>,
+}
+
+/// Follows the CNAME chain from the question (at most [`MAX_CHAIN`] links, loops stop).
+pub fn chain_end(msg: &Message) -> Option<ChainEnd> {
+    let q = msg.queries().first()?;
+    let asked = normalize(&q.name().to_ascii());
+    let mut name = asked.clone();
+    let mut last_ttl = 0;
+    for _ in 0..MAX_CHAIN {
+        let next = msg.answers().iter().find_map(|r| match r.data() {
+            RData::CNAME(target) if normalize(&r.name().to_ascii()) == name => {
+                Some((normalize(&target.0.to_ascii()), r.ttl()))
+            }
+            _ => None,
+        });
+        match next {
+            Some((target, ttl)) if target != name => {
+                name = target;
+                last_ttl = ttl;
+            }
+            _ => break,
+        }
+    }
+    let addresses = msg
+        .answers()
+        .iter()
+        .filter(|r| normalize(&r.name().to_ascii()) == name)
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some((IpAddr::V4(a.0), r.ttl())),
+            RData::AAAA(a) => Some((IpAddr::V6(a.0), r.ttl())),
+            _ => None,
+        })
+        .collect();
+    Some(ChainEnd {
+        asked,
+        name,
+        last_ttl,
+        addresses,
+    })
+}
+
 pub struct Learner {
     names: Vec<NamePattern>,
-    streams: HashMap<StreamKey, Stream>,
+    tcp: Reassembler,
 }
 
 impl Learner {
     pub fn new(names: Vec<NamePattern>) -> Self {
         Self {
             names,
-            streams: HashMap::new(),
+            tcp: Reassembler::default(),
         }
     }
 
@@ -128,47 +252,26 @@ impl Learner {
         stats: &LearnStats,
         learn_addresses: bool,
     ) {
-        let Some(q) = msg.queries().first() else {
+        let Some(end) = chain_end(msg) else {
             return;
         };
-        let mut name = normalize(&q.name().to_ascii());
-        let mut last_ttl = 0;
-        for _ in 0..MAX_CHAIN {
-            let next = msg.answers().iter().find_map(|r| match r.data() {
-                RData::CNAME(target) if normalize(&r.name().to_ascii()) == name => {
-                    Some((normalize(&target.0.to_ascii()), r.ttl()))
-                }
-                _ => None,
-            });
-            match next {
-                Some((target, ttl)) if target != name => {
-                    name = target;
-                    last_ttl = ttl;
-                }
-                _ => break,
-            }
-        }
         let now = clock::boot_ns();
-        let mut found = 0;
-        for r in msg.answers() {
-            if normalize(&r.name().to_ascii()) != name {
-                continue;
-            }
-            let addr = match r.data() {
-                RData::A(a) => IpAddr::V4(a.0),
-                RData::AAAA(a) => IpAddr::V6(a.0),
-                _ => continue,
-            };
-            found += 1;
-            if learn_addresses {
-                let ttl = r.ttl().min(egress_common::dns::MAX_TTL_S);
+        let found = end.addresses.len();
+        if learn_addresses {
+            for &(addr, ttl) in &end.addresses {
+                let ttl = ttl.min(egress_common::dns::MAX_TTL_S);
                 match dp.learn(addr, now + cfg.lifetime_ns(ttl)) {
                     Ok(()) => stats.addresses.fetch_add(1, Ordering::Relaxed),
                     Err(_) => stats.insert_failures.fetch_add(1, Ordering::Relaxed),
                 };
             }
         }
-        let asked = normalize(&q.name().to_ascii());
+        let ChainEnd {
+            asked,
+            name,
+            last_ttl,
+            ..
+        } = end;
         if found == 0 && name != asked {
             let (h, _) = name_hashes(cfg.hash_k0, cfg.hash_k1, &name);
             let ttl = last_ttl.min(egress_common::dns::MAX_TTL_S);
@@ -192,46 +295,9 @@ impl Learner {
         dp: &mut Datapath,
         stats: &LearnStats,
     ) {
-        let key = StreamKey {
-            resolver: h.resolver,
-            client: h.client,
-            client_port: h.client_port,
-        };
-        if self.streams.len() >= MAX_TCP_STREAMS && !self.streams.contains_key(&key) {
-            self.streams.clear();
-        }
-        let stream = self.streams.entry(key).or_insert_with(|| Stream {
-            next_seq: h.tcp_seq,
-            buf: Vec::new(),
-        });
-        let offset = h.tcp_seq.wrapping_sub(stream.next_seq) as i32;
-        if offset > 0 {
-            // A gap (a lost copy): restart at this segment; what cannot be parsed teaches nothing.
-            stream.buf.clear();
-            stream.next_seq = h.tcp_seq;
-        }
-        let skip = if offset < 0 { (-offset) as usize } else { 0 };
-        if skip < payload.len() {
-            stream.buf.extend_from_slice(&payload[skip..]);
-            stream.next_seq = h.tcp_seq.wrapping_add(payload.len() as u32);
-        }
-        if stream.buf.len() > MAX_TCP_BUFFER {
-            self.streams.remove(&key);
-            return;
-        }
-        let mut messages = Vec::new();
-        loop {
-            let buf = &mut self.streams.get_mut(&key).expect("present").buf;
-            if buf.len() < 2 {
-                break;
-            }
-            let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
-            if buf.len() < 2 + len {
-                break;
-            }
-            messages.push(buf[2..2 + len].to_vec());
-            buf.drain(..2 + len);
-        }
+        let messages = self
+            .tcp
+            .push(h.resolver, h.client, h.client_port, h.tcp_seq, payload);
         for m in messages {
             let Ok(msg) = Message::from_vec(&m) else {
                 stats.unparsable.fetch_add(1, Ordering::Relaxed);

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use crate::run;
 
 /// Every fuzz target in fuzz/Cargo.toml.
-const TARGETS: &[&str] = &["dns_walk", "packet"];
+const TARGETS: &[&str] = &["dns_walk", "packet", "dns_learn", "policy"];
 
 #[derive(clap::Args)]
 pub(crate) struct Options {
@@ -39,6 +39,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     } else {
         opts.targets.iter().map(String::as_str).collect()
     };
+    let mut summary = Vec::new();
     for target in targets {
         let corpus = fuzz.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
@@ -51,11 +52,35 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
             cmd.arg(&seeds);
         }
         cmd.arg("--")
-            .arg(format!("-max_total_time={}", opts.seconds));
+            .arg(format!("-max_total_time={}", opts.seconds))
+            .arg("-print_final_stats=1");
         eprintln!("fuzz: {target} for {} s", opts.seconds);
-        run::status(&mut cmd).with_context(|| {
-            format!("fuzz target {target} failed; the crashing input is in fuzz/artifacts/{target}")
-        })?;
+        let out = cmd
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .context("cannot run cargo fuzz")?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let stat = |name: &str| {
+            log.lines()
+                .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
+                .map_or("?", str::trim)
+                .to_owned()
+        };
+        summary.push(format!(
+            "{target}: {} executions in {} s, peak RSS {} MiB",
+            stat("number_of_executed_units"),
+            opts.seconds,
+            stat("peak_rss_mb")
+        ));
+        if !out.status.success() {
+            eprintln!("{log}");
+            anyhow::bail!(
+                "fuzz target {target} failed; the crashing input is in fuzz/artifacts/{target}"
+            );
+        }
+    }
+    for line in &summary {
+        eprintln!("fuzz: {line}");
     }
     Ok(())
 }
