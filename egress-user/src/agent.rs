@@ -156,7 +156,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut ebpf = ebpf::load(&pins).with_context(|| {
         format!(
-            "cannot load the eBPF object with maps pinned under {}",
+            "cannot load the eBPF object with maps pinned under {} (the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
             pin_dir.display()
         )
     })?;
@@ -175,7 +175,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("program {} missing from the eBPF object", hook.name()))?
             .try_into()?;
         prog.load()
-            .with_context(|| format!("the kernel rejected the {} program", hook.name()))?;
+            .with_context(|| {
+                format!(
+                    "the kernel rejected the {} program (the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
+                    hook.name()
+                )
+            })?;
         for iface in &ifaces {
             let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
             tracing::info!(iface, hook = hook.name(), ?how, "attached");

@@ -126,7 +126,11 @@ impl Reassembler {
     pub fn held(&self) -> (usize, usize) {
         (
             self.streams.len(),
-            self.streams.values().map(|s| s.buf.len()).max().unwrap_or(0),
+            self.streams
+                .values()
+                .map(|s| s.buf.len())
+                .max()
+                .unwrap_or(0),
         )
     }
 }

@@ -276,3 +276,81 @@ fn metrics_cover_verdicts_dns_results_fill_ratios_and_ring_losses() {
     assert_eq!(m("egress_ringbuf_lost_total{ring=\"dns_copies\"}"), 0.0);
     assert_eq!(m("egress_reload_failures_total"), 0.0);
 }
+
+/// Runs `egress run` in the client namespace with only `caps` in its bounding set (as uid 0, so
+/// the permitted set is exactly `caps`): the DaemonSet's capability list, proven here.
+fn run_with_caps(
+    topo: &Topology,
+    pins: &TestPins,
+    policy: &Path,
+    caps: &str,
+) -> std::process::Child {
+    std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", topo.client.name))
+        .args([
+            "setpriv",
+            "--bounding-set",
+            &format!("-all,{caps}"),
+            "--inh-caps",
+            "-all",
+            "--",
+        ])
+        .arg(egress_tests::egress_bin())
+        .args([
+            "run",
+            "--iface",
+            &topo.iface,
+            "--metrics-addr",
+            "127.0.0.1:9090",
+            "--policy",
+        ])
+        .arg(policy)
+        .arg("--pin-dir")
+        .arg(pins.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn bpf_net_admin_and_perfmon_are_the_capabilities_it_needs() {
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, format!("allow:\n  cidrs: [{ALLOWED_V4}]\n")).unwrap();
+    // Without any one of the three, it refuses to start (and says why).
+    for caps in ["+bpf,+net_admin", "+bpf,+perfmon", "+net_admin,+perfmon"] {
+        let pins = TestPins::new();
+        let out = run_with_caps(&topo, &pins, &policy, caps)
+            .wait_with_output()
+            .unwrap();
+        assert!(!out.status.success(), "started with only {caps}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("error:"), "{caps}: {err}");
+    }
+    // With exactly the three, it starts and enforces.
+    let pins = TestPins::new();
+    let mut child = run_with_caps(&topo, &pins, &policy, "+bpf,+net_admin,+perfmon");
+    wait_for("readiness with three capabilities", || {
+        http_get(&topo.client, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(700))
+            .is_err()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = egress(
+        Some(&topo.client),
+        &[
+            OsStr::new("detach"),
+            OsStr::new("--iface"),
+            OsStr::new(&topo.iface),
+            OsStr::new("--pin-dir"),
+            pins.path().as_os_str(),
+        ],
+    );
+}
