@@ -13,6 +13,32 @@ use crate::run::{on_path, output, status};
 /// bpf-linker release built here; 0.13 supports LLVM 21 to 23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// PyPI tools the tests run: (command, requirement). kubernetes-validate carries the
+/// Kubernetes schemas, so the manifests are validated offline.
+const PIP_TOOLS: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate==1.37.0")];
+
+fn pip_tools() -> anyhow::Result<()> {
+    for (tool, requirement) in PIP_TOOLS {
+        if on_path(tool) {
+            continue;
+        }
+        eprintln!("setup: installing {requirement} from PyPI");
+        status(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+        ]))
+        .with_context(|| format!("cannot install {requirement} with pip"))?;
+        if !on_path(tool) {
+            bail!("{requirement} installed, but `{tool}` is not on PATH");
+        }
+    }
+    Ok(())
+}
+
 /// Commands the tests and the demo run, and the Debian packages that provide them.
 const APT_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -41,6 +67,7 @@ pub(crate) fn run(opts: &SetupArgs) -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     apt_tools(opts)?;
+    pip_tools()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
