@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,8 @@ enum Task {
     Bench(bench::Options),
     /// Run the cargo-fuzz targets for a while each (nightly; installs cargo-fuzz).
     Fuzz(fuzz::Options),
+    /// Build the static binary and the minimal container image (buildah; needs root).
+    Image(image::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(opts) => demo::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Bench(opts) => bench::run(&opts),
+        Task::Image(opts) => image::run(&opts),
     }
 }
 
