@@ -367,6 +367,20 @@ impl<'de> Deserialize<'de> for Preset {
 
 /// Parses and validates policy text; `path` only names the source in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+    // An empty file is far more often a file caught mid-write (truncated, not yet written) or a
+    // broken ConfigMap than a wish to allow nothing, which `allow: {}` says explicitly.
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(PolicyError::Invalid {
+            path: path.to_owned(),
+            line: 1,
+            column: 1,
+            message: "the policy is empty; write `allow: {}` to allow nothing but the defaults"
+                .into(),
+        });
+    }
     let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| {
         let (line, column) = e
             .location()

@@ -174,3 +174,12 @@ fn an_unknown_preset_is_located() {
         "{e}"
     );
 }
+
+#[test]
+fn an_empty_policy_is_an_error_not_a_deny_all() {
+    for text in ["", "\n\n", "# only a comment\n"] {
+        let e = parse(text, "p.yaml".as_ref()).unwrap_err().to_string();
+        assert!(e.starts_with("p.yaml:1:1: the policy is empty"), "{e}");
+    }
+    assert!(parse("allow: {}\n", "p.yaml".as_ref()).is_ok());
+}

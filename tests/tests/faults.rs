@@ -1,0 +1,377 @@
+//! Fault injection with the real programs and real traffic: the agent killed while learning and
+//! while reloading, the DNS ring buffer overflowing, the learned map full, a flood of spoofed
+//! answers, and a reload storm. In each: nothing allowed that the policy denies, nothing allowed
+//! lost, and the agent's memory bounded (its peak is printed and checked).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use egress_common::{counters, testing::Packet};
+use egress_tests::{
+    ALLOWED_V4, Agent, DENIED_V4, NetNs, Servers, TestPins, Topology,
+    dnsmsg::{Rr, query, response},
+    harness::Harness,
+    http_get, ip,
+    live::{RACE_FIRST, RESOLVER_V4, WEB_DENIED, WEB_R2, World, WorldOptions, policy},
+};
+use hickory_proto::rr::RecordType;
+use nix::{sys::signal, unistd::Pid};
+
+const MAX: Duration = Duration::from_secs(3);
+/// Generous bound on the agent's peak resident memory under every fault below.
+const RSS_BOUND_KIB: u64 = 100 * 1024;
+
+fn counter(agent: &Agent, index: u32) -> u64 {
+    agent.datapath().counters().unwrap()[index as usize]
+}
+
+/// The agent's peak resident set (VmHWM), checked against [`RSS_BOUND_KIB`] and printed.
+fn check_memory(agent: &Agent, test: &str) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap())).unwrap();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let peak = kib("VmHWM:");
+    eprintln!(
+        "{test}: agent peak RSS {} KiB, now {} KiB",
+        peak,
+        kib("VmRSS:")
+    );
+    assert!(peak < RSS_BOUND_KIB, "{test}: peak RSS {peak} KiB");
+}
+
+fn race(w: &World, count: u32, first: &str) -> serde_json::Value {
+    let out = w
+        .run_in_client(
+            Path::new(env!("CARGO_BIN_EXE_egress-race")),
+            &[&count.to_string(), "race.test", "200", first],
+        )
+        .unwrap();
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+fn nth(first: &str, n: u32) -> String {
+    Ipv4Addr::from(u32::from(first.parse::<Ipv4Addr>().unwrap()) + n).to_string()
+}
+
+fn send(agent: &Agent, sig: signal::Signal) {
+    signal::kill(Pid::from_raw(agent.pid().unwrap() as i32), sig).unwrap();
+}
+
+#[test]
+fn kill_9_while_learning_loses_nothing_and_a_restart_adopts_the_pins() {
+    let w = World::new(WorldOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let mut agent = Agent::start(&w.topo, &pins, &policy("  min_ttl: 5s\n"), &[]).unwrap();
+    let first = race(&w, 500, RACE_FIRST);
+    assert_eq!(first["slow"], 0, "{first}");
+    check_memory(&agent, "kill -9 while learning");
+    // Kill the agent while a client is resolving and connecting in a loop.
+    let racing = {
+        let (ns, first) = (w.client().name.clone(), nth(RACE_FIRST, 500));
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .arg(env!("CARGO_BIN_EXE_egress-race"))
+                .args(["2000", "race.test", "200", &first])
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    agent.kill9();
+    let during = racing.join().unwrap();
+    // The kernel learns without the agent: the names resolved while it was dead still
+    // connected at once.
+    assert_eq!(during["connected"], 2000, "{during}");
+    assert_eq!(during["slow"], 0, "{during}");
+    // Everything learned is still there; the policy still denies what it denied.
+    let learned = agent.datapath().learned().unwrap().len();
+    assert!(learned >= 2500, "{learned} learned");
+    assert_eq!(
+        w.curl("https://denied.test/", &[], Duration::from_secs(1)),
+        None
+    );
+    // A restart adopts the pins: the same entries, and learning goes on.
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(w.client()).unwrap();
+    assert!(agent.datapath().learned().unwrap().len() >= learned);
+    let after = race(&w, 200, &nth(RACE_FIRST, 2500));
+    assert_eq!(after["slow"], 0, "{after}");
+    assert_eq!(w.curl("https://cgr.dev/", &[], MAX), Some(200));
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_reload_keeps_one_whole_policy() {
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let mut agent = Agent::start(
+        &topo,
+        &pins,
+        &format!("allow:\n  cidrs: [{ALLOWED_V4}]\n"),
+        &[],
+    )
+    .unwrap();
+    std::fs::write(
+        &agent.policy,
+        format!("allow:\n  cidrs: [{ALLOWED_V4}, {DENIED_V4}]\n"),
+    )
+    .unwrap();
+    send(&agent, signal::Signal::SIGHUP);
+    agent.kill9();
+    // Whatever the reload reached, the address both policies allow was never denied, and with
+    // no agent the programs keep enforcing.
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+    // A restart applies the file as it is now.
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&topo.client).unwrap();
+    assert!(topo.connect(DENIED_V4, 443, MAX).is_ok());
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+    // And a restart with the narrower policy takes the extra CIDR out again.
+    agent.kill9();
+    std::fs::write(&agent.policy, format!("allow:\n  cidrs: [{ALLOWED_V4}]\n")).unwrap();
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&topo.client).unwrap();
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(700))
+            .is_err()
+    );
+    check_memory(&agent, "kill -9 during a reload");
+}
+
+#[test]
+fn a_full_dns_ring_is_counted_and_the_kernel_still_learns_everything() {
+    let w = World::new(WorldOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let agent = Agent::start(&w.topo, &pins, &policy("  min_ttl: 5s\n"), &[]).unwrap();
+    // The agent stops draining; each answer's copy takes ~4 KiB of the 4 MiB ring.
+    send(&agent, signal::Signal::SIGSTOP);
+    let r = race(&w, 2500, RACE_FIRST);
+    let lost = counter(&agent, counters::DNS_EVENT_LOST);
+    send(&agent, signal::Signal::SIGCONT);
+    assert!(lost > 0, "the ring never filled");
+    // The race guarantee holds for what the kernel learns itself: every connect was fast.
+    assert_eq!(r["connected"], 2500, "{r}");
+    assert_eq!(r["slow"], 0, "{r}");
+    assert!(agent.datapath().learned().unwrap().len() >= 2500);
+    assert_eq!(
+        http_get(w.client(), "/readyz").map(|r| r.0),
+        Some(200),
+        "agent unhealthy after the overflow"
+    );
+    assert_eq!(w.curl("https://cgr.dev/", &[], MAX), Some(200));
+    eprintln!("ring overflow: {lost} copies lost of 2500, 0 slow connects");
+    check_memory(&agent, "ring overflow");
+}
+
+#[test]
+fn a_full_learned_map_fails_cleanly_and_learns_again_after_garbage_collection() {
+    const CAPACITY: u32 = 8;
+    let resolver = "192.0.2.53";
+    let client = "192.0.2.10";
+    let mut h = Harness::with_learned_capacity(
+        &format!("resolvers: [{resolver}]\nallow:\n  names: [\"*.full.test\"]\n"),
+        Some(CAPACITY),
+    );
+    // Fill the map with entries that expire at once.
+    let soon = egress_user::clock::boot_ns() + 1_000_000;
+    for i in 0..CAPACITY {
+        h.dp.learn(ip(&format!("10.0.0.{i}")), soon).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    let answer = |h: &Harness, id: u16, name: &str, addr: &str| {
+        let q = Packet::udp_with(
+            ip(client),
+            40_000,
+            ip(resolver),
+            53,
+            query(id, name, RecordType::A),
+        )
+        .build();
+        h.egress(&q);
+        let a = Packet::udp_with(
+            ip(resolver),
+            53,
+            ip(client),
+            40_000,
+            response(id, name, RecordType::A, &[Rr::Addr(name, addr, 300)]),
+        )
+        .build();
+        h.ingress(&a);
+    };
+    let syn = |h: &Harness, dst: &str| h.egress(&Packet::tcp(ip(client), ip(dst), 443).build());
+    answer(&h, 1, "a.full.test.", "198.51.100.1");
+    let failed = h.dp.counters().unwrap()[counters::DNS_LEARN_FAILED as usize];
+    assert_eq!(failed, 1, "the insert into the full map was not counted");
+    assert_eq!(
+        syn(&h, "198.51.100.1"),
+        egress_common::tc_action::DROP,
+        "an address that could not be learned was allowed"
+    );
+    // Garbage collection frees the expired entries; the same answer is learned now.
+    let (removed, _) = h.dp.collect_garbage(egress_user::clock::boot_ns()).unwrap();
+    assert_eq!(removed, CAPACITY as usize);
+    answer(&h, 2, "a.full.test.", "198.51.100.1");
+    assert_eq!(syn(&h, "198.51.100.1"), egress_common::tc_action::PASS);
+}
+
+/// Sends `count` UDP datagrams from `src:53` to the client with one raw socket (fast enough for
+/// 100,000 over the veth in a couple of seconds), `payload(i)` each.
+fn flood(server: &NetNs, src: &str, count: u32, payload: impl Fn(u32) -> Vec<u8> + Send + 'static) {
+    let src: Ipv4Addr = src.parse().unwrap();
+    server.run(move || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        s.bind(&SocketAddr::new(src.into(), 0).into()).unwrap();
+        let dst: SocketAddr = format!("{}:0", egress_tests::CLIENT_V4).parse().unwrap();
+        for i in 0..count {
+            let body = payload(i);
+            let mut udp = Vec::with_capacity(8 + body.len());
+            udp.extend_from_slice(&53u16.to_be_bytes());
+            udp.extend_from_slice(&(40_000 + (i % 1000) as u16).to_be_bytes());
+            udp.extend_from_slice(&((8 + body.len()) as u16).to_be_bytes());
+            udp.extend_from_slice(&[0, 0]);
+            udp.extend_from_slice(&body);
+            // A full socket buffer is retried: every datagram must leave.
+            while s.send_to(&udp, &dst.into()).is_err() {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    });
+}
+
+#[test]
+fn a_hundred_thousand_spoofed_answers_teach_nothing() {
+    let w = World::new(WorldOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let agent = Agent::start(&w.topo, &pins, &policy("  min_ttl: 5s\n"), &[]).unwrap();
+    let spoof = |i: u32| {
+        response(
+            i as u16,
+            "cgr.dev.",
+            RecordType::A,
+            &[Rr::Addr("cgr.dev.", WEB_DENIED, 300)],
+        )
+    };
+    let (untrusted0, unsolicited0) = (
+        counter(&agent, counters::DNS_UNTRUSTED),
+        counter(&agent, counters::DNS_UNSOLICITED),
+    );
+    let t = Instant::now();
+    // From an address that is not a resolver, then from the resolver's own address answering
+    // nothing the node asked.
+    flood(&w.topo.server, WEB_R2, 50_000, spoof);
+    flood(&w.topo.server, RESOLVER_V4, 50_000, spoof);
+    eprintln!("100,000 spoofed answers sent in {:?}", t.elapsed());
+    let untrusted = counter(&agent, counters::DNS_UNTRUSTED) - untrusted0;
+    let unsolicited = counter(&agent, counters::DNS_UNSOLICITED) - unsolicited0;
+    assert_eq!(untrusted, 50_000);
+    assert_eq!(unsolicited, 50_000);
+    assert!(agent.datapath().learned().unwrap().is_empty());
+    assert_eq!(
+        w.curl(
+            &format!("https://{WEB_DENIED}/"),
+            &[],
+            Duration::from_secs(1)
+        ),
+        None
+    );
+    // Real answers still teach.
+    assert_eq!(w.curl("https://cgr.dev/", &[], MAX), Some(200));
+    check_memory(&agent, "100,000 spoofed answers");
+}
+
+#[test]
+fn a_reload_storm_never_drops_allowed_traffic_and_ends_on_the_last_valid_policy() {
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let valid = |i: u32| format!("allow:\n  cidrs: [{ALLOWED_V4}, 203.0.113.{i}/32]\n");
+    let invalid = [
+        "allow:\n  cidrs: [10.0.0.1/8]\n",
+        "allow:\n  names: [\"a.*.com\"]\n",
+        "ports: [0]\n",
+        "mode: lenient\n",
+        "allow: [\n",
+        "allow:\n  presets: [nope]\n",
+    ];
+    let agent = Agent::start(&topo, &pins, &valid(0), &[]).unwrap();
+    let drops0 = counter(&agent, counters::DROP_DENIED);
+    // Connections to the allowed address, back to back, for the whole storm.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let traffic = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let addr: SocketAddr = format!("{ALLOWED_V4}:443").parse().unwrap();
+        topo.client.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // A timeout long enough to outlast a SYN retransmission: the test echo server's
+                // accept queue overflows at this rate now and then (seen: 8 of 1,600 at 500 ms,
+                // with no egress drop counted). Egress drops are checked by counter below.
+                match std::net::TcpStream::connect_timeout(&addr, MAX) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let t = Instant::now();
+    for i in 1..=100u32 {
+        let text = if i % 2 == 0 {
+            valid(i)
+        } else {
+            invalid[(i as usize / 2) % invalid.len()].to_owned()
+        };
+        std::fs::write(&agent.policy, text).unwrap();
+        send(&agent, signal::Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let storm = t.elapsed();
+    // Let the last change settle, then stop the traffic.
+    std::thread::sleep(Duration::from_millis(600));
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("reload storm: 100 changes in {storm:?}; {ok} connects, {failed} failed");
+    assert_eq!(
+        counter(&agent, counters::DROP_DENIED) - drops0,
+        0,
+        "egress dropped packets to the allowed address during the storm"
+    );
+    assert_eq!(failed, 0, "allowed connections failed during the storm");
+    assert!(ok > 100);
+    // The last file (i = 100) is valid: it is in force, and the one before the last valid
+    // one is not.
+    let statics = agent.datapath().static_cidrs().unwrap();
+    let has = |s: &str| statics.iter().any(|c| c.to_string() == s);
+    assert!(has("203.0.113.100/32"), "{statics:?}");
+    assert!(!has("203.0.113.98/32"), "{statics:?}");
+    let (_, metrics) = http_get(&topo.client, "/metrics").unwrap();
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(sample("egress_reloads_total") >= 50.0, "{metrics}");
+    assert!(sample("egress_reload_failures_total") >= 50.0, "{metrics}");
+    check_memory(&agent, "reload storm");
+}
