@@ -147,6 +147,37 @@ fn wildcards_match_any_depth_below_but_not_the_apex() {
 }
 
 #[test]
+fn names_from_a_preset_are_learned_like_the_policys_own() {
+    // No `names:` at all: everything allowed comes from the talos preset.
+    let h = Harness::new(&format!(
+        "resolvers: [{RESOLVER}]\nallow:\n  presets: [talos]\n"
+    ));
+    for (id, name, addr, allowed) in [
+        (30, "registry.k8s.io.", "198.51.100.30", true),
+        (
+            31,
+            "prod-registry-k8s-io-us-east-1.s3.dualstack.us-east-1.amazonaws.com.",
+            "198.51.100.31",
+            true,
+        ),
+        (32, "docker.io.", "198.51.100.32", false),
+    ] {
+        ask(&h, CLIENT, RESOLVER, id, name, RecordType::A);
+        answer(
+            &h,
+            RESOLVER,
+            CLIENT,
+            id,
+            name,
+            RecordType::A,
+            &[Rr::Addr(name, addr, 60)],
+        );
+        assert_eq!(learned(&h, addr).is_some(), allowed, "{name}");
+        assert_eq!(syn(&h, addr) == PASS, allowed, "{name}");
+    }
+}
+
+#[test]
 fn a_cname_chain_across_zones_allows_the_addresses_at_its_end() {
     let h = harness();
     ask(
