@@ -66,12 +66,16 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
                 .map_or("?", str::trim)
                 .to_owned()
         };
-        summary.push(format!(
-            "{target}: {} executions in {} s, peak RSS {} MiB",
+        let line = format!(
+            "{target}: {} executions in {} s, peak RSS {} MiB{}",
             stat("number_of_executed_units"),
             opts.seconds,
-            stat("peak_rss_mb")
-        ));
+            stat("peak_rss_mb"),
+            if out.status.success() { "" } else { ", FAILED" }
+        );
+        // Printed at once too: a later target's failure must not lose this one's numbers.
+        eprintln!("fuzz: {line}");
+        summary.push(line);
         if !out.status.success() {
             eprintln!("{log}");
             anyhow::bail!(
