@@ -226,6 +226,9 @@ fn extension_headers_longer_than_the_frame_never_yield_ports() {
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
     ];
     let p = ip(frame);
-    assert!(p.l4_off > frame.len(), "the input no longer reproduces the finding");
+    assert!(
+        p.l4_off > frame.len(),
+        "the input no longer reproduces the finding"
+    );
     assert_ne!(p.transport.kind, Kind::Ports);
 }
