@@ -37,6 +37,9 @@ fuzz_target!(|data: &[u8]| {
         }
         seq = seq.wrapping_add(payload.len() as u32);
         let (streams, bytes) = r.held();
-        assert!(streams <= 1 && bytes <= 65_537, "{streams} streams, {bytes} bytes");
+        assert!(
+            streams <= 1 && bytes <= 65_537,
+            "{streams} streams, {bytes} bytes"
+        );
     }
 });

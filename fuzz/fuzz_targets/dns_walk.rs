@@ -15,7 +15,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut got = Vec::new();
-    let _ = dns::answers(&buf, len, &q, |off| dns::skip_name(&buf, len, off).ok(), |a, t| got.push((a, t)));
+    let _ = dns::answers(
+        &buf,
+        len,
+        &q,
+        |off| dns::skip_name(&buf, len, off).ok(),
+        |a, t| got.push((a, t)),
+    );
     let msg = &data[..len];
     for (a, ttl) in got {
         assert!(ttl <= dns::MAX_TTL_S);

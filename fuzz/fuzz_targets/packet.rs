@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Frame::Ip(p)) = parse_frame(data)
         && p.transport.kind == Kind::Ports
     {
-        let header = if p.transport.proto == IPPROTO_TCP { 14 } else { 8 };
+        let header = if p.transport.proto == IPPROTO_TCP {
+            14
+        } else {
+            8
+        };
         assert!(p.l4_off + header <= data.len(), "ports read past the frame");
     }
 });
