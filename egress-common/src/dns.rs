@@ -16,9 +16,7 @@ use crate::hash::{chain, label_hash};
 /// Size of the buffer a message is parsed from: EDNS answers up to 4096 bytes fit.
 pub const BUF: usize = 4096;
 const MASK: usize = BUF - 1;
-/// A question name with more labels than this is not matched (nothing is learned). Real names
-/// rarely pass 10; each label costs the verifier a pass over the hashing code.
-pub const MAX_LABELS: usize = 16;
+pub use crate::MAX_LABELS;
 /// Answer records the kernel walks; the agent learns any beyond from its copy.
 pub const MAX_ANSWERS: usize = 32;
 /// Label steps when skipping an owner name. Owner names in answers are almost always a
@@ -69,7 +67,6 @@ pub struct Question {
     /// a callback instead of being stored because the eBPF stack (512 bytes) has no room for
     /// them.
     pub suffix_matched: bool,
-    pub qtype: u16,
     pub ancount: u16,
     /// Offset of the first byte after the question.
     pub end: usize,
@@ -169,7 +166,6 @@ fn parse_question(
         id: 0,
         full: 0,
         suffix_matched: false,
-        qtype: be16(buf, off),
         ancount: 0,
         end: off + 4,
     };

@@ -171,7 +171,7 @@ pub fn name_hashes(k0: u64, k1: u64, name: &str) -> (u64, heapless_suffixes::Suf
 /// Small fixed-capacity helpers so `name_hashes` stays `no_std` without `alloc`.
 #[cfg(any(test, feature = "testing", feature = "user"))]
 pub mod heapless_suffixes {
-    use crate::dns::MAX_LABELS;
+    use crate::MAX_LABELS;
 
     #[derive(Clone, Debug, Default, PartialEq, Eq)]
     pub struct Suffixes {
@@ -194,24 +194,21 @@ pub mod heapless_suffixes {
         }
     }
 
-    pub struct Labels<'a> {
+    pub(crate) struct Labels<'a> {
         items: [&'a str; 128],
         len: usize,
     }
 
     impl<'a> Labels<'a> {
-        pub fn len(&self) -> usize {
+        pub(crate) fn len(&self) -> usize {
             self.len
         }
-        pub fn is_empty(&self) -> bool {
-            self.len == 0
-        }
-        pub fn iter(&self) -> core::slice::Iter<'_, &'a str> {
+        pub(crate) fn iter(&self) -> core::slice::Iter<'_, &'a str> {
             self.items[..self.len].iter()
         }
     }
 
-    pub fn split(name: &str) -> Labels<'_> {
+    pub(crate) fn split(name: &str) -> Labels<'_> {
         let mut l = Labels {
             items: [""; 128],
             len: 0,

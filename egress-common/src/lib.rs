@@ -14,6 +14,11 @@ pub mod packet;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+/// A DNS name with more labels than this is not matched by the kernel (nothing is learned for
+/// it), so a policy name may have at most this many. Real names rarely pass 10; each label costs
+/// the verifier a pass over the hashing code. Shared by the DNS walker and the name hash.
+pub const MAX_LABELS: usize = 16;
+
 /// The most destination ports a policy may enforce.
 pub const MAX_PORTS: usize = 16;
 

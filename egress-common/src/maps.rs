@@ -71,6 +71,8 @@ pub mod names {
     ];
 }
 
+/// Nanoseconds in a second (`CLOCK_BOOTTIME` stamps in the maps are nanoseconds).
+pub const NS_PER_S: u64 = 1_000_000_000;
 /// Capacity of each static CIDR map (per family).
 pub const STATIC_CAPACITY: u32 = 16_384;
 /// Capacity of each learned-address map (per family).
@@ -145,7 +147,7 @@ impl Config {
         } else {
             self.min_ttl_s
         };
-        (ttl as u64 + self.grace_s as u64) * 1_000_000_000
+        (ttl as u64 + self.grace_s as u64) * NS_PER_S
     }
 }
 
@@ -351,7 +353,7 @@ pub struct FlowValue {
 }
 
 /// How stale `FlowValue::last_seen_ns` may get before a packet refreshes it.
-pub const FLOW_TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+pub const FLOW_TOUCH_INTERVAL_NS: u64 = NS_PER_S;
 
 /// Per-CPU state of the event rate limit.
 #[repr(C)]
@@ -394,7 +396,93 @@ pub struct DenyEvent {
     pub _pad: [u8; 2],
 }
 
+// Constructors: callers never spell the padding, which must be zero (keys are compared as bytes).
+
+impl PendingKey {
+    pub const fn new(resolver: [u8; 16], client_port: [u8; 2], txid: u16, family: u8) -> Self {
+        Self {
+            resolver,
+            client_port,
+            txid: txid.to_be_bytes(),
+            family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl DnsParsed {
+    pub const fn new(full: u64, end: u32, id: u16, ancount: u16, suffix_matched: bool) -> Self {
+        Self {
+            full,
+            end,
+            id,
+            ancount,
+            suffix_matched: suffix_matched as u8,
+            _pad: [0; 7],
+        }
+    }
+}
+
+impl StaticValue {
+    /// `rule`: the CIDR's index in the normalized policy.
+    pub const fn new(rule: usize) -> Self {
+        Self { rule: rule as u32 }
+    }
+}
+
+impl AnswerValue {
+    pub const fn new(name: [u8; NAME_BYTES], len: u16, seen_unix_s: u64, allowed: bool) -> Self {
+        Self {
+            name,
+            seen_unix_s,
+            len,
+            allowed: allowed as u8,
+            _pad: [0; 5],
+        }
+    }
+}
+
+impl DeniedValue {
+    pub const fn new(
+        hits: u64,
+        first_unix_s: u64,
+        last_unix_s: u64,
+        port: u16,
+        proto: u8,
+        audit: bool,
+    ) -> Self {
+        Self {
+            hits,
+            first_unix_s,
+            last_unix_s,
+            port,
+            proto,
+            audit: audit as u8,
+            _pad: [0; 4],
+        }
+    }
+}
+
 impl FlowKey {
+    pub const fn new(
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        sport: [u8; 2],
+        dport: [u8; 2],
+        proto: u8,
+        family: u8,
+    ) -> Self {
+        Self {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
     pub const fn dport(&self) -> u16 {
         u16::from_be_bytes(self.dport)
     }

@@ -33,6 +33,21 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// The DNS port, big-endian as the parsed ports are.
+pub const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
+/// Offsets in the TCP header: the sequence number, and the byte whose high nibble is the data
+/// offset (header length in 32-bit words).
+pub const TCP_SEQ_OFF: usize = 4;
+pub const TCP_DOFF_OFF: usize = 12;
+
+/// The lowercase name of a transport protocol number, for logs and records.
+pub const fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        _ => "other",
+    }
+}
 
 /// In-band VLAN tags (802.1Q / 802.1ad) skipped before giving up. Tags offloaded to skb
 /// metadata (the usual case on egress) are not in the frame at all.

@@ -6,7 +6,9 @@
 //! walks).
 
 use aya_ebpf::{
-    bindings::__sk_buff, helpers::bpf_skb_load_bytes, macros::classifier, maps::lpm_trie::Key,
+    bindings::__sk_buff,
+    helpers::bpf_skb_load_bytes,
+    maps::{LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
 use egress_common::{
@@ -17,8 +19,10 @@ use egress_common::{
         PendingValue, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind,
     },
     mode,
-    packet::{Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, parse_frame},
-    tc_action::PASS,
+    packet::{
+        DNS_PORT, Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_DOFF_OFF, TCP_SEQ_OFF,
+        parse_frame,
+    },
 };
 
 use crate::{
@@ -40,18 +44,8 @@ fn helper_len(len: usize) -> u32 {
 }
 const DNS_HLEN: usize = 12;
 
-#[classifier]
-pub(crate) fn ingress(ctx: TcContext) -> i32 {
-    if ingress_classify(ctx.skb.skb) == UDP_ANSWER {
-        ingress_udp_answer(ctx.skb.skb);
-    }
-    // Fail-open by design: ingress enforces nothing. An answer that cannot be trusted or parsed
-    // teaches nothing and still reaches its socket; blocking DNS is not this program's job.
-    PASS
-}
-
 /// [`ingress_classify`]: a UDP answer from a trusted resolver, its addressing in the scratch.
-const UDP_ANSWER: i32 = 1;
+pub(crate) const UDP_ANSWER: i32 = 1;
 
 /// Finds DNS answers from trusted resolvers: copies TCP segments to the agent, and for UDP
 /// leaves the addressing in the ingress scratch slot and returns [`UDP_ANSWER`]. A global
@@ -70,7 +64,7 @@ pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
         return 0;
     };
     let t = p.transport;
-    if t.kind != Kind::Ports || t.sport != [0, 53] {
+    if t.kind != Kind::Ports || t.sport != DNS_PORT {
         return 0;
     }
     // SAFETY: a read-only lookup of a plain value.
@@ -150,14 +144,7 @@ pub(crate) extern "C" fn dns_parse_answer(len: u32) -> i32 {
         wild,
     ) {
         Ok(q) => {
-            s.parsed = DnsParsed {
-                full: q.full,
-                end: q.end as u32,
-                id: q.id,
-                ancount: q.ancount,
-                suffix_matched: u8::from(q.suffix_matched),
-                _pad: [0; 7],
-            };
+            s.parsed = DnsParsed::new(q.full, q.end as u32, q.id, q.ancount, q.suffix_matched);
             0
         }
         Err(_) => -1,
@@ -250,13 +237,7 @@ pub(crate) extern "C" fn egress_remember_query(skb: *mut __sk_buff) -> i32 {
     if dns_parse_query(SCRATCH_EGRESS, len as u32) != 0 {
         return 0;
     }
-    let key = PendingKey {
-        resolver: p.daddr,
-        client_port: p.sport,
-        txid: parsed.id.to_be_bytes(),
-        family: p.family,
-        _pad: [0; 3],
-    };
+    let key = PendingKey::new(p.daddr, p.sport, parsed.id, p.family);
     let value = PendingValue {
         qname: parsed.full,
         sent_ns: now(),
@@ -297,13 +278,7 @@ fn learn_udp(ctx: &TcContext, p: &DnsPacket) {
     let q = *parsed;
     // Anti-spoofing: only an answer to a query this node sent recently, from the resolver it
     // asked, to the port it asked from, with its id and its question, is used; and only once.
-    let key = PendingKey {
-        resolver: p.saddr,
-        client_port: dport,
-        txid: q.id.to_be_bytes(),
-        family: p.family,
-        _pad: [0; 3],
-    };
+    let key = PendingKey::new(p.saddr, dport, q.id, p.family);
     // SAFETY: a read-only lookup of a plain value.
     let matched = match unsafe { DNS_PENDING.get(&key) } {
         Some(v) => v.qname == q.full && now().saturating_sub(v.sent_ns) < DNS_QUERY_TIMEOUT_NS,
@@ -382,7 +357,6 @@ pub(crate) extern "C" fn ingress_learn_answers(len: u32, end: u32, ancount: u32)
         id: 0,
         full: 0,
         suffix_matched: false,
-        qtype: 0,
         ancount: ancount as u16,
         end: end as usize,
     };
@@ -423,25 +397,27 @@ fn name_allowed(q: &DnsParsed) -> bool {
 /// entry's hit count). Returns whether the address is now allowed at least that long.
 #[inline(always)]
 fn insert(addr: Address, expires_ns: u64) -> bool {
-    let value = LearnedValue {
-        expires_ns,
-        hits: 0,
-    };
     match addr {
-        Address::V4(a) => {
-            let key = Key::new(32, a);
-            match learned_mut(&LEARNED_V4, &key) {
-                Some(old) => extend(old, expires_ns),
-                None => LEARNED_V4.insert(&key, &value, 0).is_ok(),
-            }
-        }
-        Address::V6(a) => {
-            let key = Key::new(128, a);
-            match learned_mut(&LEARNED_V6, &key) {
-                Some(old) => extend(old, expires_ns),
-                None => LEARNED_V6.insert(&key, &value, 0).is_ok(),
-            }
-        }
+        Address::V4(a) => learn_in(&LEARNED_V4, &Key::new(32, a), expires_ns),
+        Address::V6(a) => learn_in(&LEARNED_V6, &Key::new(128, a), expires_ns),
+    }
+}
+
+/// [`insert`] for one family's map.
+#[inline(always)]
+fn learn_in<K>(map: &LpmTrie<K, LearnedValue>, key: &Key<K>, expires_ns: u64) -> bool {
+    match learned_mut(map, key) {
+        Some(old) => extend(old, expires_ns),
+        None => map
+            .insert(
+                key,
+                &LearnedValue {
+                    expires_ns,
+                    hits: 0,
+                },
+                0,
+            )
+            .is_ok(),
     }
 }
 
@@ -461,10 +437,10 @@ fn extend(old: *mut LearnedValue, expires_ns: u64) -> bool {
 /// A TCP segment from a trusted resolver: the agent reassembles the stream and learns.
 #[inline(always)]
 fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2]) {
-    let Ok(doff) = ctx.load::<u8>(p.l4_off + 12) else {
+    let Ok(doff) = ctx.load::<u8>(p.l4_off + TCP_DOFF_OFF) else {
         return;
     };
-    let Ok(seq) = ctx.load::<[u8; 4]>(p.l4_off + 4) else {
+    let Ok(seq) = ctx.load::<[u8; 4]>(p.l4_off + TCP_SEQ_OFF) else {
         return;
     };
     let off = p.l4_off + ((doff >> 4) as usize) * 4;

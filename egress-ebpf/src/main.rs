@@ -7,20 +7,33 @@
 //! `docs/design.md`; each path below names which it is.
 #![no_std]
 #![no_main]
+// aya-ebpf's map methods take `impl Borrow<K>`: a reference keeps the key where it was built,
+// on the 512-byte BPF stack, instead of moving a second copy into the call.
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys are passed by reference to avoid copies on the BPF stack"
+)]
 
 mod dns;
 mod maps;
 mod skb;
 
-use aya_ebpf::{bindings::__sk_buff, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    macros::classifier,
+    maps::{LpmTrie, lpm_trie::Key},
+    programs::TcContext,
+};
 use egress_common::{
     counters,
     maps::{
-        Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, LearnedValue, action,
-        family, port_bit, reason, v4_of_mapped,
+        Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, LearnedValue, NS_PER_S,
+        StaticValue, action, family, port_bit, reason, v4_of_mapped,
     },
     mode,
-    packet::{Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK, TCP_SYN, parse_frame},
+    packet::{
+        DNS_PORT, Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK, TCP_SYN, parse_frame,
+    },
     tc_action::{DROP, PASS},
 };
 use maps::{
@@ -39,6 +52,20 @@ pub(crate) fn empty(_ctx: TcContext) -> i32 {
 const VERDICT_DROP: i32 = 1;
 const VERDICT_DNS_QUERY: i32 = 2;
 
+/// The learning program, attached to the ingress of the same interfaces: it finds DNS answers
+/// from trusted resolvers and learns their addresses before the application reads them (the
+/// work is in `dns.rs`: [`dns::ingress_classify`], then [`dns::ingress_udp_answer`]).
+#[classifier]
+pub(crate) fn ingress(ctx: TcContext) -> i32 {
+    if dns::ingress_classify(ctx.skb.skb) == dns::UDP_ANSWER {
+        dns::ingress_udp_answer(ctx.skb.skb);
+    }
+    // Fail-open by design: ingress enforces nothing. An answer that cannot be trusted or parsed
+    // teaches nothing and still reaches its socket; blocking DNS is not this program's job.
+    PASS
+}
+
+/// The enforcing program, attached to the egress of each enforced interface.
 #[classifier]
 pub(crate) fn egress(ctx: TcContext) -> i32 {
     let v = egress_verdict(ctx.skb.skb);
@@ -91,7 +118,7 @@ fn classify(
         return Ok((PASS, false));
     };
     let t = p.transport;
-    let dns = t.kind == Kind::Ports && t.proto == IPPROTO_UDP && t.dport == [0, 53];
+    let dns = t.kind == Kind::Ports && t.proto == IPPROTO_UDP && t.dport == DNS_PORT;
     let verdict = match t.kind {
         // Fail-open, by design: a later fragment carries no ports; the first fragment carries
         // them and gets the full verdict, and without it the datagram cannot be reassembled.
@@ -131,15 +158,7 @@ fn enforce(
         return PASS;
     }
     let now = now();
-    let key = FlowKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport,
-        dport,
-        proto,
-        family: p.family,
-        _pad: [0; 2],
-    };
+    let key = FlowKey::new(p.saddr, p.daddr, sport, dport, proto, p.family);
     let tcp = proto == IPPROTO_TCP;
     let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A SYN opens a new connection: it is always judged by the allow maps, so a reused
@@ -188,25 +207,32 @@ fn enforce(
 #[inline(always)]
 fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
     if p.family == family::V4 {
-        let key = Key::new(32, v4_of_mapped(&p.daddr));
-        if STATIC_V4.get(&key).is_some() {
-            return Some(counters::PASS_STATIC);
-        }
-        match maps::learned_mut(&LEARNED_V4, &key) {
-            // SAFETY: a non-null value pointer from the lookup.
-            Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
-            _ => None,
-        }
+        allowed_in(
+            &STATIC_V4,
+            &LEARNED_V4,
+            &Key::new(32, v4_of_mapped(&p.daddr)),
+            now,
+        )
     } else {
-        let key = Key::new(128, p.daddr);
-        if STATIC_V6.get(&key).is_some() {
-            return Some(counters::PASS_STATIC);
-        }
-        match maps::learned_mut(&LEARNED_V6, &key) {
-            // SAFETY: a non-null value pointer from the lookup.
-            Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
-            _ => None,
-        }
+        allowed_in(&STATIC_V6, &LEARNED_V6, &Key::new(128, p.daddr), now)
+    }
+}
+
+/// [`allowed`] for one family's maps: a static CIDR, or an unexpired learned address.
+#[inline(always)]
+fn allowed_in<K>(
+    statics: &LpmTrie<K, StaticValue>,
+    learned: &LpmTrie<K, LearnedValue>,
+    key: &Key<K>,
+    now: u64,
+) -> Option<u32> {
+    if statics.get(key).is_some() {
+        return Some(counters::PASS_STATIC);
+    }
+    match maps::learned_mut(learned, key) {
+        // SAFETY: a non-null value pointer from the lookup.
+        Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
+        _ => None,
     }
 }
 
@@ -263,7 +289,7 @@ fn report(cfg: &Config, event: &DenyEvent) {
     // SAFETY: per-CPU slot from a successful lookup; no other program run touches it while
     // this one runs on this CPU (TC programs do not nest on a CPU).
     let state = unsafe { &mut *state };
-    if event.ts_ns.saturating_sub(state.window_start_ns) >= 1_000_000_000 {
+    if event.ts_ns.saturating_sub(state.window_start_ns) >= NS_PER_S {
         state.window_start_ns = event.ts_ns;
         state.sent = 0;
     }
@@ -284,7 +310,6 @@ fn port_enforced(port: u16) -> bool {
     matches!(PORTS.get(word), Some(w) if w & bit != 0)
 }
 
-#[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // An infinite loop makes any reachable panic a verifier rejection ("infinite loop

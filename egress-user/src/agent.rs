@@ -1,40 +1,43 @@
-//! `egress run`: load (or adopt) the datapath, apply the policy, attach, then serve metrics,
-//! drain events, collect garbage and reload on SIGHUP until SIGTERM/SIGINT. Stopping the agent
-//! leaves enforcement in place; `egress detach` removes it.
+//! `egress run`: the [`Agent`]. It loads (or adopts) the datapath, applies the policy, attaches,
+//! then serves metrics, drains events, collects garbage and reloads on SIGHUP or a change of the
+//! policy file until SIGTERM/SIGINT. Stopping the agent leaves enforcement in place; `egress
+//! detach` removes it.
 
 use std::{
-    collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
-use aya::{maps::RingBuf, programs::SchedClassifier};
-use egress_common::{
-    hash::name_hashes,
-    maps::{Config, names},
+use aya::{
+    EbpfError,
+    maps::{MapError, RingBuf},
+    programs::{ProgramError, SchedClassifier},
 };
-use tokio::signal::unix::{SignalKind, signal};
+use egress_common::maps::names;
+use thiserror::Error;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attach::{self, AttachMode},
+    apply::{ApplyError, apply},
+    attach::{self, AttachError, AttachMode},
     clock,
     datapath::Datapath,
-    ebpf, events, http, learn,
+    ebpf, events,
+    http::{self, HttpError, HttpState},
+    learn,
     metrics::{self, AgentMetrics},
-    pins::{Hook, PinDir},
-    policy::{self, Mode, NamePattern, Policy},
+    pins::{Hook, PinDir, PinError},
+    policy::{self, Mode, Policy, PolicyError},
+    routes::{self, RoutesError},
+    watch::{PolicyWatch, WatchError},
 };
 
-/// A TCP flow idle this long is forgotten; its next non-SYN packet is judged afresh.
-pub const TCP_IDLE: Duration = Duration::from_secs(3600);
-/// A UDP flow (QUIC) idle this long is forgotten.
-pub const UDP_IDLE: Duration = Duration::from_secs(300);
-/// Denied-destination events each CPU may send per second.
-pub const EVENTS_PER_SEC: u32 = 200;
 /// How often expired learned addresses and idle flows are removed.
 pub const GC_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -48,314 +51,420 @@ pub struct RunOptions {
     pub attach: AttachMode,
 }
 
-/// The kernel configuration a policy asks for. `key` is the name-hash key already in the maps
-/// (adopted state), or a fresh one.
-pub fn kernel_config(policy: &Policy, mode: Option<Mode>, key: (u64, u64)) -> Config {
-    Config {
-        mode: mode.unwrap_or(policy.mode).as_raw(),
-        events_per_sec: EVENTS_PER_SEC,
-        tcp_idle_ns: TCP_IDLE.as_nanos() as u64,
-        udp_idle_ns: UDP_IDLE.as_nanos() as u64,
-        hash_k0: key.0,
-        hash_k1: key.1,
-        min_ttl_s: policy.dns.min_ttl.as_secs() as u32,
-        grace_s: policy.dns.grace.as_secs() as u32,
+/// The agent needs these capabilities; errors that may come from missing ones say so.
+const CAPS: &str = "the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON";
+
+/// What can stop the agent from starting or running. Boxed: the kernel's error types are large,
+/// and a `Result` carries its error inline.
+#[derive(Debug, Error)]
+#[error(transparent)]
+pub struct AgentError(Box<AgentErrorKind>);
+
+impl<E> From<E> for AgentError
+where
+    AgentErrorKind: From<E>,
+{
+    fn from(e: E) -> Self {
+        Self(Box::new(AgentErrorKind::from(e)))
     }
 }
 
-/// The name-hash key of these maps: kept if the maps were configured before (a restart must
-/// not invalidate the name maps), otherwise 128 fresh random bits.
-fn hash_key(dp: &Datapath) -> anyhow::Result<(u64, u64)> {
-    let cfg = dp.config()?;
-    if cfg.mode != egress_common::mode::UNSET {
-        return Ok((cfg.hash_k0, cfg.hash_k1));
+impl AgentError {
+    pub fn kind(&self) -> &AgentErrorKind {
+        &self.0
     }
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .context("cannot read /dev/urandom for the name-hash key")?;
-    Ok((
-        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
-        u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
-    ))
 }
 
-/// The resolvers whose answers are trusted: the policy's, or the nameservers of
-/// `/etc/resolv.conf`.
-pub fn resolvers(policy: &Policy) -> Vec<IpAddr> {
-    if let Some(r) = &policy.resolvers {
-        return r.clone();
-    }
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    system_resolvers(&text)
+#[derive(Debug, Error)]
+pub enum AgentErrorKind {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Routes(#[from] RoutesError),
+    #[error("interface {iface:?} does not exist or cannot be inspected")]
+    Interface {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "interface {iface:?} has link type {hw_type}, not Ethernet; egress only supports Ethernet-framed interfaces"
+    )]
+    NotEthernet { iface: String, hw_type: u16 },
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error("cannot load the eBPF object with maps pinned under {pin_dir} ({CAPS})")]
+    Load {
+        pin_dir: PathBuf,
+        #[source]
+        source: EbpfError,
+    },
+    #[error("ring buffer {name} is missing from the eBPF object or has another type")]
+    Ring {
+        name: &'static str,
+        #[source]
+        source: Option<MapError>,
+    },
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
+    #[error("cannot apply the policy to the maps")]
+    Apply {
+        #[source]
+        source: ApplyError,
+    },
+    #[error("program {name} is missing from the eBPF object or is not a classifier")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Option<ProgramError>,
+    },
+    #[error("the kernel rejected the {name} program ({CAPS})")]
+    Verifier {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("cannot install the {signal} handler")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
-/// Nameserver addresses from resolv.conf text (a `%scope` suffix is dropped).
-pub fn system_resolvers(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .filter_map(|a| a.split('%').next()?.parse().ok())
-        .collect()
+type Result<T> = std::result::Result<T, AgentError>;
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    Agent::start(opts).await?.run().await
 }
 
-/// Writes a policy into the maps. Additions go in before removals and the mode and ports come
-/// last, so what both the old and the new policy allow is never denied in between.
-pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> anyhow::Result<()> {
-    let key = hash_key(dp)?;
-    let mut exact = BTreeSet::new();
-    let mut wild = BTreeSet::new();
-    for name in &policy.allow.names {
-        match name {
-            NamePattern::Exact(n) => exact.insert(name_hashes(key.0, key.1, n).0),
-            NamePattern::Wildcard(suffix) => wild.insert(name_hashes(key.0, key.1, suffix).0),
-        };
-    }
-    let resolvers = resolvers(policy);
-    if !policy.allow.names.is_empty() {
-        if resolvers.is_empty() {
-            tracing::warn!("no resolvers: set `resolvers:` in the policy; no name will be learned");
-        }
-        for r in resolvers.iter().filter(|r| r.is_loopback()) {
-            tracing::warn!(resolver = %r, "a loopback resolver's answers never cross the interface; list the upstream servers the local stub forwards to in `resolvers:`");
-        }
-    }
-    dp.sync_static(&policy.allow.cidrs)?;
-    dp.sync_resolvers(&resolvers)?;
-    dp.sync_names(&exact, &wild)?;
-    dp.set_ports(&policy.ports)?;
-    dp.set_config(&kernel_config(policy, mode, key))?;
-    Ok(())
-}
-
-pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let RunOptions {
-        ifaces,
-        policy: policy_path,
-        pin_dir,
-        metrics_addr,
-        mode,
-        attach: attach_mode,
-    } = opts;
-    // Everything that can be checked is checked before the kernel is touched.
-    let policy_text = policy::read(&policy_path)?;
-    let policy = policy::parse(&policy_text, &policy_path)?;
-    let ifaces = if ifaces.is_empty() {
-        let found = crate::routes::default_route_interfaces()?;
-        tracing::info!(ifaces = ?found, "no --iface given: enforcing on the interfaces of the default routes");
-        found
-    } else {
-        ifaces
-    };
-    for iface in &ifaces {
-        check_ethernet(iface)?;
-    }
-    let listener = http::bind(metrics_addr).await?;
-    let pins = PinDir::new(&pin_dir);
-    pins.ensure()?;
-
-    let mut ebpf = ebpf::load(&pins).with_context(|| {
-        format!(
-            "cannot load the eBPF object with maps pinned under {} (the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
-            pin_dir.display()
-        )
-    })?;
-    let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("EVENTS map missing")?)?;
-    let dns_ring = RingBuf::try_from(
-        ebpf.take_map(names::DNS_EVENTS)
-            .context("DNS_EVENTS map missing")?,
-    )?;
-    let mut dp = Datapath::from_ebpf(&mut ebpf)?;
-    apply(&mut dp, &policy, mode).context("cannot apply the policy to the maps")?;
-
-    // Ingress (learning) first, so names are learned from the moment egress enforces.
-    for hook in Hook::ALL {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(hook.name())
-            .with_context(|| format!("program {} missing from the eBPF object", hook.name()))?
-            .try_into()?;
-        prog.load()
-            .with_context(|| {
-                format!(
-                    "the kernel rejected the {} program (the agent needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)",
-                    hook.name()
-                )
-            })?;
-        for iface in &ifaces {
-            let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
-            tracing::info!(iface, hook = hook.name(), ?how, "attached");
-        }
-        // The program pin is informational (links hold the program); replace it with ours.
-        let prog_pin = pins.program(hook);
-        let _ = std::fs::remove_file(&prog_pin);
-        if let Err(e) = prog.pin(&prog_pin) {
-            tracing::warn!(error = %e, path = %prog_pin.display(), "cannot pin the program");
-        }
-    }
-    tracing::info!(
-        mode = ?mode.unwrap_or(policy.mode),
-        ports = ?policy.ports,
-        cidrs = policy.allow.cidrs.len(),
-        names = policy.allow.names.len(),
-        pin_dir = %pin_dir.display(),
-        "policy applied"
-    );
-
-    let dp = Arc::new(Mutex::new(dp));
-    let agent_metrics = AgentMetrics::default();
-    let event_stats = Arc::new(events::EventStats::default());
-    let learn_stats = Arc::new(learn::LearnStats::default());
-    let state = Arc::new(http::HttpState {
-        registry: metrics::registry(
-            dp.clone(),
-            &agent_metrics,
-            event_stats.clone(),
-            learn_stats.clone(),
-        ),
-        ready: false.into(),
-    });
-    let cancel = CancellationToken::new();
-    let server = tokio::spawn(http::serve(listener, state.clone(), cancel.clone()));
-    let drain = {
-        let (stats, dp, cancel) = (event_stats.clone(), dp.clone(), cancel.clone());
-        tokio::spawn(async move { events::drain(ring, &stats, dp, cancel).await })
-    };
-    let learner = Arc::new(Mutex::new(learn::Learner::new(policy.allow.names.clone())));
-    let learning = {
-        let (dp, learner, stats, cancel) = (
-            dp.clone(),
-            learner.clone(),
-            learn_stats.clone(),
-            cancel.clone(),
-        );
-        tokio::spawn(async move {
-            events::drain_ring(dns_ring, cancel, |item| {
-                let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
-                let mut learner = learner.lock().unwrap_or_else(|p| p.into_inner());
-                learner.handle(item, &mut dp, &stats);
-            })
-            .await
-        })
-    };
-    state.ready.store(true, Ordering::Release);
-    tracing::info!(%metrics_addr, "ready");
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut gc = tokio::time::interval(GC_INTERVAL);
-    let mut watch = crate::watch::PolicyWatch::new(&policy_path)?;
-    let mut last_text = Some(policy_text);
-    let mut current = policy;
-    let mut learn_failed_seen = 0u64;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                reload(&policy_path, None, &mut last_text, &mut current, mode, &dp, &learner, &agent_metrics);
-            }
-            _ = watch.changed() => {
-                let text = std::fs::read_to_string(&policy_path).ok();
-                if text.is_some() && text != last_text {
-                    reload(&policy_path, text, &mut last_text, &mut current, mode, &dp, &learner, &agent_metrics);
-                }
-            }
-            _ = gc.tick() => {
-                let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
-                match guard.collect_garbage(clock::boot_ns()) {
-                    Ok((learned, flows)) => {
-                        agent_metrics.gc_learned_removed.inc_by(learned as u64);
-                        agent_metrics.gc_flows_removed.inc_by(flows as u64);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-                }
-                // A full learned map fails inserts in the kernel: those addresses stay denied.
-                if let Ok(c) = guard.counters() {
-                    let failed = c[egress_common::counters::DNS_LEARN_FAILED as usize];
-                    if failed > learn_failed_seen {
-                        tracing::warn!(
-                            failed = failed - learn_failed_seen,
-                            capacity = egress_common::maps::LEARNED_CAPACITY,
-                            "learned-address map full: new addresses stay denied until garbage collection frees room"
-                        );
-                        learn_failed_seen = failed;
-                    }
-                }
-            }
-        }
-    }
-    tracing::info!("stopping; enforcement stays in place (use `egress detach` to remove it)");
-    cancel.cancel();
-    let _ = server.await;
-    let _ = drain.await;
-    let _ = learning.await;
-    Ok(())
-}
-
-/// Re-reads the policy (or takes `text`, already read) and applies the difference. A policy
-/// that does not parse, or that the maps refuse, leaves the previous one in force: the error is
-/// logged with its file:line:column and counted in `egress_reload_failures`.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the agent's state, passed apart to keep locks short"
-)]
-fn reload(
-    path: &std::path::Path,
-    text: Option<String>,
-    last_text: &mut Option<String>,
-    current: &mut Policy,
+/// The running agent and everything it owns.
+pub struct Agent {
+    policy_path: PathBuf,
+    /// The mode given on the command line, which overrides the policy's.
     mode: Option<Mode>,
-    dp: &Mutex<Datapath>,
-    learner: &Mutex<learn::Learner>,
-    metrics: &AgentMetrics,
-) {
-    let text = match text.map_or_else(|| policy::read(path), Ok) {
-        Ok(t) => t,
-        Err(e) => {
-            metrics.reload_failures.inc();
-            tracing::error!(error = %format!("{e:#}"), "policy reload failed; the previous policy stays in force");
-            return;
+    /// The policy in force, and the text it was read from (a file change to the same text is
+    /// not a reload).
+    policy: Policy,
+    policy_text: Option<String>,
+    dp: Arc<Mutex<Datapath>>,
+    learner: Arc<Mutex<learn::Learner>>,
+    metrics: AgentMetrics,
+    http: Arc<HttpState>,
+    /// The background loops (metrics server, event drain, DNS learning), by name.
+    tasks: JoinSet<(&'static str, std::io::Result<()>)>,
+    cancel: CancellationToken,
+    /// `DNS_LEARN_FAILED` at the last GC tick, to warn once per increase.
+    learn_failed_seen: u64,
+}
+
+impl Agent {
+    /// Checks everything that can be checked before touching the kernel, then loads (or
+    /// adopts) the maps, applies the policy, attaches the programs and starts the loops.
+    pub async fn start(opts: RunOptions) -> Result<Self> {
+        let RunOptions {
+            ifaces,
+            policy: policy_path,
+            pin_dir,
+            metrics_addr,
+            mode,
+            attach: attach_mode,
+        } = opts;
+        let policy_text = policy::read(&policy_path)?;
+        let policy = policy::parse(&policy_text, &policy_path)?;
+        let ifaces = if ifaces.is_empty() {
+            let found = routes::default_route_interfaces()?;
+            tracing::info!(ifaces = ?found, "no --iface given: enforcing on the interfaces of the default routes");
+            found
+        } else {
+            ifaces
+        };
+        for iface in &ifaces {
+            check_ethernet(iface)?;
         }
-    };
-    *last_text = Some(text.clone());
-    let new = match policy::parse(&text, path) {
-        Ok(p) => p,
-        Err(e) => {
-            metrics.reload_failures.inc();
-            tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
-            return;
+        let listener = http::bind(metrics_addr).await?;
+        let pins = PinDir::new(&pin_dir);
+        pins.ensure()?;
+
+        let mut ebpf = ebpf::load(&pins).map_err(|source| AgentErrorKind::Load {
+            pin_dir: pin_dir.clone(),
+            source,
+        })?;
+        let ring = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(AgentErrorKind::Ring { name, source: None })?;
+            let ring = RingBuf::try_from(map).map_err(|source| AgentErrorKind::Ring {
+                name,
+                source: Some(source),
+            })?;
+            Ok::<_, AgentError>(ring)
+        };
+        let events_ring = ring(&mut ebpf, names::EVENTS)?;
+        let dns_ring = ring(&mut ebpf, names::DNS_EVENTS)?;
+        let mut dp = Datapath::from_ebpf(&mut ebpf)?;
+        apply(&mut dp, &policy, mode).map_err(|source| AgentErrorKind::Apply { source })?;
+
+        // Ingress (learning) first, so names are learned from the moment egress enforces.
+        for hook in Hook::ALL {
+            let name = hook.name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(AgentErrorKind::Program { name, source: None })?
+                .try_into()
+                .map_err(|source| AgentErrorKind::Program {
+                    name,
+                    source: Some(source),
+                })?;
+            prog.load()
+                .map_err(|source| AgentErrorKind::Verifier { name, source })?;
+            for iface in &ifaces {
+                let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
+                tracing::info!(iface, hook = name, ?how, "attached");
+            }
+            // The program pin is informational (links hold the program); replace it with ours.
+            let prog_pin = pins.program(hook);
+            let _ = std::fs::remove_file(&prog_pin);
+            if let Err(e) = prog.pin(&prog_pin) {
+                tracing::warn!(error = %e, path = %prog_pin.display(), "cannot pin the program");
+            }
         }
-    };
-    let mut guard = dp.lock().unwrap_or_else(|p| p.into_inner());
-    match apply(&mut guard, &new, mode) {
-        Ok(()) => {
-            metrics.reloads.inc();
-            learner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .set_names(new.allow.names.clone());
-            tracing::info!(path = %path.display(), "policy reloaded");
-            *current = new;
+        tracing::info!(
+            mode = ?mode.unwrap_or(policy.mode),
+            ports = ?policy.ports,
+            cidrs = policy.allow.cidrs.len(),
+            names = policy.allow.names.len(),
+            pin_dir = %pin_dir.display(),
+            "policy applied"
+        );
+
+        let dp = Arc::new(Mutex::new(dp));
+        let metrics = AgentMetrics::default();
+        let event_stats = Arc::new(events::EventStats::default());
+        let learn_stats = Arc::new(learn::LearnStats::default());
+        let http = Arc::new(HttpState {
+            registry: metrics::registry(
+                dp.clone(),
+                &metrics,
+                event_stats.clone(),
+                learn_stats.clone(),
+            ),
+            ready: false.into(),
+        });
+        let learner = Arc::new(Mutex::new(learn::Learner::new(policy.allow.names.clone())));
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        {
+            let (http, cancel) = (http.clone(), cancel.clone());
+            tasks.spawn(
+                async move { ("metrics server", http::serve(listener, http, cancel).await) },
+            );
         }
-        Err(e) => {
-            metrics.reload_failures.inc();
-            tracing::error!(error = %format!("{e:#}"), "cannot apply the reloaded policy; restoring the previous one");
-            let _ = apply(&mut guard, current, mode);
+        {
+            let (stats, dp, cancel) = (event_stats, dp.clone(), cancel.clone());
+            tasks.spawn(async move {
+                (
+                    "denied-event drain",
+                    events::drain(events_ring, &stats, dp, cancel).await,
+                )
+            });
+        }
+        {
+            let (dp, learner, stats, cancel) =
+                (dp.clone(), learner.clone(), learn_stats, cancel.clone());
+            tasks.spawn(async move {
+                let drained = events::drain_ring(dns_ring, cancel, |item| {
+                    let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut learner = learner.lock().unwrap_or_else(|p| p.into_inner());
+                    learner.handle(item, &mut dp, &stats);
+                })
+                .await;
+                ("DNS learning", drained)
+            });
+        }
+        http.ready.store(true, Ordering::Release);
+        tracing::info!(%metrics_addr, "ready");
+        Ok(Self {
+            policy_path,
+            mode,
+            policy,
+            policy_text: Some(policy_text),
+            dp,
+            learner,
+            metrics,
+            http,
+            tasks,
+            cancel,
+            learn_failed_seen: 0,
+        })
+    }
+
+    /// The agent's loop: signals, policy-file changes, garbage collection and the background
+    /// tasks, until SIGTERM or SIGINT.
+    pub async fn run(mut self) -> Result<()> {
+        let handler = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| {
+                AgentError::from(AgentErrorKind::Signal {
+                    signal: name,
+                    source,
+                })
+            })
+        };
+        let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+        let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+        let mut hup = handler(SignalKind::hangup(), "SIGHUP")?;
+        let mut gc = tokio::time::interval(GC_INTERVAL);
+        let mut watch = PolicyWatch::new(&self.policy_path)?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => self.reload(None),
+                _ = watch.changed() => {
+                    let text = std::fs::read_to_string(&self.policy_path).ok();
+                    if text.is_some() && text != self.policy_text {
+                        self.reload(text);
+                    }
+                }
+                _ = gc.tick() => self.gc_tick(),
+                Some(ended) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.task_ended(ended);
+                }
+            }
+        }
+        tracing::info!("stopping; enforcement stays in place (use `egress detach` to remove it)");
+        self.cancel.cancel();
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = ended {
+                tracing::warn!(task = name, error = %e, "task failed while stopping");
+            }
+        }
+        Ok(())
+    }
+
+    /// A background loop ended before the agent was told to stop: the agent no longer does
+    /// all its work (no metrics, no deny records or no agent-side learning), so it is no
+    /// longer ready. Enforcement in the kernel goes on.
+    fn task_ended(
+        &self,
+        ended: std::result::Result<(&'static str, std::io::Result<()>), tokio::task::JoinError>,
+    ) {
+        self.http.ready.store(false, Ordering::Release);
+        match ended {
+            Ok((name, Ok(()))) => {
+                tracing::error!(task = name, "task stopped unexpectedly; /readyz now fails");
+            }
+            Ok((name, Err(e))) => {
+                tracing::error!(task = name, error = %e, "task failed; /readyz now fails");
+            }
+            Err(e) => tracing::error!(error = %e, "task panicked; /readyz now fails"),
         }
     }
+
+    /// Re-reads the policy (or takes `text`, already read) and applies it. A policy that does
+    /// not parse, or that the maps refuse, leaves the previous one in force: the error is
+    /// logged with its file:line:column and counted in `egress_reload_failures`.
+    pub fn reload(&mut self, text: Option<String>) {
+        let path = self.policy_path.as_path();
+        let text = match text.map_or_else(|| policy::read(path), Ok) {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                return;
+            }
+        };
+        self.policy_text = Some(text.clone());
+        let new = match policy::parse(&text, path) {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                return;
+            }
+        };
+        let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
+        match apply(&mut dp, &new, self.mode) {
+            Ok(()) => {
+                self.metrics.reloads.inc();
+                self.learner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_names(new.allow.names.clone());
+                tracing::info!(path = %path.display(), "policy reloaded");
+                self.policy = new;
+            }
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
+                if let Err(e) = apply(&mut dp, &self.policy, self.mode) {
+                    tracing::error!(error = %error_chain(&e), "cannot restore the previous policy");
+                }
+            }
+        }
+    }
+
+    /// Removes expired learned addresses and idle flows; warns when the learned map was full.
+    pub fn gc_tick(&mut self) {
+        let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
+        match dp.collect_garbage(clock::boot_ns()) {
+            Ok((learned, flows)) => {
+                self.metrics.gc_learned_removed.inc_by(learned as u64);
+                self.metrics.gc_flows_removed.inc_by(flows as u64);
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "garbage collection failed"),
+        }
+        // A full learned map fails inserts in the kernel: those addresses stay denied.
+        match dp.counters() {
+            Ok(c) => {
+                let failed = c[egress_common::counters::DNS_LEARN_FAILED as usize];
+                if failed > self.learn_failed_seen {
+                    tracing::warn!(
+                        failed = failed - self.learn_failed_seen,
+                        capacity = egress_common::maps::LEARNED_CAPACITY,
+                        "learned-address map full: new addresses stay denied until garbage collection frees room"
+                    );
+                    self.learn_failed_seen = failed;
+                }
+            }
+            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot read the counters"),
+        }
+    }
+}
+
+/// An error and its sources on one line, `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The classifier parses Ethernet frames; any other link type (tun, WireGuard, ...) is refused
 /// rather than enforced wrongly.
-fn check_ethernet(iface: &str) -> anyhow::Result<()> {
+fn check_ethernet(iface: &str) -> Result<()> {
     const ARPHRD_ETHER: u16 = 1;
-    let hw_type = hardware_type(iface)
-        .with_context(|| format!("interface {iface:?} does not exist or cannot be inspected"))?;
+    let hw_type = hardware_type(iface).map_err(|source| AgentErrorKind::Interface {
+        iface: iface.to_owned(),
+        source,
+    })?;
     if hw_type != ARPHRD_ETHER {
-        bail!(
-            "interface {iface:?} has link type {hw_type}, not Ethernet; egress only supports Ethernet-framed interfaces"
-        );
+        return Err(AgentErrorKind::NotEthernet {
+            iface: iface.to_owned(),
+            hw_type,
+        }
+        .into());
     }
     Ok(())
 }

@@ -7,9 +7,6 @@ use crate::pins::PinDir;
 /// The classifier object built from `egress-ebpf` by `build.rs`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
 
-/// Name of the enforcing classifier in [`OBJECT`] (`Hook::Egress.name()`).
-pub const PROGRAM: &str = "egress";
-
 /// Loads the object; maps already pinned under `pins` are reused (adopted) and the others are
 /// created and pinned there, so a restart keeps learned addresses, flows and counters.
 pub fn load(pins: &PinDir) -> Result<Ebpf, EbpfError> {

@@ -123,11 +123,7 @@ fn record(
         last_logged.clear();
     }
     last_logged.insert(key, now);
-    let proto = match ev.proto {
-        6 => "tcp",
-        17 => "udp",
-        _ => "unknown",
-    };
+    let proto = egress_common::packet::proto_name(ev.proto);
     let why = if ev.reason == reason::MALFORMED {
         "unparsable headers"
     } else {

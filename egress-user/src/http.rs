@@ -16,7 +16,18 @@ use axum::{
     routing::get,
 };
 use prometheus_client::registry::Registry;
+use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("cannot listen on --metrics-addr {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 pub struct HttpState {
     pub registry: Registry,
@@ -40,11 +51,10 @@ pub async fn serve(
 }
 
 /// Binds the metrics address, with an error that names it.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context as _;
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))
+        .map_err(|source| HttpError::Bind { addr, source })
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {

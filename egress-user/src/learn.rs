@@ -21,7 +21,7 @@ use hickory_proto::{
     rr::{RData, RecordType},
 };
 
-use crate::{clock, datapath::Datapath, events::read_record, policy::NamePattern};
+use crate::{clock, datapath::Datapath, events::read_record, name::NamePattern};
 
 /// Longest CNAME chain followed.
 const MAX_CHAIN: usize = 16;

@@ -2,6 +2,7 @@
 //! integration tests use them to reach the pinned maps and the embedded eBPF object.
 
 pub mod agent;
+pub mod apply;
 pub mod attach;
 pub mod clock;
 pub mod datapath;
@@ -10,6 +11,7 @@ pub mod events;
 pub mod http;
 pub mod learn;
 pub mod metrics;
+pub mod name;
 pub mod pins;
 pub mod policy;
 pub mod presets;

@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use egress_user::{
     agent, attach,
@@ -117,7 +118,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_addr,
                 mode,
                 attach,
-            }))
+            }))?;
+            Ok(())
         }
         Command::Check { file } => {
             let p = policy::load(&file)?;
@@ -150,13 +152,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Suggest { pin_dir, reset } => {
             let pins = PinDir::new(&pin_dir);
             let mut dp = egress_user::datapath::Datapath::open_pinned(&pins)
-                .map_err(|e| anyhow::anyhow!("no egress state under {}: {e}", pin_dir.display()))?;
+                .with_context(|| format!("no egress state under {}", pin_dir.display()))?;
             print!(
                 "{}",
-                egress_user::suggest::fragment(&dp.denied(), &pin_dir.display().to_string())
+                egress_user::suggest::fragment(&dp.denied()?, &pin_dir.display().to_string())
             );
             if reset {
-                let n = dp.clear_denied();
+                let n = dp.clear_denied()?;
                 eprintln!("forgot {n} recorded destinations");
             }
             Ok(())
@@ -177,9 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for hook in egress_user::pins::Hook::ALL {
                     let _ = std::fs::remove_file(pins.program(hook));
                 }
-                std::fs::remove_dir(pins.root()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot remove {}: {e} (pins of another tool there?)",
+                std::fs::remove_dir(pins.root()).with_context(|| {
+                    format!(
+                        "cannot remove {} (pins of another tool there?)",
                         pins.root().display()
                     )
                 })?;

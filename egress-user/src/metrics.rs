@@ -126,11 +126,16 @@ impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let (counts, fill) = {
             let dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                dp.counters().unwrap_or([0; counters::COUNT as usize]),
-                dp.fill(),
-            )
+            (dp.counters(), dp.fill())
         };
+        // A map that cannot be read is left out of this scrape rather than exported as zeros,
+        // which Prometheus would read as a counter reset; the gap itself is what to alert on.
+        let counts = counts
+            .inspect_err(|e| tracing::warn!(error = %e, "scrape: cannot read the counters"))
+            .ok();
+        let fill = fill
+            .inspect_err(|e| tracing::warn!(error = %e, "scrape: cannot count map entries"))
+            .unwrap_or_default();
         let entries = |names: &[&str]| -> usize {
             fill.iter()
                 .filter(|(n, _, _)| names.contains(n))
@@ -141,38 +146,48 @@ impl Collector for DatapathCollector {
         let learned = entries(&[map::LEARNED_V4, map::LEARNED_V6]);
         let statics = entries(&[map::STATIC_V4, map::STATIC_V6]);
         let flows = entries(&[map::FLOWS]);
-        let mut family = encoder.encode_descriptor(
-            "datapath",
-            "Datapath decisions and events, by counter (see docs/design.md)",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (name, value) in counters::NAMES.iter().zip(counts) {
-            let labels = [("counter", *name)];
-            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        for (name, help, value) in [
-            (
-                "learned_entries",
-                "Learned addresses in the kernel maps",
-                learned,
-            ),
-            ("static_entries", "Static CIDRs in the kernel maps", statics),
-            ("flows", "Entries in the flow table", flows),
-        ] {
-            let gauge = ConstGauge::new(value as i64);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-        for (family, help, label, members) in DERIVED {
-            let mut f = encoder.encode_descriptor(
-                family,
-                help,
+        if let Some(counts) = counts {
+            let mut family = encoder.encode_descriptor(
+                "datapath",
+                "Datapath decisions and events, by counter (see docs/design.md)",
                 None,
                 prometheus_client::metrics::MetricType::Counter,
             )?;
-            for (value, index) in *members {
-                ConstCounter::new(counts[*index as usize])
-                    .encode(f.encode_family(&[(*label, *value)])?)?;
+            for (name, value) in counters::NAMES.iter().zip(counts) {
+                let labels = [("counter", *name)];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+            for (family, help, label, members) in DERIVED {
+                let mut f = encoder.encode_descriptor(
+                    family,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Counter,
+                )?;
+                for (value, index) in *members {
+                    ConstCounter::new(counts[*index as usize])
+                        .encode(f.encode_family(&[(*label, *value)])?)?;
+                }
+            }
+        }
+        // Empty when the maps could not be counted: the gauges are left out too.
+        if !fill.is_empty() {
+            for (name, help, value) in [
+                (
+                    "learned_entries",
+                    "Learned addresses in the kernel maps",
+                    learned,
+                ),
+                ("static_entries", "Static CIDRs in the kernel maps", statics),
+                ("flows", "Entries in the flow table", flows),
+            ] {
+                let gauge = ConstGauge::new(value as i64);
+                gauge.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    gauge.metric_type(),
+                )?)?;
             }
         }
         let mut fr = encoder.encode_descriptor(

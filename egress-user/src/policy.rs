@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeSet,
-    fmt,
     net::IpAddr,
     path::{Path, PathBuf},
     str::FromStr,
@@ -17,6 +16,8 @@ use egress_common::MAX_PORTS;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de};
 use thiserror::Error;
+
+pub use crate::name::{NameError, NamePattern};
 
 /// Longest accepted TTL floor; a larger one would keep stale addresses allowed for too long.
 pub const MAX_MIN_TTL: Duration = Duration::from_secs(3600);
@@ -93,121 +94,73 @@ impl Default for Dns {
     }
 }
 
-/// An allowed name: exact, or `*.suffix` (any name strictly below `suffix`, at any depth).
-/// Stored lowercase, without a trailing dot.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum NamePattern {
-    Exact(String),
-    Wildcard(String),
+/// Why a CIDR (or bare address) is invalid.
+#[derive(Debug, Error)]
+pub enum CidrError {
+    #[error(
+        "invalid CIDR {raw:?}: expected an address or address/prefix, as in 10.96.0.0/12 or 2001:db8::/32"
+    )]
+    Syntax { raw: String },
+    #[error("invalid CIDR {raw:?}: host bits are set; did you mean {network}?")]
+    HostBits { raw: String, network: IpNet },
 }
 
-impl NamePattern {
-    /// Whether `name` (any case, trailing dot or not) matches.
-    pub fn matches(&self, name: &str) -> bool {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        match self {
-            NamePattern::Exact(n) => name == *n,
-            NamePattern::Wildcard(suffix) => name
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-        }
-    }
+/// Why a resolver is invalid.
+#[derive(Debug, Error)]
+pub enum ResolverError {
+    #[error("invalid resolver {raw:?}: expected the IP address of a DNS server, as in 10.96.0.10")]
+    Syntax { raw: String },
 }
 
-impl fmt::Display for NamePattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NamePattern::Exact(n) => f.write_str(n),
-            NamePattern::Wildcard(s) => write!(f, "*.{s}"),
-        }
-    }
-}
-
-impl Serialize for NamePattern {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl FromStr for NamePattern {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, String> {
-        let lower = raw.trim().to_ascii_lowercase();
-        let name = lower.strip_suffix('.').unwrap_or(&lower);
-        let (wild, rest) = match name.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, name),
-        };
-        if rest.is_empty() {
-            return Err(format!("invalid name {raw:?}: empty"));
-        }
-        if rest.len() > 253 {
-            return Err(format!("invalid name {raw:?}: longer than 253 characters"));
-        }
-        for label in rest.split('.') {
-            if label.is_empty() {
-                return Err(format!("invalid name {raw:?}: empty label"));
-            }
-            if label.len() > 63 {
-                return Err(format!(
-                    "invalid name {raw:?}: label {label:?} is longer than 63 characters"
-                ));
-            }
-            if label == "*" || label.contains('*') {
-                return Err(format!(
-                    "invalid name {raw:?}: '*' is only allowed as the whole leftmost label, as in \"*.example.com\""
-                ));
-            }
-            if !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(format!(
-                    "invalid name {raw:?}: label {label:?} may hold only letters, digits, '-' and '_' (write internationalized names in their xn-- form)"
-                ));
-            }
-            if label.starts_with('-') || label.ends_with('-') {
-                return Err(format!(
-                    "invalid name {raw:?}: label {label:?} starts or ends with '-'"
-                ));
-            }
-        }
-        Ok(if wild {
-            Self::Wildcard(rest.to_owned())
-        } else {
-            Self::Exact(rest.to_owned())
-        })
-    }
+/// Why a duration is invalid.
+#[derive(Debug, Error)]
+pub enum DurationError {
+    #[error("invalid duration {raw:?} (write it as 5s, 1m, 2h30m)")]
+    Syntax {
+        raw: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error(
+        "{key} {raw:?} is out of range: at most {}",
+        humantime::format_duration(*.max)
+    )]
+    OutOfRange {
+        key: &'static str,
+        raw: String,
+        max: Duration,
+    },
 }
 
 /// Parses a CIDR or a bare address (as a /32 or /128). Host bits set are an error, because
 /// `10.1.2.3/8` is more likely a typo than a wish to allow all of 10/8.
-pub fn parse_cidr(raw: &str) -> Result<IpNet, String> {
+pub fn parse_cidr(raw: &str) -> Result<IpNet, CidrError> {
     let raw = raw.trim();
     let net = match raw.parse::<IpNet>() {
         Ok(n) => n,
         Err(_) => match raw.parse::<IpAddr>() {
             Ok(a) => IpNet::from(a),
             Err(_) => {
-                return Err(format!(
-                    "invalid CIDR {raw:?}: expected an address or address/prefix, as in 10.96.0.0/12 or 2001:db8::/32"
-                ));
+                return Err(CidrError::Syntax {
+                    raw: raw.to_owned(),
+                });
             }
         },
     };
     if net.trunc() != net {
-        return Err(format!(
-            "invalid CIDR {raw:?}: host bits are set; did you mean {}?",
-            net.trunc()
-        ));
+        return Err(CidrError::HostBits {
+            raw: raw.to_owned(),
+            network: net.trunc(),
+        });
     }
     Ok(net)
 }
 
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw.trim())
-        .map_err(|e| format!("invalid duration {raw:?}: {e} (write it as 5s, 1m, 2h30m)"))
+pub fn parse_duration(raw: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(raw.trim()).map_err(|source| DurationError::Syntax {
+        raw: raw.to_owned(),
+        source,
+    })
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -254,43 +207,60 @@ struct RawDns {
 /// A value parsed from a string by `FromStr`, whose error becomes a located serde error.
 struct Validated<T>(T);
 
-impl<'de, T: FromStr<Err = String>> Deserialize<'de> for Validated<T> {
+impl<'de, T> Deserialize<'de> for Validated<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error,
+{
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        raw.parse().map(Validated).map_err(de::Error::custom)
+        raw.parse()
+            .map(Validated)
+            .map_err(|e| de::Error::custom(with_sources(&e)))
     }
+}
+
+/// An error and its sources on one line, as `anyhow` prints `{:#}`: a serde error is a message
+/// only, so the chain is rendered here or lost.
+fn with_sources(e: &impl std::error::Error) -> String {
+    let mut msg = e.to_string();
+    for source in std::iter::successors(e.source(), |&s| s.source()) {
+        msg.push_str(": ");
+        msg.push_str(&source.to_string());
+    }
+    msg
 }
 
 struct Cidr(IpNet);
 impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
         parse_cidr(s).map(Cidr)
     }
 }
 
 struct Resolver(IpAddr);
 impl FromStr for Resolver {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        s.trim().parse().map(Resolver).map_err(|_| {
-            format!(
-                "invalid resolver {s:?}: expected the IP address of a DNS server, as in 10.96.0.10"
-            )
-        })
+    type Err = ResolverError;
+    fn from_str(s: &str) -> Result<Self, ResolverError> {
+        s.trim()
+            .parse()
+            .map(Resolver)
+            .map_err(|_| ResolverError::Syntax { raw: s.to_owned() })
     }
 }
 
 struct MinTtl(Duration);
 impl FromStr for MinTtl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DurationError;
+    fn from_str(s: &str) -> Result<Self, DurationError> {
         let d = parse_duration(s)?;
         if d > MAX_MIN_TTL {
-            return Err(format!(
-                "dns.min_ttl {s:?} is out of range: at most {}",
-                humantime::format_duration(MAX_MIN_TTL)
-            ));
+            return Err(DurationError::OutOfRange {
+                key: "dns.min_ttl",
+                raw: s.to_owned(),
+                max: MAX_MIN_TTL,
+            });
         }
         Ok(MinTtl(d))
     }
@@ -298,14 +268,15 @@ impl FromStr for MinTtl {
 
 struct Grace(Duration);
 impl FromStr for Grace {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = DurationError;
+    fn from_str(s: &str) -> Result<Self, DurationError> {
         let d = parse_duration(s)?;
         if d > MAX_GRACE {
-            return Err(format!(
-                "dns.grace {s:?} is out of range: at most {}",
-                humantime::format_duration(MAX_GRACE)
-            ));
+            return Err(DurationError::OutOfRange {
+                key: "dns.grace",
+                raw: s.to_owned(),
+                max: MAX_GRACE,
+            });
         }
         Ok(Grace(d))
     }

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, sync::OnceLock};
 
 use serde::Deserialize;
 
-use crate::policy::NamePattern;
+use crate::name::NamePattern;
 
 /// The preset files, embedded.
 const FILES: &[(&str, &str)] = &[

@@ -70,24 +70,17 @@ impl Datapath {
     /// Remembers that `name` (the question) answered `addr`.
     pub fn record_answer(&mut self, addr: IpAddr, name: &str, allowed: bool) -> Result<()> {
         let (bytes, len) = name_bytes(name);
-        let value = AnswerValue {
-            name: bytes,
-            seen_unix_s: unix_now(),
-            len,
-            allowed: u8::from(allowed),
-            _pad: [0; 5],
-        };
+        let value = AnswerValue::new(bytes, len, unix_now(), allowed);
         let key = mapped(addr);
         if self.answers.insert(key, value, 0).is_ok() {
             return Ok(());
         }
         // Full (E2BIG): drop the oldest quarter, then try once more.
-        let mut all: Vec<([u8; 16], u64)> = self
-            .answers
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|(k, v)| (k, v.seen_unix_s))
-            .collect();
+        let mut all = Vec::new();
+        for entry in self.answers.iter() {
+            let (k, v) = entry.map_err(op(names::ANSWERS, "iterate"))?;
+            all.push((k, v.seen_unix_s));
+        }
         all.sort_by_key(|&(_, seen)| seen);
         for (k, _) in all.iter().take((ANSWERS_CAPACITY / 4) as usize) {
             let _ = self.answers.remove(k);
@@ -103,15 +96,17 @@ impl Datapath {
         Some(text(&v.name[..usize::from(v.len).min(NAME_BYTES)]))
     }
 
-    pub fn answers(&self) -> Vec<Answer> {
+    pub fn answers(&self) -> Result<Vec<Answer>> {
         self.answers
             .iter()
-            .filter_map(|e| e.ok())
-            .map(|(k, v)| Answer {
-                addr: unmapped(k),
-                name: text(&v.name[..usize::from(v.len).min(NAME_BYTES)]),
-                allowed: v.allowed != 0,
-                seen_unix_s: v.seen_unix_s,
+            .map(|e| {
+                let (k, v) = e.map_err(op(names::ANSWERS, "iterate"))?;
+                Ok(Answer {
+                    addr: unmapped(k),
+                    name: text(&v.name[..usize::from(v.len).min(NAME_BYTES)]),
+                    allowed: v.allowed != 0,
+                    seen_unix_s: v.seen_unix_s,
+                })
             })
             .collect()
     }
@@ -124,39 +119,46 @@ impl Datapath {
         };
         let now = unix_now();
         let old = self.denied.get(&k, 0).ok();
-        let value = DeniedValue {
-            hits: old.map_or(0, |o| o.hits) + 1,
-            first_unix_s: old.map_or(now, |o| o.first_unix_s),
-            last_unix_s: now,
+        let value = DeniedValue::new(
+            old.map_or(0, |o| o.hits) + 1,
+            old.map_or(now, |o| o.first_unix_s),
+            now,
             port,
             proto,
-            audit: u8::from(audit),
-            _pad: [0; 4],
-        };
+            audit,
+        );
         self.denied.insert(k, value, 0).is_ok()
     }
 
-    pub fn denied(&self) -> Vec<Denied> {
+    pub fn denied(&self) -> Result<Vec<Denied>> {
         self.denied
             .iter()
-            .filter_map(|e| e.ok())
-            .map(|(k, v)| Denied {
-                key: text(&k.name),
-                hits: v.hits,
-                first_unix_s: v.first_unix_s,
-                last_unix_s: v.last_unix_s,
-                port: v.port,
-                proto: v.proto,
-                audit: v.audit != 0,
+            .map(|e| {
+                let (k, v) = e.map_err(op(names::DENIED, "iterate"))?;
+                Ok(Denied {
+                    key: text(&k.name),
+                    hits: v.hits,
+                    first_unix_s: v.first_unix_s,
+                    last_unix_s: v.last_unix_s,
+                    port: v.port,
+                    proto: v.proto,
+                    audit: v.audit != 0,
+                })
             })
             .collect()
     }
 
-    /// Forgets every denied destination (`egress suggest --reset`).
-    pub fn clear_denied(&mut self) -> usize {
-        let keys: Vec<NameKey> = self.denied.keys().filter_map(|k| k.ok()).collect();
-        keys.iter()
+    /// Forgets every denied destination (`egress suggest --reset`); returns how many.
+    pub fn clear_denied(&mut self) -> Result<usize> {
+        let keys = self
+            .denied
+            .keys()
+            .map(|k| k.map_err(op(names::DENIED, "iterate")))
+            .collect::<Result<Vec<NameKey>>>()?;
+        // A key removed meanwhile (a concurrent reset) is not counted.
+        Ok(keys
+            .iter()
             .filter(|k| self.denied.remove(k).is_ok())
-            .count()
+            .count())
     }
 }

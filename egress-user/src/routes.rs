@@ -5,17 +5,23 @@
 //! policy routing or several uplinks should name them with `--iface`; the agent logs which
 //! interfaces it picked, so a surprise is visible at start.
 
-use anyhow::bail;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RoutesError {
+    #[error(
+        "no --iface given and this network namespace has no default route; name the interfaces to enforce on with --iface"
+    )]
+    NoDefaultRoute,
+}
 
 /// Interfaces of the IPv4 and IPv6 default routes, in route order, without duplicates.
-pub fn default_route_interfaces() -> anyhow::Result<Vec<String>> {
+pub fn default_route_interfaces() -> Result<Vec<String>, RoutesError> {
     let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
     let ifaces = parse(&v4, &v6);
     if ifaces.is_empty() {
-        bail!(
-            "no --iface given and this network namespace has no default route; name the interfaces to enforce on with --iface"
-        );
+        return Err(RoutesError::NoDefaultRoute);
     }
     Ok(ifaces)
 }

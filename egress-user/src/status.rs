@@ -1,12 +1,33 @@
 //! `egress status`: what the pinned maps hold, readable with or without a running agent.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr, path::PathBuf};
 
 use egress_common::{counters, mode};
 use ipnet::IpNet;
 use serde::Serialize;
+use thiserror::Error;
 
-use crate::{clock, datapath::Datapath, pins::PinDir};
+use crate::{
+    clock,
+    datapath::{Datapath, DatapathError},
+    pins::PinDir,
+};
+
+#[derive(Debug, Error)]
+pub enum StatusError {
+    #[error("no egress state under {path}")]
+    NoState {
+        path: PathBuf,
+        #[source]
+        source: Box<DatapathError>,
+    },
+    #[error("cannot read the egress state under {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: Box<DatapathError>,
+    },
+}
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -50,14 +71,20 @@ pub struct NameStatus {
     pub addresses: Vec<LearnedStatus>,
 }
 
-pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
-    use anyhow::Context as _;
-    let dp = Datapath::open_pinned(pins)
-        .with_context(|| format!("no egress state under {}", pins.root().display()))?;
-    let cfg = dp.config()?;
+pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
+    let dp = Datapath::open_pinned(pins).map_err(|source| StatusError::NoState {
+        path: pins.root().to_owned(),
+        source: Box::new(source),
+    })?;
+    let read = |source: DatapathError| StatusError::Read {
+        path: pins.root().to_owned(),
+        source: Box::new(source),
+    };
+    let cfg = dp.config().map_err(read)?;
     let now = clock::boot_ns();
     let mut learned: Vec<LearnedStatus> = dp
-        .learned()?
+        .learned()
+        .map_err(read)?
         .into_iter()
         .map(|l| LearnedStatus {
             addr: l.addr,
@@ -66,8 +93,12 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
         })
         .collect();
     learned.sort_by_key(|a| a.addr);
-    let named: std::collections::HashMap<IpAddr, String> =
-        dp.answers().into_iter().map(|a| (a.addr, a.name)).collect();
+    let named: std::collections::HashMap<IpAddr, String> = dp
+        .answers()
+        .map_err(read)?
+        .into_iter()
+        .map(|a| (a.addr, a.name))
+        .collect();
     let mut groups: std::collections::BTreeMap<Option<String>, Vec<LearnedStatus>> =
         std::collections::BTreeMap::new();
     for l in &learned {
@@ -84,9 +115,9 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
             addresses,
         })
         .collect();
-    let mut static_cidrs = dp.static_cidrs()?;
+    let mut static_cidrs = dp.static_cidrs().map_err(read)?;
     static_cidrs.sort();
-    let counts = dp.counters()?;
+    let counts = dp.counters().map_err(read)?;
     Ok(Status {
         pin_dir: pins.root().display().to_string(),
         mode: match cfg.mode {
@@ -95,14 +126,14 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
             _ => "unset",
         },
         interfaces: pins.linked_interfaces(),
-        ports: dp.ports()?,
+        ports: dp.ports().map_err(read)?,
         resolvers: {
-            let mut r = dp.resolvers();
+            let mut r = dp.resolvers().map_err(read)?;
             r.sort();
             r
         },
         names: {
-            let (exact, cname_targets, wildcard_suffixes) = dp.name_counts();
+            let (exact, cname_targets, wildcard_suffixes) = dp.name_counts().map_err(read)?;
             NameCounts {
                 exact,
                 cname_targets,
@@ -112,7 +143,7 @@ pub fn collect(pins: &PinDir) -> anyhow::Result<Status> {
         static_cidrs,
         learned_by_name,
         learned,
-        flows: dp.flows().len(),
+        flows: dp.flows().map_err(read)?.len(),
         counters: counters::NAMES.iter().copied().zip(counts).collect(),
     })
 }

@@ -110,13 +110,7 @@ pub fn fragment(denied: &[Denied], source: &str) -> String {
     o
 }
 
-fn proto(p: u8) -> &'static str {
-    match p {
-        6 => "tcp",
-        17 => "udp",
-        _ => "other",
-    }
-}
+use egress_common::packet::proto_name as proto;
 
 #[cfg(test)]
 mod tests {

@@ -8,12 +8,28 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher as _};
+use thiserror::Error;
 use tokio::sync::mpsc;
 
 /// Events closer together than this are one change (a symlink swap is several renames).
 pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[derive(Debug, Error)]
+pub enum WatchError {
+    #[error("cannot start watching the policy file {policy}")]
+    Start {
+        policy: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot watch {dir} for policy changes")]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
 
 /// A running watch; dropping it stops watching.
 pub struct PolicyWatch {
@@ -22,7 +38,7 @@ pub struct PolicyWatch {
 }
 
 impl PolicyWatch {
-    pub fn new(policy: &Path) -> anyhow::Result<Self> {
+    pub fn new(policy: &Path) -> Result<Self, WatchError> {
         let dir: PathBuf = match policy.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
@@ -34,10 +50,13 @@ impl PolicyWatch {
                 let _ = tx.try_send(());
             }
         })
-        .context("cannot start watching the policy file")?;
+        .map_err(|source| WatchError::Start {
+            policy: policy.to_owned(),
+            source,
+        })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .with_context(|| format!("cannot watch {} for policy changes", dir.display()))?;
+            .map_err(|source| WatchError::Watch { dir, source })?;
         Ok(Self {
             _watcher: watcher,
             rx,

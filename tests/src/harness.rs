@@ -5,7 +5,7 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use egress_user::{agent, datapath::Datapath, ebpf, pins::Hook, policy};
+use egress_user::{apply, datapath::Datapath, ebpf, pins::Hook, policy};
 
 use crate::TestPins;
 
@@ -32,7 +32,7 @@ impl Harness {
         let mut ebpf = loader.load(ebpf::OBJECT).expect("load object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
-        agent::apply(&mut dp, &p, None).expect("apply");
+        apply::apply(&mut dp, &p, None).expect("apply");
         for name in [
             Hook::Ingress.name(),
             Hook::Egress.name(),

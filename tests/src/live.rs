@@ -22,6 +22,9 @@ pub const WEB_CGR: &str = "198.18.0.10";
 pub const WEB_CGR_V6: &str = "2001:db8::10";
 pub const WEB_CDN: &str = "198.18.0.11";
 pub const WEB_R2: &str = "198.18.0.12";
+/// The apex `r2.cloudflarestorage.com` has an address of its own, so that reaching it proves
+/// the `*.` rule and not an address shared with an allowed subdomain.
+pub const WEB_R2_APEX: &str = "198.18.0.14";
 pub const WEB_DENIED: &str = "198.18.0.13";
 /// The race tests' addresses: dnsmasq synthesizes `n-198-19-X-Y.race.test` → 198.19.X.Y, and
 /// the server namespace accepts connections to all of them (a local route), so every name of a
@@ -30,8 +33,9 @@ pub const RACE_NET: &str = "198.19.0.0/16";
 pub const RACE_FIRST: &str = "198.19.0.1";
 
 /// The zones dnsmasq serves. `packages.wolfi.dev` is a CNAME chain across three zones;
-/// `address=/r2.cloudflarestorage.com/` answers the apex and every name below it, so the
-/// policy's `*.` rule is what excludes the apex.
+/// `address=/r2.cloudflarestorage.com/` answers every name below the apex with one address;
+/// the apex's `host-record` (which takes precedence) gives it another, so the policy's `*.`
+/// rule is what excludes the apex.
 fn dnsmasq_conf(ttl: u32) -> String {
     format!(
         "no-resolv\nno-hosts\nbind-interfaces\nlisten-address={RESOLVER_V4}\nlisten-address={RESOLVER_V6}\n\
@@ -41,6 +45,7 @@ fn dnsmasq_conf(ttl: u32) -> String {
          cname=edge.cdn.test,pop7.cdn2.test\n\
          cname=packages.wolfi.dev,edge.cdn.test\n\
          address=/r2.cloudflarestorage.com/{WEB_R2}\n\
+         host-record=r2.cloudflarestorage.com,{WEB_R2_APEX}\n\
          host-record=denied.test,{WEB_DENIED}\n\
          synth-domain=race.test,{RACE_NET},n-\n"
     )
@@ -121,7 +126,14 @@ impl World {
     pub fn new(opts: WorldOptions) -> anyhow::Result<Self> {
         let topo = Topology::new()?;
         let peer = topo.peer.clone();
-        for a in [RESOLVER_V4, WEB_CGR, WEB_CDN, WEB_R2, WEB_DENIED] {
+        for a in [
+            RESOLVER_V4,
+            WEB_CGR,
+            WEB_CDN,
+            WEB_R2,
+            WEB_R2_APEX,
+            WEB_DENIED,
+        ] {
             topo.server
                 .ip(&["addr", "add", &format!("{a}/24"), "dev", &peer])?;
         }

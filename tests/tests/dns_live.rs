@@ -10,8 +10,8 @@ use std::{
 use egress_tests::{
     Agent, TestPins, echo_once, ip,
     live::{
-        RACE_FIRST, RESOLVER_V4, RESOLVER_V6, WEB_CDN, WEB_CGR, WEB_DENIED, WEB_R2, World,
-        WorldOptions, policy,
+        RACE_FIRST, RESOLVER_V4, RESOLVER_V6, WEB_CDN, WEB_CGR, WEB_DENIED, WEB_R2, WEB_R2_APEX,
+        World, WorldOptions, policy,
     },
 };
 use hickory_proto::rr::RecordType;
@@ -79,6 +79,7 @@ fn wildcards_one_label_many_labels_and_not_the_apex() {
         "the apex is not covered by *."
     );
     assert!(!learned(&agent, WEB_R2));
+    assert!(!learned(&agent, WEB_R2_APEX));
     assert_eq!(
         w.curl("https://acct.r2.cloudflarestorage.com/", &[], MAX),
         Some(200)
@@ -339,7 +340,7 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
         ),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while agent.datapath().name_counts().1 == 0 {
+    while agent.datapath().name_counts().unwrap().1 == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the agent did not allow the CNAME target: {}",

@@ -95,7 +95,7 @@ fn enforce_mode_logs_the_name_of_a_dropped_destination() {
             .lines()
             .any(|l| l.contains("dropped") && l.contains("name=\"denied.test\""))
     });
-    let denied = agent.datapath().denied();
+    let denied = agent.datapath().denied().unwrap();
     assert!(
         denied
             .iter()

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod image;
+mod lint;
 mod run;
 mod setup;
 mod test;
@@ -22,8 +23,10 @@ struct Cli {
 enum Task {
     /// Install what is missing: nightly rust-src, bpf-linker, and the apt packages the tests use.
     Setup(setup::SetupArgs),
-    /// Setup, build, then every unit, verdict and integration test (needs root).
+    /// Setup, lint, build, then every unit, verdict and integration test (needs root).
     Test(test::Options),
+    /// Repository hygiene, rustfmt and clippy (-D warnings) for the host and the BPF target.
+    Lint,
     /// Setup, build, then a live demo in a throwaway network sandbox (needs root).
     Demo(setup::SetupArgs),
     /// Benchmarks; writes bench/REPORT.md and bench/results.json (needs root).
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup(opts) => setup::run(&opts),
         Task::Test(opts) => test::run(&opts),
+        Task::Lint => lint::run(),
         Task::Demo(opts) => demo::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Bench(opts) => bench::run(&opts),

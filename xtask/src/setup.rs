@@ -64,7 +64,7 @@ pub(crate) struct SetupArgs {
 }
 
 pub(crate) fn run(opts: &SetupArgs) -> anyhow::Result<()> {
-    nightly_rust_src()?;
+    toolchains()?;
     bpf_linker()?;
     apt_tools(opts)?;
     pip_tools()?;
@@ -72,41 +72,54 @@ pub(crate) fn run(opts: &SetupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
+/// Components of the nightly toolchain: `rust-src` for `-Z build-std=core`, `rustfmt` for the
+/// nightly-only options of rustfmt.toml, `clippy` for the eBPF crate on its BPF target.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
+/// Components of the default (stable) toolchain that `cargo xtask lint` runs.
+const STABLE_COMPONENTS: &[&str] = &["clippy"];
+
+fn toolchains() -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is needed to build the eBPF program with the nightly toolchain")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        eprintln!("setup: installing the nightly toolchain with rust-src");
+        eprintln!("setup: installing the nightly toolchain");
         status(Command::new("rustup").args([
             "toolchain",
             "install",
             "nightly",
             "--profile",
             "minimal",
-            "--component",
-            "rust-src",
         ]))
         .context("cannot install the nightly toolchain (needed for -Z build-std=core)")?;
     }
-    let components = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
-    if !components.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: adding rust-src to nightly");
-        status(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))
-        .context("cannot add rust-src to the nightly toolchain")?;
+    components(Some("nightly"), NIGHTLY_COMPONENTS)?;
+    components(None, STABLE_COMPONENTS)
+}
+
+/// Adds the missing `wanted` components to `toolchain` (the default one if `None`).
+fn components(toolchain: Option<&str>, wanted: &[&str]) -> anyhow::Result<()> {
+    let mut list = Command::new("rustup");
+    list.args(["component", "list", "--installed"]);
+    if let Some(t) = toolchain {
+        list.args(["--toolchain", t]);
     }
-    Ok(())
+    let installed = output(&mut list)?;
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let which = toolchain.unwrap_or("the default toolchain");
+    eprintln!("setup: adding {} to {which}", missing.join(" "));
+    let mut add = Command::new("rustup");
+    add.args(["component", "add"]).args(&missing);
+    if let Some(t) = toolchain {
+        add.args(["--toolchain", t]);
+    }
+    status(&mut add).with_context(|| format!("cannot add {} to {which}", missing.join(" ")))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

@@ -1,17 +1,24 @@
-//! `cargo xtask test`: setup, build, then every test of the workspace.
+//! `cargo xtask test`: setup, lint, build, then every test of the workspace, on this kernel or
+//! (`--vm`) inside Debian's kernels under qemu.
 
 use std::process::Command;
 
-use crate::{run, setup};
+use crate::{lint, run, setup, vm};
 
 #[derive(clap::Args)]
 pub(crate) struct Options {
     #[command(flatten)]
     setup: setup::SetupArgs,
-    /// Run the tests inside Debian's Linux 6.1 under qemu instead of on this kernel.
+    /// Run the test binaries inside Debian's kernels under qemu instead of on this kernel.
     #[arg(long)]
     vm: bool,
-    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    /// With --vm: which kernel series to boot.
+    #[arg(long, value_enum, default_value_t = vm::Kernels::All, requires = "vm")]
+    kernel: vm::Kernels,
+    /// Skip the lint step (rustfmt, clippy, repository hygiene).
+    #[arg(long)]
+    no_lint: bool,
+    /// Extra arguments for the tests (after `--`), e.g. a test name filter.
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
 }
@@ -19,8 +26,11 @@ pub(crate) struct Options {
 pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     setup::run(&opts.setup)?;
     run::require_root("test")?;
+    if !opts.no_lint {
+        lint::run()?;
+    }
     if opts.vm {
-        return crate::vm::run(&opts.cargo_test_args);
+        return vm::run(opts.kernel, &opts.cargo_test_args);
     }
     // Builds the eBPF object too (egress-user/build.rs).
     run::status(Command::new("cargo").args(["build", "--package", "egress-user", "--bins"]))?;

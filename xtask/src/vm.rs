@@ -1,23 +1,69 @@
-//! `cargo xtask test --vm`: the test binaries inside Debian's Linux 6.1 (the oldest kernel we
-//! support) under qemu, with virtme-ng sharing this machine's root filesystem, so every program
-//! is proven to load and behave there.
+//! `cargo xtask test --vm [--kernel 6.1|6.12|all]`: the test binaries (and `verifier-stats`)
+//! inside Debian's Linux 6.1 and 6.12 under qemu, with virtme-ng sharing this machine's root
+//! filesystem, so every program is proven to load and behave on each kernel series.
 //!
-//! Everything it needs comes from the registries and is cached under ~/.cache/egress/vm:
-//! qemu-system-x86 and kmod (apt), virtme-ng (PyPI), the kernel package (apt, unpacked, never
-//! installed). qemu runs without KVM: nested KVM on the machines we run on fails on an MSR.
+//! Everything it needs comes from the registries: qemu-system-x86, busybox (virtme-ng builds its
+//! initramfs with it) and kmod from apt, virtme-ng from PyPI, the kernel packages from apt
+//! (downloaded and unpacked under ~/.cache/egress/vm, never installed). Nothing installed before
+//! is removed: the apt install is simulated first, and a plan that removes a package is refused
+//! (see [`apt_install_without_removals`]). qemu runs without KVM: nested KVM on the machines we
+//! run on fails on an MSR.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 
 use crate::run::{self, on_path, output, status};
 
-/// The kernel package: Debian 12's Linux 6.1.
-const KERNEL_PACKAGE_PREFIX: &str = "linux-image-6.1.0-";
-const KERNEL_PACKAGE_SUFFIX: &str = "-amd64-unsigned";
+/// virtme-ng release the VM runs are made with.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+/// The kernel series of Debian's archive that the VM run boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Kernels {
+    /// Debian 12's Linux 6.1: the oldest kernel egress supports (clsact attachment, no TCX).
+    #[value(name = "6.1")]
+    V6_1,
+    /// Debian 12's security-archive Linux 6.12 (TCX).
+    #[value(name = "6.12")]
+    V6_12,
+    /// Both, one after the other.
+    All,
+}
+
+/// One kernel series: how its unsigned image package is named (`prefix<version>suffix`).
+struct Series {
+    name: &'static str,
+    prefix: &'static str,
+    suffix: &'static str,
+}
+
+const SERIES: [Series; 2] = [
+    Series {
+        name: "6.1",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-amd64-unsigned",
+    },
+    Series {
+        name: "6.12",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb12-amd64-unsigned",
+    },
+];
+
+impl Kernels {
+    fn series(self) -> Vec<&'static Series> {
+        match self {
+            Self::V6_1 => vec![&SERIES[0]],
+            Self::V6_12 => vec![&SERIES[1]],
+            Self::All => SERIES.iter().collect(),
+        }
+    }
+}
 
 fn cache() -> PathBuf {
     std::env::var_os("HOME")
@@ -26,30 +72,118 @@ fn cache() -> PathBuf {
         .join(".cache/egress/vm")
 }
 
-/// Installs qemu, depmod and virtme-ng, and unpacks the 6.1 kernel; returns (vmlinuz, release).
-fn prepare() -> anyhow::Result<(PathBuf, String)> {
+/// Installs qemu, busybox, depmod and virtme-ng where missing.
+fn prepare_tools() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if !on_path("qemu-system-x86_64") {
         missing.push("qemu-system-x86");
+    }
+    if !on_path("busybox") {
+        missing.push("busybox");
     }
     if !on_path("depmod") && !Path::new("/usr/sbin/depmod").exists() {
         missing.push("kmod");
     }
     if !missing.is_empty() {
-        status(Command::new("apt-get").args(["update", "-q"]))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .with_context(|| format!("cannot install {}", missing.join(" ")))?;
+        apt_install_without_removals(&missing)?;
     }
     if !on_path("vng") {
-        status(Command::new("python3").args(["-m", "pip", "install", "-q", "virtme-ng"]))
+        eprintln!("vm: installing {VIRTME_NG} from PyPI");
+        status(Command::new("python3").args(["-m", "pip", "install", "-q", VIRTME_NG]))
             .context("cannot install virtme-ng from PyPI")?;
     }
-    let dir = cache();
+    Ok(())
+}
+
+/// The packages an `apt-get install` plan would remove (its `Remv` lines).
+fn removals(packages: &[&str], release: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["-s", "install", "--no-install-recommends"]);
+    if let Some(r) = release {
+        cmd.args(["-t", r]);
+    }
+    let plan = output(cmd.args(packages))?;
+    Ok(plan
+        .lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .map(|l| l.split_whitespace().next().unwrap_or(l).to_owned())
+        .collect())
+}
+
+/// Installs `packages` with apt, never removing an installed package. Machines of this kind
+/// ship a backported `qemu-utils` (10.x) that the distribution's own `qemu-system-x86` (7.2)
+/// conflicts with; when the plain plan would remove something, the same install is planned
+/// from the release's backports suite (whose qemu matches), adding that suite to apt's sources
+/// if needed. If that plan removes something too, nothing is installed and the error names
+/// the packages.
+fn apt_install_without_removals(packages: &[&str]) -> anyhow::Result<()> {
+    status(Command::new("apt-get").args(["update", "-q"]))?;
+    let mut release = None;
+    let plain = removals(packages, None)?;
+    if !plain.is_empty() {
+        let codename = os_codename()?;
+        let backports = format!("{codename}-backports");
+        eprintln!(
+            "vm: installing {} from {codename} would remove {}; trying {backports}",
+            packages.join(" "),
+            plain.join(" ")
+        );
+        add_backports(&codename)?;
+        let via_backports = removals(packages, Some(&backports))?;
+        if !via_backports.is_empty() {
+            bail!(
+                "installing {} would remove installed packages ({} from {codename}, {} from {backports}); nothing was installed. Install qemu-system-x86 and busybox by hand in versions that fit, then run again",
+                packages.join(" "),
+                plain.join(" "),
+                via_backports.join(" ")
+            );
+        }
+        release = Some(backports);
+    }
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["install", "-y", "-q", "--no-install-recommends"]);
+    if let Some(r) = &release {
+        cmd.args(["-t", r]);
+    }
+    status(cmd.args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
+        .with_context(|| format!("cannot install {}", packages.join(" ")))
+}
+
+fn os_codename() -> anyhow::Result<String> {
+    let text = std::fs::read_to_string("/etc/os-release").context("cannot read /etc/os-release")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_owned())
+        .filter(|c| !c.is_empty())
+        .context("/etc/os-release names no VERSION_CODENAME")
+}
+
+/// Adds `<codename>-backports` to apt's sources (a file of its own, saying who wrote it) unless
+/// a source already lists it. Backports have a low priority: nothing else is upgraded from it.
+fn add_backports(codename: &str) -> anyhow::Result<()> {
+    let suite = format!("{codename}-backports");
+    let policy = output(Command::new("apt-cache").arg("policy"))?;
+    if policy.contains(&format!("a={suite}")) || policy.contains(&format!("n={suite}")) {
+        return Ok(());
+    }
+    let file = Path::new("/etc/apt/sources.list.d/egress-vm-backports.sources");
+    eprintln!("vm: adding {suite} to apt's sources ({})", file.display());
+    std::fs::write(
+        file,
+        format!(
+            "# Written by `cargo xtask test --vm`: qemu-system-x86 in the version of the backported\n\
+             # qemu-utils this machine ships (the {codename} one conflicts with it).\n\
+             Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ),
+    )
+    .with_context(|| format!("cannot write {}", file.display()))?;
+    status(Command::new("apt-get").args(["update", "-q"]))
+}
+
+/// Downloads and unpacks the newest image of `series`; returns (vmlinuz, release).
+fn prepare_kernel(series: &Series) -> anyhow::Result<(PathBuf, String)> {
+    let dir = cache().join(series.name);
     std::fs::create_dir_all(&dir)?;
     let unpacked = dir.join("kernel");
     let find = |root: &Path| -> Option<(PathBuf, String)> {
@@ -59,25 +193,33 @@ fn prepare() -> anyhow::Result<(PathBuf, String)> {
             .map(|rel| (root.join("boot").join(format!("vmlinuz-{rel}")), rel))
     };
     if find(&unpacked).is_none() {
-        // The newest 6.1 image the archive has.
         let names = output(Command::new("apt-cache").args([
             "search",
             "--names-only",
-            &format!("^{KERNEL_PACKAGE_PREFIX}[0-9]+{KERNEL_PACKAGE_SUFFIX}$"),
+            &format!(
+                "^{}[0-9]+{}$",
+                series.prefix.replace('.', "\\."),
+                series.suffix.replace('+', "\\+")
+            ),
         ]))?;
-        // The newest ABI by number (a string maximum would put -9 above -56).
-        let abi = |name: &str| {
-            name.strip_prefix(KERNEL_PACKAGE_PREFIX)
-                .and_then(|r| r.strip_suffix(KERNEL_PACKAGE_SUFFIX))
+        // The newest by number (a string maximum would put -9 above -56).
+        let number = |name: &str| {
+            name.strip_prefix(series.prefix)
+                .and_then(|r| r.strip_suffix(series.suffix))
                 .and_then(|n| n.parse::<u32>().ok())
         };
         let package = names
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter_map(|n| abi(n).map(|a| (a, n)))
+            .filter_map(|n| number(n).map(|v| (v, n)))
             .max()
             .map(|(_, n)| n.to_owned())
-            .context("no Linux 6.1 image in the apt archive (run apt-get update?)")?;
+            .with_context(|| {
+                format!(
+                    "no Linux {} image in the apt archive (run apt-get update?)",
+                    series.name
+                )
+            })?;
         eprintln!("vm: downloading {package}");
         status(
             Command::new("apt-get")
@@ -110,7 +252,7 @@ fn prepare() -> anyhow::Result<(PathBuf, String)> {
     Ok((vmlinuz, release))
 }
 
-/// Test executables of the workspace's default members (built, not run).
+/// Test executables of the tests crate (built, not run).
 fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let out = output(Command::new("cargo").args([
         "test",
@@ -138,9 +280,26 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(bins)
 }
 
-pub(crate) fn run(filter: &[String]) -> anyhow::Result<()> {
-    let (vmlinuz, release) = prepare()?;
+/// What one kernel's run found.
+struct Outcome {
+    series: &'static str,
+    release: String,
+    seconds: f64,
+    /// Failed test binaries; `None` if the VM did not finish.
+    failed: Option<u32>,
+    verifier: Vec<String>,
+}
+
+pub(crate) fn run(kernels: Kernels, filter: &[String]) -> anyhow::Result<()> {
+    prepare_tools()?;
     status(Command::new("cargo").args(["build", "--package", "egress-user", "--bins"]))?;
+    status(Command::new("cargo").args([
+        "build",
+        "--package",
+        "egress-tests",
+        "--bin",
+        "verifier-stats",
+    ]))?;
     let target = run::target_dir()?.join("debug");
     let bins = test_binaries()?;
     let root = target
@@ -148,12 +307,58 @@ pub(crate) fn run(filter: &[String]) -> anyhow::Result<()> {
         .and_then(Path::parent)
         .context("workspace root")?
         .to_owned();
+    let script = guest_script(&root, &target, &bins, filter);
+    let mut outcomes = Vec::new();
+    for series in kernels.series() {
+        let (vmlinuz, release) = prepare_kernel(series)?;
+        outcomes.push(boot(series.name, &vmlinuz, release, &script)?);
+    }
+    eprintln!("\nvm: summary");
+    for o in &outcomes {
+        let result = match o.failed {
+            Some(0) => "all test binaries passed".to_owned(),
+            Some(n) => format!("{n} test binaries FAILED"),
+            None => "did not finish".to_owned(),
+        };
+        eprintln!(
+            "vm: Linux {} ({}): {result} in {:.0} s; verifier: {}",
+            o.series,
+            o.release,
+            o.seconds,
+            o.verifier.join("; ")
+        );
+    }
+    let bad: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.failed != Some(0))
+        .map(|o| o.series)
+        .collect();
+    if !bad.is_empty() {
+        bail!("the VM run failed on Linux {}", bad.join(", "));
+    }
+    Ok(())
+}
+
+/// The shell script the guest runs: verifier figures, then every test binary; the last line
+/// carries the number of failed binaries.
+fn guest_script(
+    root: &Path,
+    target: &Path,
+    bins: &[(String, PathBuf)],
+    filter: &[String],
+) -> String {
+    // The guest shares this root filesystem but not this environment: tools installed per user
+    // (pyenv shims such as kubernetes-validate, cargo's bin) need the same PATH.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let pyenv = std::env::var("PYENV_ROOT").unwrap_or_default();
     let mut script = format!(
-        "cd {}/tests && export EGRESS_BIN={} RUST_BACKTRACE=0; uname -r; fails=0; ",
+        "cd {}/tests && export EGRESS_BIN={} RUST_BACKTRACE=0 PATH='{path}' PYENV_ROOT='{pyenv}'; uname -r; fails=0; \
+         {} | sed 's/^/EGRESS_VM_VERIFIER: /'; ",
         root.display(),
-        target.join("egress").display()
+        target.join("egress").display(),
+        target.join("verifier-stats").display(),
     );
-    for (name, exe) in &bins {
+    for (name, exe) in bins {
         script.push_str(&format!(
             "echo '== {name}'; {} {} 2>&1 || fails=$((fails+1)); ",
             exe.display(),
@@ -161,13 +366,22 @@ pub(crate) fn run(filter: &[String]) -> anyhow::Result<()> {
         ));
     }
     script.push_str("echo EGRESS_VM_FAILED=$fails");
+    script
+}
+
+fn boot(
+    series: &'static str,
+    vmlinuz: &Path,
+    release: String,
+    script: &str,
+) -> anyhow::Result<Outcome> {
     eprintln!(
         "vm: booting Linux {release} under qemu (no KVM); about 5 s to boot, tests run slower than on the host"
     );
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let out = Command::new("vng")
         .args(["-v", "-r"])
-        .arg(&vmlinuz)
+        .arg(vmlinuz)
         .args([
             "--user",
             "root",
@@ -177,26 +391,33 @@ pub(crate) fn run(filter: &[String]) -> anyhow::Result<()> {
             "--cpus",
             "2",
             "--exec",
-            &script,
+            script,
         ])
         .output()
         .context("cannot start virtme-ng (vng)")?;
+    let seconds = started.elapsed().as_secs_f64();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     // The guest's console carries kernel messages too; print what the tests printed.
     let mut failed = None;
+    let mut verifier = Vec::new();
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(n) = line.strip_prefix("EGRESS_VM_FAILED=") {
             failed = n.trim().parse::<u32>().ok();
+        } else if let Some(v) = line.strip_prefix("EGRESS_VM_VERIFIER: ") {
+            println!("{v}");
+            verifier.push(v.to_owned());
         } else if !line.starts_with('[') && !line.contains("is global and valid") {
             println!("{line}");
         }
     }
-    eprintln!("vm: done in {:.0} s", started.elapsed().as_secs_f64());
-    match failed {
-        Some(0) => Ok(()),
-        Some(n) => bail!("{n} test binaries failed in the Linux {release} VM"),
-        None => bail!("the VM did not finish the tests (see the console output above)"),
-    }
+    eprintln!("vm: Linux {release} done in {seconds:.0} s");
+    Ok(Outcome {
+        series,
+        release,
+        seconds,
+        failed,
+        verifier,
+    })
 }

@@ -113,6 +113,27 @@ fn long_names_and_labels_are_rejected() {
 }
 
 #[test]
+fn names_deeper_than_the_kernel_matches_are_rejected_where_they_stand() {
+    use egress_common::MAX_LABELS;
+    let deep = |n: usize| vec!["a"; n].join(".");
+    // As deep as the kernel matches: accepted; a wildcard leaves room for one more label.
+    ok(&format!("allow:\n  names: [{}]\n", deep(MAX_LABELS)));
+    ok(&format!(
+        "allow:\n  names: [\"*.{}\"]\n",
+        deep(MAX_LABELS - 1)
+    ));
+    let e = err(&format!(
+        "allow:\n  names:\n    - cgr.dev\n    - {}\n",
+        deep(MAX_LABELS + 1)
+    ));
+    assert!(e.starts_with("p.yaml:4:7:"), "{e}");
+    assert!(e.contains("17 labels"), "{e}");
+    let e = err(&format!("allow:\n  names: [\"*.{}\"]\n", deep(MAX_LABELS)));
+    assert!(e.starts_with("p.yaml:2:"), "{e}");
+    assert!(e.contains("a wildcard's suffix at most one less"), "{e}");
+}
+
+#[test]
 fn wildcards_match_any_depth_below_but_not_the_apex() {
     let w: NamePattern = "*.azurefd.net".parse().unwrap();
     assert!(w.matches("a.azurefd.net"));

@@ -24,6 +24,10 @@ fn policy() -> String {
     )
 }
 
+/// The outcome an attempt is expected to have.
+const ALLOWED: bool = true;
+const DROPPED: bool = false;
+
 enum Try {
     Curl(&'static str),
     Tcp(&'static str, u16),
@@ -52,39 +56,53 @@ fn main() -> anyhow::Result<()> {
         "== agent ready; the client uses curl and its system resolver, as any program would\n"
     );
     println!("{:<44} {:<9} detail", "attempt", "verdict");
+    // Each attempt with the verdict the demo expects; a different outcome is printed as a
+    // mismatch and fails the demo, so it never shows a verdict that contradicts its reason.
     let attempts = [
         (
             Try::Curl("https://cgr.dev/"),
+            ALLOWED,
             "name in the policy: learned from the DNS answer",
         ),
         (
             Try::Curl("https://packages.wolfi.dev/"),
+            ALLOWED,
             "CNAME chain across two zones",
         ),
         (
             Try::Curl("https://acct.r2.cloudflarestorage.com/"),
+            ALLOWED,
             "matches *.r2.cloudflarestorage.com",
         ),
         (
             Try::Curl("https://r2.cloudflarestorage.com/"),
+            DROPPED,
             "the apex: *. covers names below only",
         ),
-        (Try::Curl("https://denied.test/"), "name not in the policy"),
+        (
+            Try::Curl("https://denied.test/"),
+            DROPPED,
+            "name not in the policy",
+        ),
         (
             Try::Curl("https://198.18.0.13/"),
+            DROPPED,
             "bare IP, never resolved from an allowed name",
         ),
         (
             Try::Curl("https://198.18.0.2/"),
+            ALLOWED,
             "static CIDR 198.18.0.2/32",
         ),
-        (Try::Tcp(WEB_DENIED, 80), "port 80 is not enforced"),
+        (Try::Tcp(WEB_DENIED, 80), ALLOWED, "port 80 is not enforced"),
         (
             Try::Udp(WEB_DENIED, 443),
+            DROPPED,
             "QUIC-like datagram to an unknown address",
         ),
     ];
-    for (attempt, why) in attempts {
+    let mut mismatches = Vec::new();
+    for (attempt, expected, why) in attempts {
         if stop.load(Ordering::Relaxed) {
             println!("\ninterrupted; cleaning up");
             break;
@@ -113,7 +131,13 @@ fn main() -> anyhow::Result<()> {
         } else {
             ("DROPPED", format!("{why}; nothing after {took:.1} s"))
         };
-        println!("{shown:<44} {verdict:<9} {detail}");
+        let flag = if ok == expected {
+            ""
+        } else {
+            mismatches.push(shown.clone());
+            "   <-- MISMATCH: expected the opposite"
+        };
+        println!("{shown:<44} {verdict:<9} {detail}{flag}");
     }
     if !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(300));
@@ -133,6 +157,13 @@ fn main() -> anyhow::Result<()> {
     drop(agent);
     drop(pins);
     drop(world);
-    println!("== done");
+    if !mismatches.is_empty() {
+        anyhow::bail!(
+            "{} attempts did not get the verdict the demo expects: {}",
+            mismatches.len(),
+            mismatches.join(", ")
+        );
+    }
+    println!("== done: every verdict as expected");
     Ok(())
 }

@@ -1,0 +1,113 @@
+//! A policy written into the maps: what the kernel is configured with for a policy, the name
+//! hashes, the trusted resolvers, and the order of the writes.
+
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+
+use egress_common::{hash::name_hashes, maps::Config};
+use thiserror::Error;
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    policy::{Mode, NamePattern, Policy},
+};
+
+/// A TCP flow idle this long is forgotten; its next non-SYN packet is judged afresh.
+pub const TCP_IDLE: Duration = Duration::from_secs(3600);
+/// A UDP flow (QUIC) idle this long is forgotten.
+pub const UDP_IDLE: Duration = Duration::from_secs(300);
+/// Denied-destination events each CPU may send per second.
+pub const EVENTS_PER_SEC: u32 = 200;
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("cannot read /dev/urandom for the name-hash key")]
+    Random {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the policy into the maps")]
+    Maps {
+        #[from]
+        source: DatapathError,
+    },
+}
+
+/// The kernel configuration a policy asks for. `key` is the name-hash key already in the maps
+/// (adopted state), or a fresh one.
+pub fn kernel_config(policy: &Policy, mode: Option<Mode>, key: (u64, u64)) -> Config {
+    Config {
+        mode: mode.unwrap_or(policy.mode).as_raw(),
+        events_per_sec: EVENTS_PER_SEC,
+        tcp_idle_ns: TCP_IDLE.as_nanos() as u64,
+        udp_idle_ns: UDP_IDLE.as_nanos() as u64,
+        hash_k0: key.0,
+        hash_k1: key.1,
+        min_ttl_s: policy.dns.min_ttl.as_secs() as u32,
+        grace_s: policy.dns.grace.as_secs() as u32,
+    }
+}
+
+/// The name-hash key of these maps: kept if the maps were configured before (a restart must
+/// not invalidate the name maps), otherwise 128 fresh random bits.
+fn hash_key(dp: &Datapath) -> Result<(u64, u64), ApplyError> {
+    let cfg = dp.config()?;
+    if cfg.mode != egress_common::mode::UNSET {
+        return Ok((cfg.hash_k0, cfg.hash_k1));
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|source| ApplyError::Random { source })?;
+    Ok((
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
+    ))
+}
+
+/// The resolvers whose answers are trusted: the policy's, or the nameservers of
+/// `/etc/resolv.conf` (read again at every apply, so a reload follows its changes).
+pub fn resolvers(policy: &Policy) -> Vec<IpAddr> {
+    if let Some(r) = &policy.resolvers {
+        return r.clone();
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    system_resolvers(&text)
+}
+
+/// Nameserver addresses from resolv.conf text (a `%scope` suffix is dropped).
+pub fn system_resolvers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.split('%').next()?.parse().ok())
+        .collect()
+}
+
+/// Writes a policy into the maps. Additions go in before removals and the mode and ports come
+/// last, so what both the old and the new policy allow is never denied in between.
+pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> Result<(), ApplyError> {
+    let key = hash_key(dp)?;
+    let mut exact = BTreeSet::new();
+    let mut wild = BTreeSet::new();
+    for name in &policy.allow.names {
+        match name {
+            NamePattern::Exact(n) => exact.insert(name_hashes(key.0, key.1, n).0),
+            NamePattern::Wildcard(suffix) => wild.insert(name_hashes(key.0, key.1, suffix).0),
+        };
+    }
+    let resolvers = resolvers(policy);
+    if !policy.allow.names.is_empty() {
+        if resolvers.is_empty() {
+            tracing::warn!("no resolvers: set `resolvers:` in the policy; no name will be learned");
+        }
+        for r in resolvers.iter().filter(|r| r.is_loopback()) {
+            tracing::warn!(resolver = %r, "a loopback resolver's answers never cross the interface; list the upstream servers the local stub forwards to in `resolvers:`");
+        }
+    }
+    dp.sync_static(&policy.allow.cidrs)?;
+    dp.sync_resolvers(&resolvers)?;
+    dp.sync_names(&exact, &wild)?;
+    dp.set_ports(&policy.ports)?;
+    dp.set_config(&kernel_config(policy, mode, key))?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! One abstraction for the two address families: the kernel keeps an IPv4 and an IPv6 map for
+//! each kind of prefix set (their keys differ in size), userspace sees one set of prefixes
+//! keyed by [`IpNet`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    Pod,
+    maps::{LpmTrie, MapData, MapError, lpm_trie::Key},
+};
+use ipnet::IpNet;
+
+use super::{Result, op};
+
+/// An IPv4 and an IPv6 longest-prefix-match map with the same value type.
+pub(crate) struct FamilyLpm<V> {
+    v4: LpmTrie<MapData, [u8; 4], V>,
+    v6: LpmTrie<MapData, [u8; 16], V>,
+    /// The maps' names, IPv4 first, for errors.
+    names: [&'static str; 2],
+}
+
+impl<V: Pod> FamilyLpm<V> {
+    pub(crate) fn new(
+        v4: LpmTrie<MapData, [u8; 4], V>,
+        v6: LpmTrie<MapData, [u8; 16], V>,
+        names: [&'static str; 2],
+    ) -> Self {
+        Self { v4, v6, names }
+    }
+
+    /// The value stored for exactly `net`, if any.
+    pub(crate) fn get(&self, net: IpNet) -> Result<Option<V>> {
+        let found = match net.trunc() {
+            IpNet::V4(n) => self.v4.get(&key(n.prefix_len(), n.network().octets()), 0),
+            IpNet::V6(n) => self.v6.get(&key(n.prefix_len(), n.network().octets()), 0),
+        };
+        match found {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(op(self.name(net), "read")(source)),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, net: IpNet, value: V) -> Result<()> {
+        let name = self.name(net);
+        match net.trunc() {
+            IpNet::V4(n) => self
+                .v4
+                .insert(&key(n.prefix_len(), n.network().octets()), value, 0),
+            IpNet::V6(n) => self
+                .v6
+                .insert(&key(n.prefix_len(), n.network().octets()), value, 0),
+        }
+        .map_err(op(name, "insert"))
+    }
+
+    /// Removes `net`; `Ok(false)` if it was not there (a concurrent removal, say).
+    pub(crate) fn remove(&mut self, net: IpNet) -> Result<bool> {
+        let name = self.name(net);
+        let removed = match net.trunc() {
+            IpNet::V4(n) => self.v4.remove(&key(n.prefix_len(), n.network().octets())),
+            IpNet::V6(n) => self.v6.remove(&key(n.prefix_len(), n.network().octets())),
+        };
+        match removed {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(op(name, "remove")(source)),
+        }
+    }
+
+    /// Every prefix and its value, IPv4 first.
+    pub(crate) fn entries(&self) -> Result<Vec<(IpNet, V)>> {
+        let mut out = Vec::new();
+        for entry in self.v4.iter() {
+            let (k, v) = entry.map_err(op(self.names[0], "iterate"))?;
+            out.push((net(IpAddr::V4(Ipv4Addr::from(k.data())), k.prefix_len()), v));
+        }
+        for entry in self.v6.iter() {
+            let (k, v) = entry.map_err(op(self.names[1], "iterate"))?;
+            out.push((net(IpAddr::V6(Ipv6Addr::from(k.data())), k.prefix_len()), v));
+        }
+        Ok(out)
+    }
+
+    /// Entries of each map, by map name.
+    pub(crate) fn lens(&self) -> Result<[(&'static str, usize); 2]> {
+        Ok([
+            (self.names[0], count(self.v4.keys(), self.names[0])?),
+            (self.names[1], count(self.v6.keys(), self.names[1])?),
+        ])
+    }
+
+    fn name(&self, net: IpNet) -> &'static str {
+        match net {
+            IpNet::V4(_) => self.names[0],
+            IpNet::V6(_) => self.names[1],
+        }
+    }
+}
+
+/// How many keys an iteration yields; an iteration error is returned, not skipped.
+pub(crate) fn count<K>(
+    keys: impl Iterator<Item = std::result::Result<K, MapError>>,
+    name: &'static str,
+) -> Result<usize> {
+    let mut n = 0;
+    for k in keys {
+        k.map_err(op(name, "iterate"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn key<const N: usize>(prefix_len: u8, octets: [u8; N]) -> Key<[u8; N]> {
+    Key::new(u32::from(prefix_len), octets)
+}
+
+fn net(addr: IpAddr, prefix_len: u32) -> IpNet {
+    IpNet::new(addr, prefix_len as u8).expect("the kernel only holds valid prefix lengths")
+}
+
+/// The host prefix of one address (/32 or /128).
+pub(crate) fn host(addr: IpAddr) -> IpNet {
+    IpNet::from(addr)
+}

@@ -1,0 +1,270 @@
+//! The real `egress` agent and what it needs: where its binary is and how to run it, a unique
+//! bpffs pin directory (`TestPins`), `Agent` running `egress run` in a topology's client namespace,
+//! `http_get` for its metrics address, `static_policy`, and `kernel_has_tcx` for which attachment
+//! (and so which pins) the kernel gives it.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use egress_user::{datapath::Datapath, pins::PinDir};
+
+use crate::{ALLOWED_V4, ALLOWED_V6, NetNs, Topology, unique};
+
+/// Whether this kernel has TCX links (Linux >= 6.6); older kernels get clsact filters, which
+/// are not pinned, so tests skip what only links can show (link ids, interfaces from pins).
+pub fn kernel_has_tcx() -> bool {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
+/// Path of the `egress` binary: `EGRESS_BIN` (set by `cargo xtask test`), else the one built
+/// beside this executable.
+pub fn egress_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_BIN") {
+        return p.into();
+    }
+    // Beside this executable (the tools in target/*/), or one level up (tests in target/*/deps/).
+    let exe = std::env::current_exe().expect("test executable path");
+    let here = exe.parent().expect("executable dir");
+    let beside = here.join("egress");
+    if beside.exists() {
+        beside
+    } else {
+        here.parent().expect("target dir").join("egress")
+    }
+}
+
+/// Runs the `egress` binary with `args`, inside `ns`'s network namespace if given (where its
+/// interfaces live), and returns its output.
+pub fn egress(ns: Option<&NetNs>, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", ns.name))
+                .arg(egress_bin());
+            c
+        }
+        None => Command::new(egress_bin()),
+    };
+    cmd.args(args).output().expect("run egress")
+}
+
+/// A unique pin directory under `/sys/fs/bpf`, removed (with everything in it) on drop.
+pub struct TestPins {
+    pub pins: PinDir,
+}
+
+impl TestPins {
+    pub fn new() -> Self {
+        let pins = PinDir::new(format!("/sys/fs/bpf/egress-test-{}", unique("")));
+        pins.ensure().expect("bpffs pin directory");
+        Self { pins }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.pins.root()
+    }
+}
+
+impl Default for TestPins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.pins.root());
+    }
+}
+
+/// The real agent, running in the client namespace on the topology's interface.
+pub struct Agent {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub policy: PathBuf,
+    pub pins: PathBuf,
+    ns: String,
+    iface: String,
+    /// Whether `run` gets `--iface` (without it, the agent picks the default-route interfaces).
+    iface_flag: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts the agent and waits until `/readyz` answers 200.
+    pub fn start(
+        topo: &Topology,
+        pins: &TestPins,
+        policy: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_with(topo, pins, policy, extra, true)
+    }
+
+    /// Starts the agent without `--iface`: it must find the interface by the default route.
+    pub fn start_on_default_route(
+        topo: &Topology,
+        pins: &TestPins,
+        policy: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(topo, pins, policy, &[], false)
+    }
+
+    fn start_with(
+        topo: &Topology,
+        pins: &TestPins,
+        policy: &str,
+        extra: &[&str],
+        iface_flag: bool,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, policy)?;
+        let mut agent = Self {
+            child: None,
+            log: dir.path().join("agent.log"),
+            policy: policy_path,
+            pins: pins.path().to_owned(),
+            ns: topo.client.name.clone(),
+            iface: topo.iface.clone(),
+            iface_flag,
+            _dir: dir,
+        };
+        agent.spawn(extra)?;
+        agent.wait_ready(&topo.client)?;
+        Ok(agent)
+    }
+
+    /// Starts (again) on the same pin directory, policy and interface.
+    pub fn spawn(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let iface: &[&str] = if self.iface_flag {
+            &["--iface", &self.iface]
+        } else {
+            &[]
+        };
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(egress_bin())
+            .arg("run")
+            .args(iface)
+            .args(["--metrics-addr", "127.0.0.1:9090"])
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--pin-dir")
+            .arg(&self.pins)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start the egress agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn wait_ready(&mut self, ns: &NetNs) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited with {status}: {}", self.log_text());
+            }
+            if http_get(ns, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("agent not ready within 20 s: {}", self.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's process id (nsenter executes the agent in its own process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("agent not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(c.wait()?)
+    }
+
+    pub fn datapath(&self) -> Datapath {
+        Datapath::open_pinned(&PinDir::new(&self.pins)).expect("pinned maps")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        // In the namespace: a clsact filter is found by interface, which lives there.
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(egress_bin())
+            .args(["detach", "--iface", &self.iface, "--pin-dir"])
+            .arg(&self.pins)
+            .output();
+    }
+}
+
+/// A plain HTTP GET to the agent's metrics address inside `ns`: `(status, body)`.
+pub fn http_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(
+            &"127.0.0.1:9090".parse().unwrap(),
+            Duration::from_millis(500),
+        )
+        .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((code, body))
+    })
+}
+
+/// A policy allowing the topology's allowed addresses as static CIDRs.
+pub fn static_policy(mode: &str) -> String {
+    format!("mode: {mode}\nports: [443]\nallow:\n  cidrs: [{ALLOWED_V4}, \"{ALLOWED_V6}\"]\n")
+}
