@@ -26,7 +26,7 @@ macro_rules! counters {
 }
 
 /// Number of counter slots.
-pub const COUNT: u32 = 25;
+pub const COUNT: u32 = 30;
 
 counters! {
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
@@ -68,7 +68,8 @@ counters! {
     DNS_UNTRUSTED = 16, "dns_untrusted";
     /// A DNS answer from a trusted resolver matched no recent query (id, port, name): ignored.
     DNS_UNSOLICITED = 17, "dns_unsolicited";
-    /// A DNS message that could not be parsed, or an error response: taught nothing.
+    /// A DNS message that could not be parsed (error responses have counters of their own):
+    /// taught nothing.
     DNS_MALFORMED = 18, "dns_malformed";
     /// A matched answer whose question name is not allowed: taught nothing.
     DNS_NOT_ALLOWED = 19, "dns_not_allowed";
@@ -82,4 +83,15 @@ counters! {
     DNS_EVENT_LOST = 23, "dns_event_lost";
     /// TCP segments from a trusted resolver's port 53 copied to the agent.
     DNS_TCP_SEGMENT = 24, "dns_tcp_segment";
+    /// A matched answer with rcode NXDOMAIN (the name does not exist): taught nothing.
+    DNS_NXDOMAIN = 25, "dns_nxdomain";
+    /// A matched answer with rcode SERVFAIL (the resolver could not answer): taught nothing.
+    DNS_SERVFAIL = 26, "dns_servfail";
+    /// A matched answer with rcode REFUSED: taught nothing.
+    DNS_REFUSED = 27, "dns_refused";
+    /// A matched answer with another error rcode (FORMERR, NOTIMP, ...): taught nothing.
+    DNS_OTHER_ERROR = 28, "dns_other_error";
+    /// A matched NOERROR answer without any answer record (NODATA, e.g. AAAA of an IPv4-only
+    /// name): nothing to learn.
+    DNS_NODATA = 29, "dns_nodata";
 }

@@ -30,6 +30,14 @@ pub const TYPE_A: u16 = 1;
 pub const TYPE_CNAME: u16 = 5;
 pub const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
+
+/// Response codes (RFC 1035 §4.1.1) that the counters tell apart.
+pub mod rcode {
+    pub const NOERROR: u8 = 0;
+    pub const SERVFAIL: u8 = 2;
+    pub const NXDOMAIN: u8 = 3;
+    pub const REFUSED: u8 = 5;
+}
 const HEADER_LEN: usize = 12;
 
 /// Why a message teaches nothing.
@@ -37,8 +45,11 @@ const HEADER_LEN: usize = 12;
 pub enum DnsError {
     /// Shorter than its header, or a field runs past the end.
     Truncated,
-    /// QR bit wrong for the direction, opcode not QUERY, or an error rcode.
+    /// QR bit wrong for the direction, or opcode not QUERY.
     NotApplicable,
+    /// A well-formed response with an error rcode (NXDOMAIN, SERVFAIL, ...): it carries no
+    /// addresses to learn.
+    ErrorResponse,
     /// Not exactly one question.
     QuestionCount,
     /// Compression or a reserved label type in the question, or a name over 255 bytes.
@@ -67,6 +78,8 @@ pub struct Question {
     /// a callback instead of being stored because the eBPF stack (512 bytes) has no room for
     /// them.
     pub suffix_matched: bool,
+    /// The response code ([`rcode`]); 0 for queries.
+    pub rcode: u8,
     pub ancount: u16,
     /// Offset of the first byte after the question.
     pub end: usize,
@@ -92,23 +105,23 @@ fn be32(buf: &[u8; BUF], off: usize) -> u32 {
     ])
 }
 
-/// The header checks shared by queries and responses: returns (id, ancount).
+/// The header checks shared by queries and responses: returns (id, ancount, rcode). Error
+/// rcodes are the caller's to judge: an error response is well-formed.
 #[inline(always)]
-fn header(buf: &[u8; BUF], len: usize, response: bool) -> Result<(u16, u16), DnsError> {
+fn header(buf: &[u8; BUF], len: usize, response: bool) -> Result<(u16, u16, u8), DnsError> {
     if !(HEADER_LEN..=BUF).contains(&len) {
         return Err(DnsError::Truncated);
     }
     let flags = be16(buf, 2);
     let qr = flags & 0x8000 != 0;
     let opcode = (flags >> 11) & 0xf;
-    let rcode = flags & 0xf;
-    if qr != response || opcode != 0 || (response && rcode != 0) {
+    if qr != response || opcode != 0 {
         return Err(DnsError::NotApplicable);
     }
     if be16(buf, 4) != 1 {
         return Err(DnsError::QuestionCount);
     }
-    Ok((be16(buf, 0), be16(buf, 6)))
+    Ok((be16(buf, 0), be16(buf, 6), (flags & 0xf) as u8))
 }
 
 /// Parses the single question at offset 12: each label is hashed in one left-to-right pass,
@@ -166,6 +179,7 @@ fn parse_question(
         id: 0,
         full: 0,
         suffix_matched: false,
+        rcode: rcode::NOERROR,
         ancount: 0,
         end: off + 4,
     };
@@ -195,13 +209,14 @@ pub fn query(
     k1: u64,
     labels: &mut Labels,
 ) -> Result<(u16, u64), DnsError> {
-    let (id, _) = header(buf, len, false)?;
+    let (id, _, _) = header(buf, len, false)?;
     let q = parse_question(buf, len, k0, k1, labels, |_| false)?;
     Ok((id, q.full))
 }
 
-/// A response's question. Responses with an error rcode, another opcode, or not exactly one
-/// question are rejected. `on_suffix` is offered the hash of each proper suffix of the name,
+/// A response's question. Responses with another opcode or not exactly one question are
+/// rejected; an error response is returned with its [`Question::rcode`] (and [`answers`]
+/// refuses to walk it). `on_suffix` is offered the hash of each proper suffix of the name,
 /// shortest first (`com`, `example.com`, `b.example.com`), until it returns true.
 #[inline(always)]
 pub fn question(
@@ -212,9 +227,10 @@ pub fn question(
     labels: &mut Labels,
     on_suffix: impl FnMut(u64) -> bool,
 ) -> Result<Question, DnsError> {
-    let (id, ancount) = header(buf, len, true)?;
+    let (id, ancount, rcode) = header(buf, len, true)?;
     let mut q = parse_question(buf, len, k0, k1, labels, on_suffix)?;
     q.id = id;
+    q.rcode = rcode;
     q.ancount = ancount;
     // Each record takes at least 11 bytes (1-byte root name + 10 bytes of fixed fields).
     if ancount as usize * 11 > len - q.end {
@@ -252,6 +268,10 @@ pub fn answers(
     skip: impl Fn(usize) -> Option<usize>,
     mut sink: impl FnMut(Address, u32),
 ) -> Result<Walk, DnsError> {
+    // Whatever records an error response carries, it teaches nothing.
+    if q.rcode != rcode::NOERROR {
+        return Err(DnsError::ErrorResponse);
+    }
     let walk = walk_records(buf, len, q, &skip, &mut |_, _| {})?;
     walk_records(buf, len, q, &skip, &mut sink)?;
     Ok(walk)

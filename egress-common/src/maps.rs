@@ -35,8 +35,12 @@ pub mod names {
     pub const NAMES_EXACT: &str = "NAMES_EXACT";
     /// `HashMap<u64, NameValue>`: hashes of the suffixes of allowed `*.suffix` names.
     pub const NAMES_WILD: &str = "NAMES_WILD";
-    /// `LruHashMap<PendingKey, PendingValue>`: DNS queries that left the node.
+    /// `LruHashMap<PendingKey, PendingValue>`: DNS queries that left the node (learning at
+    /// the interface).
     pub const DNS_PENDING: &str = "DNS_PENDING";
+    /// `LruHashMap<SockPendingKey, PendingValue>`: DNS queries sent by the node's sockets
+    /// (learning at the sockets, see [`super::learn`]).
+    pub const SOCK_PENDING: &str = "SOCK_PENDING";
     /// `PerCpuArray<DnsBuf>`: scratch space to copy a DNS message into.
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
     /// `RingBuf` of [`super::DnsEvent`]: copies of DNS answers for the agent.
@@ -49,7 +53,7 @@ pub mod names {
     pub const DENIED: &str = "DENIED";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         PORTS,
         STATIC_V4,
@@ -64,6 +68,7 @@ pub mod names {
         NAMES_EXACT,
         NAMES_WILD,
         DNS_PENDING,
+        SOCK_PENDING,
         DNS_SCRATCH,
         DNS_EVENTS,
         ANSWERS,
@@ -105,8 +110,24 @@ pub const DNS_EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 /// `NameValue::expires_ns` of names from the policy: they never expire.
 pub const NAME_PERMANENT: u64 = u64::MAX;
 /// Scratch slots in [`names::DNS_SCRATCH`]: one per program, so they never share a buffer.
+/// The socket programs need their own: the query side runs in the sender's process context,
+/// where a softirq running the other programs can interrupt it on the same CPU.
 pub const SCRATCH_INGRESS: u32 = 0;
 pub const SCRATCH_EGRESS: u32 = 1;
+pub const SCRATCH_SOCK_QUERY: u32 = 2;
+pub const SCRATCH_SOCK_ANSWER: u32 = 3;
+pub const SCRATCH_SLOTS: u32 = 4;
+
+/// Where DNS answers are learned, in [`Config::learn`].
+pub mod learn {
+    /// At the enforced interfaces (TC ingress and egress): the node's own queries to the
+    /// resolvers, as they cross the NIC.
+    pub const INTERFACE: u32 = 0;
+    /// At the sockets of every process in a cgroup (cgroup_skb on the node's cgroup): pods'
+    /// answers too, wherever their DNS is served, after decapsulation and reverse NAT. The
+    /// interface programs then only enforce.
+    pub const SOCKETS: u32 = 1;
+}
 
 /// Words in the enforced-port bitmap (65,536 ports / 32 bits).
 pub const PORT_WORDS: u32 = 65_536 / 32;
@@ -136,6 +157,9 @@ pub struct Config {
     pub min_ttl_s: u32,
     /// Added to every learned address's lifetime, in seconds.
     pub grace_s: u32,
+    /// Where DNS answers are learned: one of [`learn`].
+    pub learn: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -171,7 +195,31 @@ pub struct PendingKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of [`names::DNS_PENDING`].
+/// Key of [`names::SOCK_PENDING`]: which socket asked, from which port, with which id. The
+/// socket, not the resolver's address: a host socket's query is already DNATed to a CoreDNS
+/// pod when the program sees it, while its answer comes back from the Service address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockPendingKey {
+    /// `bpf_get_socket_cookie`: unique per socket for the life of the system.
+    pub cookie: u64,
+    pub client_port: [u8; 2],
+    pub txid: [u8; 2],
+    pub _pad: [u8; 4],
+}
+
+impl SockPendingKey {
+    pub const fn new(cookie: u64, client_port: [u8; 2], txid: u16) -> Self {
+        Self {
+            cookie,
+            client_port,
+            txid: txid.to_be_bytes(),
+            _pad: [0; 4],
+        }
+    }
+}
+
+/// Value of [`names::DNS_PENDING`] and [`names::SOCK_PENDING`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingValue {
@@ -218,7 +266,9 @@ pub struct DnsParsed {
     pub ancount: u16,
     /// A proper suffix of the name is an allowed wildcard suffix.
     pub suffix_matched: u8,
-    pub _pad: [u8; 7],
+    /// The response code (`dns::rcode`).
+    pub rcode: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Kinds of [`DnsEvent`].
@@ -411,14 +461,15 @@ impl PendingKey {
 }
 
 impl DnsParsed {
-    pub const fn new(full: u64, end: u32, id: u16, ancount: u16, suffix_matched: bool) -> Self {
+    pub const fn new(q: &crate::dns::Question) -> Self {
         Self {
-            full,
-            end,
-            id,
-            ancount,
-            suffix_matched: suffix_matched as u8,
-            _pad: [0; 7],
+            full: q.full,
+            end: q.end as u32,
+            id: q.id,
+            ancount: q.ancount,
+            suffix_matched: q.suffix_matched as u8,
+            rcode: q.rcode,
+            _pad: [0; 6],
         }
     }
 }
@@ -512,10 +563,11 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 }
 
 // No implicit padding: sizes equal the sum of the fields.
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 56);
 const _: () = assert!(size_of::<NameValue>() == 8);
 const _: () = assert!(size_of::<DnsPacket>() == 16 + 16 + 4 + 2 + 2 + 1 + 7);
-const _: () = assert!(size_of::<DnsParsed>() == 8 + 4 + 2 + 2 + 1 + 7);
+const _: () = assert!(size_of::<DnsParsed>() == 8 + 4 + 2 + 2 + 1 + 1 + 6);
+const _: () = assert!(size_of::<SockPendingKey>() == 16);
 const _: () = assert!(size_of::<PendingKey>() == 24);
 const _: () = assert!(size_of::<PendingValue>() == 16);
 const _: () = assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 1 + 5);
@@ -551,6 +603,8 @@ mod pod {
     unsafe impl aya::Pod for super::NameValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockPendingKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingValue {}
     // SAFETY: as above.

@@ -170,6 +170,22 @@ pub fn parse_frame<R: Reader + ?Sized>(r: &R) -> Result<Frame, ParseError> {
     }
 }
 
+/// Parses an IP packet that starts at offset 0 (no link-layer header), as socket-level
+/// programs see it; the version nibble tells the family.
+#[inline(always)]
+pub fn parse_ip<R: Reader + ?Sized>(r: &R) -> Result<Frame, ParseError> {
+    // The smallest IP header, not one byte: for a 1-byte read at offset 0, LLVM turns the
+    // reader's `start + 1 <= end` into `end > start`, from which the verifier proves no
+    // readable byte ("invalid access to packet, off=0 size=1, R1 offset is outside of the
+    // packet").
+    let v = r.read::<20>(0).ok_or(ParseError::Truncated)?;
+    match v[0] >> 4 {
+        4 => parse_ipv4(r, 0).map(Frame::Ip),
+        6 => parse_ipv6(r, 0).map(Frame::Ip),
+        _ => Ok(Frame::NotIp),
+    }
+}
+
 #[inline(always)]
 fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseError> {
     // version/IHL, TOS, total length, id, flags/fragment offset, TTL, protocol, checksum,

@@ -8,15 +8,15 @@
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::bpf_skb_load_bytes,
-    maps::{LpmTrie, lpm_trie::Key},
+    maps::{LpmTrie, LruHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use egress_common::{
     counters,
-    dns::{self, Address, BUF, Question},
+    dns::{self, Address, BUF, Question, rcode},
     maps::{
         DNS_QUERY_TIMEOUT_NS, DnsEvent, DnsPacket, DnsParsed, LearnedValue, PendingKey,
-        PendingValue, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind,
+        PendingValue, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn,
     },
     mode,
     packet::{
@@ -57,7 +57,8 @@ pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
     let Some(cfg) = CONFIG.get(0) else {
         return 0;
     };
-    if cfg.mode == mode::UNSET {
+    // With learning at the sockets, the socket programs see every answer this one would.
+    if cfg.mode == mode::UNSET || cfg.learn != learn::INTERFACE {
         return 0;
     }
     let Ok(Frame::Ip(p)) = parse_frame(&Skb(&ctx)) else {
@@ -120,15 +121,15 @@ pub(crate) extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
     }
 }
 
-/// Parses the response in the ingress scratch slot (`len` bytes): 0 and `parsed` filled on
-/// success, including whether a proper suffix of the name is an allowed wildcard.
+/// Parses the response in scratch `slot` (`len` bytes): 0 and `parsed` filled on success,
+/// including whether a proper suffix of the name is an allowed wildcard.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn dns_parse_answer(len: u32) -> i32 {
+pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32) -> i32 {
     let Some(cfg) = CONFIG.get(0) else {
         return -1;
     };
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return -1;
     };
     // SAFETY: a per-CPU slot the caller filled during this same program run.
@@ -144,7 +145,7 @@ pub(crate) extern "C" fn dns_parse_answer(len: u32) -> i32 {
         wild,
     ) {
         Ok(q) => {
-            s.parsed = DnsParsed::new(q.full, q.end as u32, q.id, q.ancount, q.suffix_matched);
+            s.parsed = DnsParsed::new(&q);
             0
         }
         Err(_) => -1,
@@ -154,7 +155,7 @@ pub(crate) extern "C" fn dns_parse_answer(len: u32) -> i32 {
 /// Leaves the addressing of a UDP DNS packet in scratch `slot`, for the separately verified
 /// function that handles it next.
 #[inline(always)]
-fn stash_packet(slot: u32, p: &IpPacket) -> bool {
+pub(crate) fn stash_packet(slot: u32, p: &IpPacket) -> bool {
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return false;
     };
@@ -172,7 +173,11 @@ fn stash_packet(slot: u32, p: &IpPacket) -> bool {
 /// Copies `len` payload bytes at `off` into the scratch slot `slot`; `None` if the payload does
 /// not fit or cannot be read.
 #[inline(always)]
-fn load_payload(ctx: &TcContext, off: usize, slot: u32) -> Option<(&'static DnsParsed, usize)> {
+pub(crate) fn load_payload(
+    ctx: &TcContext,
+    off: usize,
+    slot: u32,
+) -> Option<(&'static DnsParsed, usize)> {
     let total = ctx.len() as usize;
     if off >= total {
         return None;
@@ -259,41 +264,81 @@ pub(crate) extern "C" fn ingress_udp_answer(skb: *mut __sk_buff) -> i32 {
     };
     // SAFETY: the per-CPU slot `ingress_classify` filled during this same program run.
     let pkt = unsafe { (*scratch).packet };
-    learn_udp(&ctx, &pkt);
+    // Anti-spoofing: only an answer to a query this node sent recently, from the resolver it
+    // asked, to the port it asked from, with its id and its question, is used; and only once.
+    learn_udp(&ctx, &pkt, SCRATCH_INGRESS, |q| {
+        consume_pending(
+            &DNS_PENDING,
+            &PendingKey::new(pkt.saddr, pkt.dport, q.id, pkt.family),
+            q,
+        )
+    });
     0
 }
 
+/// Whether `map` holds a query under `key` for `q`'s question, sent less than
+/// [`DNS_QUERY_TIMEOUT_NS`] ago; a matched entry is removed, so an answer is used once.
 #[inline(always)]
-fn learn_udp(ctx: &TcContext, p: &DnsPacket) {
+pub(crate) fn consume_pending<K>(
+    map: &LruHashMap<K, PendingValue>,
+    key: &K,
+    q: &DnsParsed,
+) -> bool {
+    // SAFETY: a read-only lookup of a plain value.
+    let matched = match unsafe { map.get(key) } {
+        Some(v) => v.qname == q.full && now().saturating_sub(v.sent_ns) < DNS_QUERY_TIMEOUT_NS,
+        None => false,
+    };
+    if matched {
+        let _ = map.remove(key);
+    }
+    matched
+}
+
+/// Learns from the UDP answer whose addressing is in scratch `slot`, if `matched` finds the
+/// query it answers (and consumes it).
+#[inline(always)]
+pub(crate) fn learn_udp(
+    ctx: &TcContext,
+    p: &DnsPacket,
+    slot: u32,
+    matched: impl FnOnce(&DnsParsed) -> bool,
+) {
     let dport = p.dport;
     let off = p.payload_off as usize;
-    let Some((parsed, len)) = load_payload(ctx, off, SCRATCH_INGRESS) else {
+    let Some((parsed, len)) = load_payload(ctx, off, slot) else {
         count(counters::DNS_MALFORMED);
         return;
     };
-    if dns_parse_answer(len as u32) != 0 {
+    if dns_parse_answer(slot, len as u32) != 0 {
         count(counters::DNS_MALFORMED);
         return;
     }
     let q = *parsed;
-    // Anti-spoofing: only an answer to a query this node sent recently, from the resolver it
-    // asked, to the port it asked from, with its id and its question, is used; and only once.
-    let key = PendingKey::new(p.saddr, dport, q.id, p.family);
-    // SAFETY: a read-only lookup of a plain value.
-    let matched = match unsafe { DNS_PENDING.get(&key) } {
-        Some(v) => v.qname == q.full && now().saturating_sub(v.sent_ns) < DNS_QUERY_TIMEOUT_NS,
-        None => false,
-    };
-    if !matched {
+    if !matched(&q) {
         count(counters::DNS_UNSOLICITED);
         return;
     }
-    let _ = DNS_PENDING.remove(&key);
+    // Well-formed answers without addresses are counted by what they say, not as malformed:
+    // an NXDOMAIN is a typo or a probe, a SERVFAIL a resolver in trouble.
+    if q.rcode != rcode::NOERROR {
+        count(match q.rcode {
+            rcode::NXDOMAIN => counters::DNS_NXDOMAIN,
+            rcode::SERVFAIL => counters::DNS_SERVFAIL,
+            rcode::REFUSED => counters::DNS_REFUSED,
+            _ => counters::DNS_OTHER_ERROR,
+        });
+        return;
+    }
+    if q.ancount == 0 {
+        count(counters::DNS_NODATA);
+        return;
+    }
 
     let mut flags = 0;
     if name_allowed(&q) {
         flags |= dns_flag::ALLOWED;
-        let walked = ingress_learn_answers(len as u32, q.end, u32::from(q.ancount));
+        let walked = ingress_learn_answers(slot, len as u32, q.end, u32::from(q.ancount));
         if walked < 0 {
             count(counters::DNS_MALFORMED);
             return;
@@ -319,13 +364,13 @@ fn learn_udp(ctx: &TcContext, p: &DnsPacket) {
     );
 }
 
-/// Skips the owner name at `off` of the message in the ingress scratch slot: the offset after
-/// it, or negative. A global function: its many exits (each label, pointer, error) would
-/// otherwise multiply with every record the walk goes on to.
+/// Skips the owner name at `off` of the message in scratch `slot`: the offset after it, or
+/// negative. A global function: its many exits (each label, pointer, error) would otherwise
+/// multiply with every record the walk goes on to.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn dns_skip_name(len: u32, off: u32) -> i64 {
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+pub(crate) extern "C" fn dns_skip_name(slot: u32, len: u32, off: u32) -> i64 {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return -1;
     };
     // SAFETY: the per-CPU slot `learn` filled during this same program run.
@@ -339,16 +384,16 @@ pub(crate) extern "C" fn dns_skip_name(len: u32, off: u32) -> i64 {
 /// Set in [`ingress_learn_answers`]' result when the answer has more records than it walks.
 const WALK_INCOMPLETE: i64 = 1;
 
-/// Walks the answer section of the message in the ingress scratch slot and learns its
-/// addresses; negative if the section is malformed (nothing learned). A global function so the
-/// verifier checks the walk once, not once per way the question parser can exit.
+/// Walks the answer section of the message in scratch `slot` and learns its addresses;
+/// negative if the section is malformed (nothing learned). A global function so the verifier
+/// checks the walk once, not once per way the question parser can exit.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn ingress_learn_answers(len: u32, end: u32, ancount: u32) -> i64 {
+pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, ancount: u32) -> i64 {
     let Some(cfg) = CONFIG.get(0) else {
         return -1;
     };
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return -1;
     };
     // SAFETY: the per-CPU slot `learn` filled during this same program run.
@@ -357,13 +402,14 @@ pub(crate) extern "C" fn ingress_learn_answers(len: u32, end: u32, ancount: u32)
         id: 0,
         full: 0,
         suffix_matched: false,
+        rcode: rcode::NOERROR,
         ancount: ancount as u16,
         end: end as usize,
     };
     let now = now();
     let len = (len as usize).min(BUF);
     let skip = |off: usize| {
-        let r = dns_skip_name(len as u32, off as u32);
+        let r = dns_skip_name(slot, len as u32, off as u32);
         if r < 0 { None } else { Some(r as usize) }
     };
     match dns::answers(buf, len, &q, skip, |addr, ttl| {
@@ -436,7 +482,7 @@ fn extend(old: *mut LearnedValue, expires_ns: u64) -> bool {
 
 /// A TCP segment from a trusted resolver: the agent reassembles the stream and learns.
 #[inline(always)]
-fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2]) {
+pub(crate) fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2]) {
     let Ok(doff) = ctx.load::<u8>(p.l4_off + TCP_DOFF_OFF) else {
         return;
     };

@@ -17,18 +17,19 @@
 mod dns;
 mod maps;
 mod skb;
+mod sockets;
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    macros::classifier,
+    macros::{cgroup_skb, classifier},
     maps::{LpmTrie, lpm_trie::Key},
-    programs::TcContext,
+    programs::{SkBuffContext, TcContext},
 };
 use egress_common::{
     counters,
     maps::{
         Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, LearnedValue, NS_PER_S,
-        StaticValue, action, family, port_bit, reason, v4_of_mapped,
+        StaticValue, action, family, learn, port_bit, reason, v4_of_mapped,
     },
     mode,
     packet::{
@@ -63,6 +64,27 @@ pub(crate) fn ingress(ctx: TcContext) -> i32 {
     // Fail-open by design: ingress enforces nothing. An answer that cannot be trusted or parsed
     // teaches nothing and still reaches its socket; blocking DNS is not this program's job.
     PASS
+}
+
+/// Learning at the sockets (`egress run --dns-cgroup`), query side: a `cgroup_skb/egress`
+/// program on the node's cgroup remembers every UDP DNS query a socket sends (work in
+/// `sockets.rs`). Never drops: it only watches.
+#[cgroup_skb(egress)]
+pub(crate) fn sock_query(ctx: SkBuffContext) -> i32 {
+    sockets::track_query(ctx.skb.skb);
+    sockets::SK_PASS
+}
+
+/// Learning at the sockets, answer side: a `cgroup_skb/ingress` program on the node's cgroup
+/// learns an answer's addresses before it is queued to the socket that asked, in whatever
+/// network namespace (pods), after decapsulation and reverse NAT. Never drops (fail-open, as
+/// the interface's ingress program).
+#[cgroup_skb(ingress)]
+pub(crate) fn sock_answer(ctx: SkBuffContext) -> i32 {
+    if sockets::classify_answer(ctx.skb.skb) == dns::UDP_ANSWER {
+        sockets::learn_answer(ctx.skb.skb);
+    }
+    sockets::SK_PASS
 }
 
 /// The enforcing program, attached to the egress of each enforced interface.
@@ -118,7 +140,12 @@ fn classify(
         return Ok((PASS, false));
     };
     let t = p.transport;
-    let dns = t.kind == Kind::Ports && t.proto == IPPROTO_UDP && t.dport == DNS_PORT;
+    // Queries are remembered here only when answers are learned at the interface; learning at
+    // the sockets remembers them at the sockets.
+    let dns = cfg.learn == learn::INTERFACE
+        && t.kind == Kind::Ports
+        && t.proto == IPPROTO_UDP
+        && t.dport == DNS_PORT;
     let verdict = match t.kind {
         // Fail-open, by design: a later fragment carries no ports; the first fragment carries
         // them and gets the full verdict, and without it the datagram cannot be reassembled.

@@ -12,7 +12,7 @@ use egress_common::{
         DNS_PENDING_CAPACITY, DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue,
         LEARNED_CAPACITY, LearnedValue, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, NO_PREALLOC,
         NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY, RateState,
-        STATIC_CAPACITY, StaticValue,
+        SCRATCH_SLOTS, STATIC_CAPACITY, SockPendingKey, StaticValue,
     },
 };
 
@@ -47,7 +47,10 @@ pub(crate) static NAMES_WILD: HashMap<u64, NameValue> = HashMap::pinned(NAMES_WI
 pub(crate) static DNS_PENDING: LruHashMap<PendingKey, PendingValue> =
     LruHashMap::pinned(DNS_PENDING_CAPACITY, 0);
 #[map]
-pub(crate) static DNS_SCRATCH: PerCpuArray<DnsBuf> = PerCpuArray::pinned(2, 0);
+pub(crate) static SOCK_PENDING: LruHashMap<SockPendingKey, PendingValue> =
+    LruHashMap::pinned(DNS_PENDING_CAPACITY, 0);
+#[map]
+pub(crate) static DNS_SCRATCH: PerCpuArray<DnsBuf> = PerCpuArray::pinned(SCRATCH_SLOTS, 0);
 #[map]
 pub(crate) static DNS_EVENTS: RingBuf = RingBuf::pinned(DNS_EVENTS_BYTES, 0);
 

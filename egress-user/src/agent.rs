@@ -24,7 +24,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    apply::{ApplyError, apply},
+    apply::{ApplyError, Overrides, apply},
     attach::{self, AttachError, AttachMode},
     clock,
     datapath::Datapath,
@@ -35,6 +35,7 @@ use crate::{
     pins::{Hook, PinDir, PinError},
     policy::{self, Mode, Policy, PolicyError},
     routes::{self, RoutesError},
+    sockets::{self, SocketsError},
     watch::{PolicyWatch, WatchError},
 };
 
@@ -49,6 +50,11 @@ pub struct RunOptions {
     /// Overrides the policy's mode.
     pub mode: Option<Mode>,
     pub attach: AttachMode,
+    /// Learn DNS answers at the sockets of every process in this cgroup v2 (see
+    /// `sockets.rs`) instead of at the interfaces.
+    pub dns_cgroup: Option<PathBuf>,
+    /// The resolv.conf files trusted when the policy names no resolvers.
+    pub resolv_confs: Vec<PathBuf>,
 }
 
 /// The agent needs these capabilities; errors that may come from missing ones say so.
@@ -128,6 +134,8 @@ pub enum AgentErrorKind {
     },
     #[error(transparent)]
     Attach(#[from] AttachError),
+    #[error(transparent)]
+    Sockets(#[from] SocketsError),
     #[error("cannot install the {signal} handler")]
     Signal {
         signal: &'static str,
@@ -148,8 +156,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 /// The running agent and everything it owns.
 pub struct Agent {
     policy_path: PathBuf,
-    /// The mode given on the command line, which overrides the policy's.
-    mode: Option<Mode>,
+    /// What the command line sets beside the policy (mode, where to learn).
+    overrides: Overrides,
     /// The policy in force, and the text it was read from (a file change to the same text is
     /// not a reload).
     policy: Policy,
@@ -176,7 +184,14 @@ impl Agent {
             metrics_addr,
             mode,
             attach: attach_mode,
+            dns_cgroup,
+            resolv_confs,
         } = opts;
+        let overrides = Overrides {
+            mode,
+            learn_at_sockets: dns_cgroup.is_some(),
+            resolv_confs,
+        };
         let policy_text = policy::read(&policy_path)?;
         let policy = policy::parse(&policy_text, &policy_path)?;
         let ifaces = if ifaces.is_empty() {
@@ -210,7 +225,14 @@ impl Agent {
         let events_ring = ring(&mut ebpf, names::EVENTS)?;
         let dns_ring = ring(&mut ebpf, names::DNS_EVENTS)?;
         let mut dp = Datapath::from_ebpf(&mut ebpf)?;
-        apply(&mut dp, &policy, mode).map_err(|source| AgentErrorKind::Apply { source })?;
+        apply(&mut dp, &policy, &overrides).map_err(|source| AgentErrorKind::Apply { source })?;
+
+        // Learning before enforcement: the socket programs first (or the links of a previous
+        // run that learned there removed), then the interfaces.
+        match &dns_cgroup {
+            Some(cgroup) => sockets::attach(&mut ebpf, cgroup, &pins)?,
+            None => sockets::detach(&pins)?,
+        }
 
         // Ingress (learning) first, so names are learned from the moment egress enforces.
         for hook in Hook::ALL {
@@ -238,6 +260,7 @@ impl Agent {
         }
         tracing::info!(
             mode = ?mode.unwrap_or(policy.mode),
+            learn_at = if dns_cgroup.is_some() { "sockets" } else { "interfaces" },
             ports = ?policy.ports,
             cidrs = policy.allow.cidrs.len(),
             names = policy.allow.names.len(),
@@ -293,7 +316,7 @@ impl Agent {
         tracing::info!(%metrics_addr, "ready");
         Ok(Self {
             policy_path,
-            mode,
+            overrides,
             policy,
             policy_text: Some(policy_text),
             dp,
@@ -391,7 +414,7 @@ impl Agent {
             }
         };
         let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-        match apply(&mut dp, &new, self.mode) {
+        match apply(&mut dp, &new, &self.overrides) {
             Ok(()) => {
                 self.metrics.reloads.inc();
                 self.learner
@@ -404,7 +427,7 @@ impl Agent {
             Err(e) => {
                 self.metrics.reload_failures.inc();
                 tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
-                if let Err(e) = apply(&mut dp, &self.policy, self.mode) {
+                if let Err(e) = apply(&mut dp, &self.policy, &self.overrides) {
                     tracing::error!(error = %error_chain(&e), "cannot restore the previous policy");
                 }
             }

@@ -1,9 +1,12 @@
 //! A policy written into the maps: what the kernel is configured with for a policy, the name
 //! hashes, the trusted resolvers, and the order of the writes.
 
-use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, time::Duration};
 
-use egress_common::{hash::name_hashes, maps::Config};
+use egress_common::{
+    hash::name_hashes,
+    maps::{Config, learn},
+};
 use thiserror::Error;
 
 use crate::{
@@ -32,11 +35,37 @@ pub enum ApplyError {
     },
 }
 
+/// The resolv.conf read when a policy names no resolvers.
+pub const SYSTEM_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// What the command line sets beside the policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overrides {
+    /// Overrides the policy's mode (`egress run --mode`).
+    pub mode: Option<Mode>,
+    /// DNS answers are learned at the sockets (`egress run --dns-cgroup`), not at the
+    /// interfaces.
+    pub learn_at_sockets: bool,
+    /// The resolv.conf files whose nameservers are trusted when the policy names no resolvers
+    /// (`egress run --resolv-conf`, default [`SYSTEM_RESOLV_CONF`]).
+    pub resolv_confs: Vec<PathBuf>,
+}
+
+impl Default for Overrides {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            learn_at_sockets: false,
+            resolv_confs: vec![PathBuf::from(SYSTEM_RESOLV_CONF)],
+        }
+    }
+}
+
 /// The kernel configuration a policy asks for. `key` is the name-hash key already in the maps
 /// (adopted state), or a fresh one.
-pub fn kernel_config(policy: &Policy, mode: Option<Mode>, key: (u64, u64)) -> Config {
+pub fn kernel_config(policy: &Policy, overrides: &Overrides, key: (u64, u64)) -> Config {
     Config {
-        mode: mode.unwrap_or(policy.mode).as_raw(),
+        mode: overrides.mode.unwrap_or(policy.mode).as_raw(),
         events_per_sec: EVENTS_PER_SEC,
         tcp_idle_ns: TCP_IDLE.as_nanos() as u64,
         udp_idle_ns: UDP_IDLE.as_nanos() as u64,
@@ -44,6 +73,12 @@ pub fn kernel_config(policy: &Policy, mode: Option<Mode>, key: (u64, u64)) -> Co
         hash_k1: key.1,
         min_ttl_s: policy.dns.min_ttl.as_secs() as u32,
         grace_s: policy.dns.grace.as_secs() as u32,
+        learn: if overrides.learn_at_sockets {
+            learn::SOCKETS
+        } else {
+            learn::INTERFACE
+        },
+        _pad: 0,
     }
 }
 
@@ -64,14 +99,23 @@ fn hash_key(dp: &Datapath) -> Result<(u64, u64), ApplyError> {
     ))
 }
 
-/// The resolvers whose answers are trusted: the policy's, or the nameservers of
-/// `/etc/resolv.conf` (read again at every apply, so a reload follows its changes).
-pub fn resolvers(policy: &Policy) -> Vec<IpAddr> {
+/// The resolvers whose answers are trusted: the policy's, or the nameservers of the
+/// `resolv_confs` files (read again at every apply, so a reload follows their changes; a
+/// missing file contributes none), without repeats.
+pub fn resolvers(policy: &Policy, resolv_confs: &[PathBuf]) -> Vec<IpAddr> {
     if let Some(r) = &policy.resolvers {
         return r.clone();
     }
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    system_resolvers(&text)
+    let mut out = Vec::new();
+    for path in resolv_confs {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for r in system_resolvers(&text) {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out
 }
 
 /// Nameserver addresses from resolv.conf text (a `%scope` suffix is dropped).
@@ -85,7 +129,7 @@ pub fn system_resolvers(text: &str) -> Vec<IpAddr> {
 
 /// Writes a policy into the maps. Additions go in before removals and the mode and ports come
 /// last, so what both the old and the new policy allow is never denied in between.
-pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> Result<(), ApplyError> {
+pub fn apply(dp: &mut Datapath, policy: &Policy, overrides: &Overrides) -> Result<(), ApplyError> {
     let key = hash_key(dp)?;
     let mut exact = BTreeSet::new();
     let mut wild = BTreeSet::new();
@@ -95,7 +139,7 @@ pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> Result<(
             NamePattern::Wildcard(suffix) => wild.insert(name_hashes(key.0, key.1, suffix).0),
         };
     }
-    let resolvers = resolvers(policy);
+    let resolvers = resolvers(policy, &overrides.resolv_confs);
     if !policy.allow.names.is_empty() {
         if resolvers.is_empty() {
             tracing::warn!("no resolvers: set `resolvers:` in the policy; no name will be learned");
@@ -108,6 +152,6 @@ pub fn apply(dp: &mut Datapath, policy: &Policy, mode: Option<Mode>) -> Result<(
     dp.sync_resolvers(&resolvers)?;
     dp.sync_names(&exact, &wild)?;
     dp.set_ports(&policy.ports)?;
-    dp.set_config(&kernel_config(policy, mode, key))?;
+    dp.set_config(&kernel_config(policy, overrides, key))?;
     Ok(())
 }

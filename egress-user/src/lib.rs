@@ -17,6 +17,7 @@ pub mod policy;
 pub mod presets;
 pub mod records;
 pub mod routes;
+pub mod sockets;
 pub mod status;
 pub mod suggest;
 pub mod watch;

@@ -45,6 +45,16 @@ enum Command {
         /// How to attach: TCX links (Linux >= 6.6) or a clsact filter; auto picks by kernel.
         #[arg(long, value_enum, default_value = "auto")]
         attach: attach::AttachMode,
+        /// Learn DNS answers at the sockets of every process in this cgroup v2 directory (the
+        /// node's root cgroup, e.g. /sys/fs/cgroup, so pods' answers are learned wherever their
+        /// DNS is served; see docs/kubernetes.md) instead of at the interfaces.
+        #[arg(long, value_name = "CGROUP")]
+        dns_cgroup: Option<PathBuf>,
+        /// A resolv.conf whose nameservers are trusted when the policy has no `resolvers:`
+        /// (repeat for several; on Kubernetes the pod's, which names the cluster DNS Service,
+        /// and the node's).
+        #[arg(long = "resolv-conf", value_name = "FILE", default_value = egress_user::apply::SYSTEM_RESOLV_CONF)]
+        resolv_confs: Vec<PathBuf>,
     },
     /// Validate a policy file and print it normalized.
     Check { file: PathBuf },
@@ -106,6 +116,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_addr,
             mode,
             attach,
+            dns_cgroup,
+            resolv_confs,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -118,11 +130,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_addr,
                 mode,
                 attach,
+                dns_cgroup,
+                resolv_confs,
             }))?;
             Ok(())
         }
         Command::Check { file } => {
-            let p = policy::load(&file)?;
+            let mut p = policy::load(&file)?;
+            // The normalized policy is what the agent runs: without `resolvers:` that is the
+            // nameservers of /etc/resolv.conf, which it reads again at every start and reload.
+            if p.resolvers.is_none() {
+                let system = egress_user::apply::resolvers(
+                    &p,
+                    &[egress_user::apply::SYSTEM_RESOLV_CONF.into()],
+                );
+                println!(
+                    "# resolvers: not in {}, so the nameservers of {} (read again at every start and reload; `egress run --resolv-conf` names other files){}",
+                    file.display(),
+                    egress_user::apply::SYSTEM_RESOLV_CONF,
+                    if system.is_empty() {
+                        "; it lists none, so no name will be learned"
+                    } else {
+                        ""
+                    }
+                );
+                p.resolvers = Some(system);
+            }
             print!("{}", serde_saphyr::to_string(&p)?);
             Ok(())
         }

@@ -66,6 +66,11 @@ const DERIVED: &[Family] = &[
             ("untrusted_source", counters::DNS_UNTRUSTED),
             ("unsolicited", counters::DNS_UNSOLICITED),
             ("malformed", counters::DNS_MALFORMED),
+            ("nxdomain", counters::DNS_NXDOMAIN),
+            ("servfail", counters::DNS_SERVFAIL),
+            ("refused", counters::DNS_REFUSED),
+            ("other_error", counters::DNS_OTHER_ERROR),
+            ("nodata", counters::DNS_NODATA),
         ],
     ),
     (

@@ -59,6 +59,28 @@ impl Hook {
     }
 }
 
+/// The two socket-level programs of learning at the sockets (`egress run --dns-cgroup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockHook {
+    /// `cgroup_skb/egress`: remembers the queries.
+    Query,
+    /// `cgroup_skb/ingress`: learns the answers.
+    Answer,
+}
+
+impl SockHook {
+    /// The answer side first, so no query is remembered that no program would match.
+    pub const ALL: [SockHook; 2] = [SockHook::Answer, SockHook::Query];
+
+    /// Also the program's name in the eBPF object.
+    pub fn name(self) -> &'static str {
+        match self {
+            SockHook::Query => "sock_query",
+            SockHook::Answer => "sock_answer",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PinDir {
     root: PathBuf,
@@ -83,6 +105,11 @@ impl PinDir {
 
     pub fn link(&self, hook: Hook, iface: &str) -> PathBuf {
         self.root.join(format!("link_{}_{iface}", hook.name()))
+    }
+
+    /// The pinned link of a socket-level program to the learning cgroup.
+    pub fn sock_link(&self, hook: SockHook) -> PathBuf {
+        self.root.join(format!("link_{}", hook.name()))
     }
 
     /// Interfaces with a pinned TCX link in this directory.

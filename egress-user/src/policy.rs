@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use egress_common::MAX_PORTS;
+use egress_common::{MAX_PORTS, maps::RESOLVERS_CAPACITY};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de};
 use thiserror::Error;
@@ -63,7 +63,7 @@ impl Mode {
 pub struct Policy {
     pub mode: Mode,
     pub ports: Vec<u16>,
-    /// `None`: the nameservers of `/etc/resolv.conf`, read when the agent starts.
+    /// `None`: the nameservers of `/etc/resolv.conf`, read again at every start and reload.
     pub resolvers: Option<Vec<IpAddr>>,
     pub allow: Allow,
     pub dns: Dns,
@@ -177,7 +177,7 @@ struct RawPolicy {
     #[serde(default)]
     ports: Option<Ports>,
     #[serde(default)]
-    resolvers: Option<Vec<Validated<Resolver>>>,
+    resolvers: Option<Resolvers>,
     #[serde(default)]
     allow: RawAllow,
     #[serde(default)]
@@ -279,6 +279,25 @@ impl FromStr for Grace {
             });
         }
         Ok(Grace(d))
+    }
+}
+
+/// Trusted resolvers: at most [`RESOLVERS_CAPACITY`], the size of the kernel's map (more
+/// would fail half-way through writing them).
+struct Resolvers(Vec<IpAddr>);
+
+impl<'de> Deserialize<'de> for Resolvers {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<Validated<Resolver>>::deserialize(d)?;
+        if list.len() > RESOLVERS_CAPACITY as usize {
+            return Err(de::Error::custom(format!(
+                "resolvers lists {} addresses; at most {RESOLVERS_CAPACITY} are supported",
+                list.len()
+            )));
+        }
+        let mut out: Vec<IpAddr> = list.into_iter().map(|v| v.0.0).collect();
+        out.dedup();
+        Ok(Self(out))
     }
 }
 
@@ -394,7 +413,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     Ok(Policy {
         mode,
         ports,
-        resolvers: resolvers.map(|r| r.into_iter().map(|v| v.0.0).collect()),
+        resolvers: resolvers.map(|r| r.0),
         allow: Allow {
             names,
             cidrs,

@@ -112,7 +112,18 @@ impl Agent {
         policy: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        Self::start_with(topo, pins, policy, extra, true)
+        Self::start_with(&topo.client, &topo.iface, pins, policy, extra, true)
+    }
+
+    /// Starts the agent in namespace `ns`, enforcing on `iface` there.
+    pub fn start_in(
+        ns: &NetNs,
+        iface: &str,
+        pins: &TestPins,
+        policy: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_with(ns, iface, pins, policy, extra, true)
     }
 
     /// Starts the agent without `--iface`: it must find the interface by the default route.
@@ -121,11 +132,12 @@ impl Agent {
         pins: &TestPins,
         policy: &str,
     ) -> anyhow::Result<Self> {
-        Self::start_with(topo, pins, policy, &[], false)
+        Self::start_with(&topo.client, &topo.iface, pins, policy, &[], false)
     }
 
     fn start_with(
-        topo: &Topology,
+        ns: &NetNs,
+        iface: &str,
         pins: &TestPins,
         policy: &str,
         extra: &[&str],
@@ -139,13 +151,13 @@ impl Agent {
             log: dir.path().join("agent.log"),
             policy: policy_path,
             pins: pins.path().to_owned(),
-            ns: topo.client.name.clone(),
-            iface: topo.iface.clone(),
+            ns: ns.name.clone(),
+            iface: iface.to_owned(),
             iface_flag,
             _dir: dir,
         };
         agent.spawn(extra)?;
-        agent.wait_ready(&topo.client)?;
+        agent.wait_ready(ns)?;
         Ok(agent)
     }
 

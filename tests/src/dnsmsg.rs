@@ -3,7 +3,7 @@
 use std::{net::IpAddr, str::FromStr};
 
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, Query},
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, Record, RecordType, rdata},
     serialize::binary::BinEncodable,
 };
@@ -25,9 +25,21 @@ pub fn query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
 }
 
 pub fn response(id: u16, name: &str, rtype: RecordType, answers: &[Rr<'_>]) -> Vec<u8> {
+    response_with(id, name, rtype, ResponseCode::NoError, answers)
+}
+
+/// A response with the response code `rcode` (an error response may still carry records).
+pub fn response_with(
+    id: u16,
+    name: &str,
+    rtype: RecordType,
+    rcode: ResponseCode,
+    answers: &[Rr<'_>],
+) -> Vec<u8> {
     let mut m = Message::new();
     m.set_id(id)
         .set_message_type(MessageType::Response)
+        .set_response_code(rcode)
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
         .set_recursion_available(true)

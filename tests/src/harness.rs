@@ -32,7 +32,7 @@ impl Harness {
         let mut ebpf = loader.load(ebpf::OBJECT).expect("load object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
-        apply::apply(&mut dp, &p, None).expect("apply");
+        apply::apply(&mut dp, &p, &apply::Overrides::default()).expect("apply");
         for name in [
             Hook::Ingress.name(),
             Hook::Egress.name(),

@@ -6,6 +6,7 @@
 //! lives in its own namespaces.
 
 pub mod classic;
+pub mod cluster;
 pub mod dnsmsg;
 pub mod harness;
 pub mod live;

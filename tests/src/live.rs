@@ -66,7 +66,7 @@ fn nginx_conf(dir: &Path, cert: &Path, key: &Path) -> String {
 }
 
 /// A self-signed certificate, made once per test process.
-fn certificate() -> &'static (PathBuf, PathBuf) {
+pub(crate) fn certificate() -> &'static (PathBuf, PathBuf) {
     static CERT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     CERT.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("egress-cert-{}", std::process::id()));

@@ -78,6 +78,9 @@ fn the_daemonset_runs_the_agent_with_the_measured_capabilities_only() {
     assert!(ds.contains("drop: [\"ALL\"]"));
     assert!(ds.contains("add: [\"BPF\", \"NET_ADMIN\", \"PERFMON\"]"));
     assert!(ds.contains("privileged: false"));
+    // Learning at the sockets of the host's root cgroup (docs/kubernetes.md).
+    assert!(ds.contains("--dns-cgroup=/host/sys/fs/cgroup") && ds.contains("path: /sys/fs/cgroup"));
+    assert!(ds.contains("dnsPolicy: ClusterFirstWithHostNet"));
     // The policy directory (not a subPath) so ConfigMap updates reach the agent.
     assert!(ds.contains("mountPath: /etc/egress") && !ds.contains("subPath:"));
 }

@@ -9,12 +9,12 @@ use egress_common::{
     testing::Packet,
 };
 use egress_tests::{
-    dnsmsg::{Rr, query, response},
+    dnsmsg::{Rr, query, response, response_with},
     harness::Harness,
     ip,
 };
 use egress_user::clock;
-use hickory_proto::rr::RecordType;
+use hickory_proto::{op::ResponseCode, rr::RecordType};
 
 const CLIENT: &str = "192.0.2.10";
 const RESOLVER: &str = "192.0.2.53";
@@ -83,6 +83,52 @@ fn an_allowed_answer_is_learned_before_ingress_returns() {
     assert_eq!(syn(&h, "198.51.100.1"), PASS);
     assert_eq!(h.counter(counters::DNS_ANSWER_LEARNED), 1);
     assert_eq!(h.counter(counters::DNS_ADDR_LEARNED), 1);
+}
+
+#[test]
+fn error_answers_are_counted_by_rcode_and_only_unparsable_ones_as_malformed() {
+    let h = harness();
+    let send = |bytes: Vec<u8>| {
+        let a = Packet::udp_with(ip(RESOLVER), 53, ip(CLIENT), PORT, bytes).build();
+        assert_eq!(h.ingress(&a), PASS, "ingress never drops");
+    };
+    // Error answers that even carry an address record: counted by rcode, nothing learned.
+    for (id, rcode, counter) in [
+        (20, ResponseCode::NXDomain, counters::DNS_NXDOMAIN),
+        (21, ResponseCode::ServFail, counters::DNS_SERVFAIL),
+        (22, ResponseCode::Refused, counters::DNS_REFUSED),
+        (23, ResponseCode::NotImp, counters::DNS_OTHER_ERROR),
+    ] {
+        ask(&h, CLIENT, RESOLVER, id, "cgr.dev.", RecordType::A);
+        send(response_with(
+            id,
+            "cgr.dev.",
+            RecordType::A,
+            rcode,
+            &[Rr::Addr("cgr.dev.", "198.51.100.20", 60)],
+        ));
+        assert_eq!(h.counter(counter), 1, "{rcode:?}");
+    }
+    // NODATA: NOERROR without records (the AAAA of an IPv4-only name).
+    ask(&h, CLIENT, RESOLVER, 24, "cgr.dev.", RecordType::AAAA);
+    send(response(24, "cgr.dev.", RecordType::AAAA, &[]));
+    assert_eq!(h.counter(counters::DNS_NODATA), 1);
+    assert_eq!(h.counter(counters::DNS_MALFORMED), 0);
+    assert_eq!(learned(&h, "198.51.100.20"), None);
+    assert_eq!(syn(&h, "198.51.100.20"), DROP);
+    // A corrupted answer (its only record cut short) still is malformed.
+    ask(&h, CLIENT, RESOLVER, 25, "cgr.dev.", RecordType::A);
+    let mut cut = response(
+        25,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.21", 60)],
+    );
+    cut.truncate(cut.len() - 2);
+    send(cut);
+    assert_eq!(h.counter(counters::DNS_MALFORMED), 1);
+    assert_eq!(learned(&h, "198.51.100.21"), None);
+    assert_eq!(h.counter(counters::DNS_ANSWER_LEARNED), 0);
 }
 
 #[test]

@@ -354,3 +354,39 @@ fn bpf_net_admin_and_perfmon_are_the_capabilities_it_needs() {
         ],
     );
 }
+
+#[test]
+fn check_prints_the_resolvers_the_agent_will_use_when_the_policy_names_none() {
+    let ns = egress_tests::NetNs::new(egress_tests::unique("chk")).unwrap();
+    // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf.
+    let etc = Path::new("/etc/netns").join(&ns.name);
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("resolv.conf"),
+        "search example.test\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(&policy, "allow:\n  names: [cgr.dev]\n").unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(egress_tests::egress_bin())
+        .arg("check")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&etc);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("# resolvers: not in"), "{text}");
+    assert!(!text.contains("null"), "{text}");
+    let resolvers: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("resolvers:"))
+        .skip(1)
+        .map(|l| l.trim().replace('"', ""))
+        .take_while(|l| l.starts_with("- "))
+        .collect();
+    assert_eq!(resolvers, ["- 192.0.2.53", "- fe80::1"], "{text}");
+}

@@ -2,8 +2,8 @@
 //! inside Debian's Linux 6.1 and 6.12 under qemu, with virtme-ng sharing this machine's root
 //! filesystem, so every program is proven to load and behave on each kernel series.
 //!
-//! Everything it needs comes from the registries: qemu-system-x86, busybox (virtme-ng builds its
-//! initramfs with it) and kmod from apt, virtme-ng from PyPI, the kernel packages from apt
+//! Everything it needs comes from the registries: qemu-system-x86, busybox-static (virtme-ng
+//! builds its initramfs with it) and kmod from apt, virtme-ng from PyPI, the kernel packages from apt
 //! (downloaded and unpacked under ~/.cache/egress/vm, never installed). Nothing installed before
 //! is removed: the apt install is simulated first, and a plan that removes a package is refused
 //! (see [`apt_install_without_removals`]). qemu runs without KVM: nested KVM on the machines we
@@ -78,8 +78,9 @@ fn prepare_tools() -> anyhow::Result<()> {
     if !on_path("qemu-system-x86_64") {
         missing.push("qemu-system-x86");
     }
-    if !on_path("busybox") {
-        missing.push("busybox");
+    // virtme-ng builds the guest's initramfs from a statically linked busybox.
+    if !package_installed("busybox-static") {
+        missing.push("busybox-static");
     }
     if !on_path("depmod") && !Path::new("/usr/sbin/depmod").exists() {
         missing.push("kmod");
@@ -93,6 +94,11 @@ fn prepare_tools() -> anyhow::Result<()> {
             .context("cannot install virtme-ng from PyPI")?;
     }
     Ok(())
+}
+
+fn package_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|s| s.contains("install ok installed"))
 }
 
 /// The packages an `apt-get install` plan would remove (its `Remv` lines).
@@ -223,7 +229,8 @@ fn prepare_kernel(series: &Series) -> anyhow::Result<(PathBuf, String)> {
         eprintln!("vm: downloading {package}");
         status(
             Command::new("apt-get")
-                .args(["download", &package])
+                // The cache is root's: download as root, not as apt's sandbox user.
+                .args(["-o", "APT::Sandbox::User=root", "download", &package])
                 .current_dir(&dir),
         )?;
         let deb = std::fs::read_dir(&dir)?
@@ -390,6 +397,9 @@ fn boot(
             "2G",
             "--cpus",
             "2",
+            // virtme-ng asks for `-cpu max`; under qemu 10's TCG that CPU makes Debian's 6.1
+            // kernel die early on an invalid opcode. The baseline x86-64 model boots both.
+            "--qemu-opts=-cpu qemu64",
             "--exec",
             script,
         ])

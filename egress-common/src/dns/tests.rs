@@ -182,7 +182,7 @@ fn error_responses_teach_nothing() {
         ))
         .add_answer(a("a.example.", "192.0.2.1", 5));
     let b = m.to_bytes().unwrap();
-    assert_eq!(learn(&b).unwrap_err(), DnsError::NotApplicable);
+    assert_eq!(learn(&b).unwrap_err(), DnsError::ErrorResponse);
 }
 
 #[test]

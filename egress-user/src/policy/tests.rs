@@ -204,3 +204,13 @@ fn an_empty_policy_is_an_error_not_a_deny_all() {
     }
     assert!(parse("allow: {}\n", "p.yaml".as_ref()).is_ok());
 }
+
+#[test]
+fn more_resolvers_than_the_kernel_map_holds_are_rejected_where_they_stand() {
+    let list: Vec<String> = (1..=65).map(|i| format!("192.0.2.{i}")).collect();
+    let e = err(&format!("mode: audit\nresolvers: [{}]\n", list.join(", ")));
+    assert!(e.starts_with("p.yaml:2:"), "{e}");
+    assert!(e.contains("at most 64"), "{e}");
+    let ok64 = ok(&format!("resolvers: [{}]\n", list[..64].join(", ")));
+    assert_eq!(ok64.resolvers.map(|r| r.len()), Some(64));
+}

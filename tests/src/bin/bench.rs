@@ -249,11 +249,11 @@ fn control() -> Value {
     let t = Instant::now();
     let p1 = egress_user::policy::parse(&first, "big.yaml".as_ref()).expect("policy");
     let parse_s = t.elapsed().as_secs_f64();
-    egress_user::apply::apply(&mut dp, &p1, None).expect("apply");
+    egress_user::apply::apply(&mut dp, &p1, &Default::default()).expect("apply");
     let load_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let p2 = egress_user::policy::parse(&changed, "big.yaml".as_ref()).expect("policy");
-    egress_user::apply::apply(&mut dp, &p2, None).expect("reload");
+    egress_user::apply::apply(&mut dp, &p2, &Default::default()).expect("reload");
     let reload_s = t.elapsed().as_secs_f64();
     drop(dp);
     drop(ebpf);
