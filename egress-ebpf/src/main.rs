@@ -71,7 +71,9 @@ pub(crate) fn ingress(ctx: TcContext) -> i32 {
 /// `sockets.rs`). Never drops: it only watches.
 #[cgroup_skb(egress)]
 pub(crate) fn sock_query(ctx: SkBuffContext) -> i32 {
-    sockets::track_query(ctx.skb.skb);
+    if sockets::track_query(ctx.skb.skb) == sockets::UDP_QUERY {
+        sockets::remember_query(ctx.skb.skb);
+    }
     sockets::SK_PASS
 }
 

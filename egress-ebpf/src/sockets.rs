@@ -58,8 +58,13 @@ fn cookie(skb: *mut __sk_buff) -> u64 {
     unsafe { bpf_get_socket_cookie(skb.cast()) }
 }
 
-/// Query side: remembers a UDP query to port 53 under (socket, client port, id). A global
-/// function so the verifier checks it once, apart from the program's entry.
+/// [`track_query`]: a UDP query, its addressing in the scratch slot.
+pub(crate) const UDP_QUERY: i32 = 1;
+
+/// Query side, step 1: finds a UDP query to port 53 and leaves its addressing in the scratch
+/// slot ([`UDP_QUERY`]). A global function, and called one after the other with step 2 from
+/// the entry, never one from the other: Linux 6.1 counts the frames of a call chain together
+/// ("combined stack size of 4 calls is 576. Too large").
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn track_query(skb: *mut __sk_buff) -> i32 {
@@ -77,11 +82,11 @@ pub(crate) extern "C" fn track_query(skb: *mut __sk_buff) -> i32 {
     if !stash_packet(SCRATCH_SOCK_QUERY, &p) {
         return 0;
     }
-    remember_query(skb)
+    UDP_QUERY
 }
 
-/// Query side, step 2 (a global function of its own, so no call chain holds the header
-/// parser's frame and the DNS parser's frame at once; see `dns::egress_track`).
+/// Query side, step 2: parses the query [`track_query`] found and remembers it under
+/// (socket, client port, id).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn remember_query(skb: *mut __sk_buff) -> i32 {

@@ -101,6 +101,8 @@ pub enum AgentErrorKind {
     Http(#[from] HttpError),
     #[error(transparent)]
     Pins(#[from] PinError),
+    #[error(transparent)]
+    Layout(#[from] ebpf::LayoutError),
     #[error("cannot load the eBPF object with maps pinned under {pin_dir} ({CAPS})")]
     Load {
         pin_dir: PathBuf,
@@ -208,6 +210,7 @@ impl Agent {
         let pins = PinDir::new(&pin_dir);
         pins.ensure()?;
 
+        ebpf::check_pinned(&pins)?;
         let mut ebpf = ebpf::load(&pins).map_err(|source| AgentErrorKind::Load {
             pin_dir: pin_dir.clone(),
             source,

@@ -15,6 +15,8 @@ use crate::{
 
 #[derive(Debug, Error)]
 pub enum StatusError {
+    #[error(transparent)]
+    Layout(#[from] crate::ebpf::LayoutError),
     #[error("no egress state under {path}")]
     NoState {
         path: PathBuf,
@@ -72,6 +74,7 @@ pub struct NameStatus {
 }
 
 pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
+    crate::ebpf::check_pinned(pins)?;
     let dp = Datapath::open_pinned(pins).map_err(|source| StatusError::NoState {
         path: pins.root().to_owned(),
         source: Box::new(source),

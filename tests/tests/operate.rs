@@ -390,3 +390,36 @@ fn check_prints_the_resolvers_the_agent_will_use_when_the_policy_names_none() {
         .collect();
     assert_eq!(resolvers, ["- 192.0.2.53", "- fe80::1"], "{text}");
 }
+
+#[test]
+fn an_agent_refuses_pinned_maps_of_another_layout_naming_the_map_and_keeps_them_enforcing() {
+    use egress_common::{counters, maps::names};
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let mut agent =
+        Agent::start(&topo, &pins, &egress_tests::static_policy("enforce"), &[]).unwrap();
+    agent.kill9();
+    // What another version would have pinned: a counter array of another size. The program
+    // attached keeps its own array; only a new agent would adopt this one.
+    let pin = pins.path().join(names::COUNTERS);
+    std::fs::remove_file(&pin).unwrap();
+    aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(counters::COUNT - 5, 0)
+        .unwrap()
+        .pin(&pin)
+        .unwrap();
+    agent.spawn(&[]).unwrap();
+    let err = agent
+        .wait_ready(&topo.client)
+        .expect_err("an agent adopted a map of another layout")
+        .to_string();
+    assert!(err.contains("map COUNTERS pinned at"), "{err}");
+    assert!(err.contains("another egress version"), "{err}");
+    assert!(err.contains("25 entries"), "{err}");
+    // Nothing was changed: the pinned datapath still enforces.
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_secs(1))
+            .is_err()
+    );
+}

@@ -376,17 +376,21 @@ fn guest_script(
     script
 }
 
+/// The longest a kernel's run may stay silent before it is taken for hung and stopped.
+const SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 fn boot(
     series: &'static str,
     vmlinuz: &Path,
     release: String,
     script: &str,
 ) -> anyhow::Result<Outcome> {
+    use std::io::BufRead as _;
     eprintln!(
-        "vm: booting Linux {release} under qemu (no KVM); about 5 s to boot, tests run slower than on the host"
+        "vm: booting Linux {release} under qemu (no KVM); about 15 s to boot, tests run slower than on the host"
     );
     let started = Instant::now();
-    let out = Command::new("vng")
+    let mut child = Command::new("vng")
         .args(["-v", "-r"])
         .arg(vmlinuz)
         .args([
@@ -403,25 +407,63 @@ fn boot(
             "--exec",
             script,
         ])
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .context("cannot start virtme-ng (vng)")?;
-    let seconds = started.elapsed().as_secs_f64();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    // The guest's console carries kernel messages too; print what the tests printed.
+    // The guest's console (stdout and stderr) is printed as it comes, so a slow run shows its
+    // progress and a hung one where it stopped.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().context("vng stdout")?) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().context("vng stderr")?),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        })
+    })
+    .collect();
+    drop(tx);
     let mut failed = None;
     let mut verifier = Vec::new();
-    for line in text.lines() {
-        let line = line.trim_end_matches('\r');
-        if let Some(n) = line.strip_prefix("EGRESS_VM_FAILED=") {
-            failed = n.trim().parse::<u32>().ok();
-        } else if let Some(v) = line.strip_prefix("EGRESS_VM_VERIFIER: ") {
-            println!("{v}");
-            verifier.push(v.to_owned());
-        } else if !line.starts_with('[') && !line.contains("is global and valid") {
-            println!("{line}");
+    loop {
+        match rx.recv_timeout(SILENCE_LIMIT) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                if let Some(n) = line.strip_prefix("EGRESS_VM_FAILED=") {
+                    failed = n.trim().parse::<u32>().ok();
+                } else if let Some(v) = line.strip_prefix("EGRESS_VM_VERIFIER: ") {
+                    println!("{v}");
+                    verifier.push(v.to_owned());
+                } else if !line.starts_with('[') && !line.contains("is global and valid") {
+                    // Kernel messages ("[  1.23] ...") and the verifier's log lines are noise.
+                    println!("{line}");
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!(
+                    "vm: Linux {release}: no output for {} s, stopping it",
+                    SILENCE_LIMIT.as_secs()
+                );
+                let _ = child.kill();
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    let _ = child.wait();
+    for r in readers {
+        let _ = r.join();
+    }
+    let seconds = started.elapsed().as_secs_f64();
     eprintln!("vm: Linux {release} done in {seconds:.0} s");
     Ok(Outcome {
         series,
