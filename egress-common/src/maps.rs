@@ -51,9 +51,13 @@ pub mod names {
     /// `HashMap<NameKey, DeniedValue>`, written by the agent only: denied destinations by the
     /// name that last resolved to them, or by address text (`egress suggest`).
     pub const DENIED: &str = "DENIED";
+    /// `HashMap<[u8; 16], u32>`, written by the agent only: the interfaces egress is attached
+    /// to (name, NUL-padded) and how ([`super::attached`]). TCX links are pinned files too;
+    /// clsact filters are not, so without this record nothing on disk would say where they are.
+    pub const ATTACHED: &str = "ATTACHED";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CONFIG,
         PORTS,
         STATIC_V4,
@@ -73,6 +77,7 @@ pub mod names {
         DNS_EVENTS,
         ANSWERS,
         DENIED,
+        ATTACHED,
     ];
 }
 
@@ -96,6 +101,18 @@ pub const RESOLVERS_CAPACITY: u32 = 64;
 pub const ANSWERS_CAPACITY: u32 = 65_536;
 /// Denied destinations remembered for `egress suggest` ([`names::DENIED`]; allocated as used).
 pub const DENIED_CAPACITY: u32 = 16_384;
+/// Interfaces egress can be attached to at once ([`names::ATTACHED`]).
+pub const ATTACHED_CAPACITY: u32 = 256;
+/// Bytes of an interface name in [`names::ATTACHED`] (`IFNAMSIZ`, with the NUL).
+pub const IFACE_BYTES: usize = 16;
+
+/// How egress is attached to an interface, bits of the [`names::ATTACHED`] value.
+pub mod attached {
+    /// TCX links (pinned as `link_<hook>_<iface>`).
+    pub const TCX: u32 = 1;
+    /// clsact filters (not pinned: they live on the interface).
+    pub const CLSACT: u32 = 2;
+}
 /// `BPF_F_NO_PREALLOC`: a hash map that allocates entries as they are inserted, for the
 /// agent's records, which are usually far from full.
 pub const NO_PREALLOC: u32 = 1;

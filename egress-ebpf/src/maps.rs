@@ -8,11 +8,11 @@ use aya_ebpf::{
 use egress_common::{
     counters,
     maps::{
-        ANSWERS_CAPACITY, AnswerValue, Config, DENIED_CAPACITY, DNS_EVENTS_BYTES,
-        DNS_PENDING_CAPACITY, DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue,
-        LEARNED_CAPACITY, LearnedValue, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, NO_PREALLOC,
-        NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY, RateState,
-        SCRATCH_SLOTS, STATIC_CAPACITY, SockPendingKey, StaticValue,
+        ANSWERS_CAPACITY, ATTACHED_CAPACITY, AnswerValue, Config, DENIED_CAPACITY,
+        DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY,
+        FlowKey, FlowValue, IFACE_BYTES, LEARNED_CAPACITY, LearnedValue, NAMES_EXACT_CAPACITY,
+        NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue,
+        RESOLVERS_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_CAPACITY, SockPendingKey, StaticValue,
     },
 };
 
@@ -62,6 +62,9 @@ pub(crate) static ANSWERS: HashMap<[u8; 16], AnswerValue> =
 #[map]
 pub(crate) static DENIED: HashMap<NameKey, DeniedValue> =
     HashMap::pinned(DENIED_CAPACITY, NO_PREALLOC);
+#[map]
+pub(crate) static ATTACHED: HashMap<[u8; IFACE_BYTES], u32> =
+    HashMap::pinned(ATTACHED_CAPACITY, NO_PREALLOC);
 
 /// A writable pointer to the learned value of `key` in `map` (`LEARNED_V4` or `LEARNED_V6`).
 /// aya-ebpf's `LpmTrie::get` hands out only shared references, and writing through one is

@@ -253,6 +253,7 @@ impl Agent {
             for iface in &ifaces {
                 let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
                 tracing::info!(iface, hook = name, ?how, "attached");
+                dp.record_attached(iface, how.record())?;
             }
             // The program pin is informational (links hold the program); replace it with ours.
             let prog_pin = pins.program(hook);

@@ -43,6 +43,16 @@ pub enum Attached {
     Netlink,
 }
 
+impl Attached {
+    /// The bit of the `ATTACHED` record for this kind of attachment.
+    pub fn record(self) -> u32 {
+        match self {
+            Attached::TcxNew | Attached::TcxAdopted => egress_common::maps::attached::TCX,
+            Attached::Netlink => egress_common::maps::attached::CLSACT,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum AttachError {
     #[error("interface {iface} does not exist")]

@@ -80,10 +80,19 @@ enum Command {
         #[arg(long)]
         reset: bool,
     },
-    /// Remove egress from an interface; with no interface left, remove every pin.
+    /// Remove egress from interfaces; with no interface left, remove every pin.
     Detach {
-        #[arg(long = "iface", required = true)]
+        /// An interface to detach from (repeat for several).
+        #[arg(
+            long = "iface",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
         ifaces: Vec<String>,
+        /// Every interface egress is attached to, the socket programs, and every pin: egress
+        /// is gone from the node.
+        #[arg(long)]
+        all: bool,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
@@ -196,31 +205,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Detach { ifaces, pin_dir } => {
-            let pins = PinDir::new(&pin_dir);
-            for iface in &ifaces {
-                if attach::detach(iface, &pins)? {
-                    eprintln!("detached from {iface}");
-                } else {
-                    eprintln!("nothing attached to {iface}");
-                }
-            }
-            if pins.linked_interfaces().is_empty() && pins.root().exists() {
-                for name in egress_common::maps::names::ALL {
-                    let _ = std::fs::remove_file(pins.map(name));
-                }
-                for hook in egress_user::pins::Hook::ALL {
-                    let _ = std::fs::remove_file(pins.program(hook));
-                }
-                std::fs::remove_dir(pins.root()).with_context(|| {
-                    format!(
-                        "cannot remove {} (pins of another tool there?)",
-                        pins.root().display()
-                    )
-                })?;
-                eprintln!("removed {}", pins.root().display());
-            }
-            Ok(())
+        Command::Detach {
+            ifaces,
+            all,
+            pin_dir,
+        } => detach(&PinDir::new(&pin_dir), ifaces, all),
+    }
+}
+
+/// `egress detach`: removes egress from `ifaces` (or, with `all`, from every interface it is
+/// recorded or pinned on, and the socket programs); when no interface is left, removes every
+/// pin and the directory.
+fn detach(pins: &PinDir, ifaces: Vec<String>, all: bool) -> anyhow::Result<()> {
+    let mut dp = egress_user::datapath::Datapath::open_pinned(pins).ok();
+    let recorded = |dp: &Option<egress_user::datapath::Datapath>| -> anyhow::Result<Vec<String>> {
+        let mut out = pins.linked_interfaces();
+        if let Some(dp) = dp {
+            out.extend(dp.attached_interfaces()?);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    };
+    let ifaces = if all { recorded(&dp)? } else { ifaces };
+    for iface in &ifaces {
+        if attach::detach(iface, pins)? {
+            eprintln!("detached from {iface}");
+        } else {
+            eprintln!("nothing attached to {iface}");
+        }
+        if let Some(dp) = dp.as_mut() {
+            dp.forget_attached(iface)?;
         }
     }
+    let left = recorded(&dp)?;
+    if !left.is_empty() {
+        eprintln!(
+            "still attached to {}; the pins under {} stay",
+            left.join(", "),
+            pins.root().display()
+        );
+        return Ok(());
+    }
+    drop(dp);
+    if pins.root().exists() {
+        egress_user::sockets::detach(pins)?;
+        for name in egress_common::maps::names::ALL {
+            let _ = std::fs::remove_file(pins.map(name));
+        }
+        for hook in egress_user::pins::Hook::ALL {
+            let _ = std::fs::remove_file(pins.program(hook));
+        }
+        std::fs::remove_dir(pins.root()).with_context(|| {
+            format!(
+                "cannot remove {} (pins of another tool there?)",
+                pins.root().display()
+            )
+        })?;
+        eprintln!("removed {}", pins.root().display());
+    }
+    Ok(())
 }

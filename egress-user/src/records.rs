@@ -7,13 +7,17 @@
 //! - `DENIED`: denied destinations by that name (or by address text when no answer named
 //!   them), with hit counts and times: the input of `egress suggest`. Bounded by
 //!   [`DENIED_CAPACITY`]: when full, new destinations are not recorded (counted).
+//! - `ATTACHED`: the interfaces egress is attached to and how, so that `egress status` and
+//!   `egress detach` know them on kernels whose clsact filters leave no pinned file.
 
 use std::{
     net::IpAddr,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use egress_common::maps::{ANSWERS_CAPACITY, AnswerValue, DeniedValue, NAME_BYTES, NameKey, names};
+use egress_common::maps::{
+    ANSWERS_CAPACITY, AnswerValue, DeniedValue, IFACE_BYTES, NAME_BYTES, NameKey, names,
+};
 
 use crate::datapath::{Datapath, DatapathError, mapped, op, unmapped};
 
@@ -161,4 +165,39 @@ impl Datapath {
             .filter(|k| self.denied.remove(k).is_ok())
             .count())
     }
+
+    /// Records that egress is attached to `iface` (`how`: bits of `maps::attached`).
+    pub fn record_attached(&mut self, iface: &str, how: u32) -> Result<()> {
+        let key = iface_key(iface);
+        let old = self.attached.get(&key, 0).unwrap_or(0);
+        self.attached
+            .insert(key, old | how, 0)
+            .map_err(op(names::ATTACHED, "insert"))
+    }
+
+    /// Forgets `iface` (detached).
+    pub fn forget_attached(&mut self, iface: &str) -> Result<()> {
+        match self.attached.remove(&iface_key(iface)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(op(names::ATTACHED, "remove")(source)),
+        }
+    }
+
+    /// The interfaces egress is recorded as attached to, sorted.
+    pub fn attached_interfaces(&self) -> Result<Vec<String>> {
+        let mut out = self
+            .attached
+            .keys()
+            .map(|k| k.map(|k| text(&k)).map_err(op(names::ATTACHED, "iterate")))
+            .collect::<Result<Vec<String>>>()?;
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn iface_key(iface: &str) -> [u8; IFACE_BYTES] {
+    let mut key = [0u8; IFACE_BYTES];
+    let n = iface.len().min(IFACE_BYTES - 1);
+    key[..n].copy_from_slice(&iface.as_bytes()[..n]);
+    key
 }

@@ -128,7 +128,13 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
             mode::AUDIT => "audit",
             _ => "unset",
         },
-        interfaces: pins.linked_interfaces(),
+        interfaces: {
+            let mut i = pins.linked_interfaces();
+            i.extend(dp.attached_interfaces().map_err(read)?);
+            i.sort();
+            i.dedup();
+            i
+        },
         ports: dp.ports().map_err(read)?,
         resolvers: {
             let mut r = dp.resolvers().map_err(read)?;

@@ -412,3 +412,66 @@ fn a_missing_interface_is_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"nosuch0\" does not exist"), "{err}");
 }
+
+/// Runs `egress ARGS --pin-dir PINS` in the client namespace; panics on failure.
+fn egress_ok(topo: &Topology, pins: &TestPins, args: &[&str]) -> String {
+    let mut full: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    full.extend(["--pin-dir".as_ref(), pins.path().as_os_str()]);
+    let out = egress(Some(&topo.client), &full);
+    assert!(
+        out.status.success(),
+        "egress {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status_interfaces(topo: &Topology, pins: &TestPins) -> Vec<String> {
+    let json: serde_json::Value =
+        serde_json::from_str(&egress_ok(topo, pins, &["status", "--json"])).unwrap();
+    serde_json::from_value(json["interfaces"].clone()).unwrap()
+}
+
+#[test]
+fn detaching_one_clsact_interface_keeps_the_others_and_the_pins_and_detach_all_removes_all() {
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    // A second enforced interface in the client namespace.
+    topo.client
+        .ip(&[
+            "link", "add", "second0", "type", "veth", "peer", "name", "second1",
+        ])
+        .unwrap();
+    for l in ["second0", "second1"] {
+        topo.client.ip(&["link", "set", l, "up"]).unwrap();
+    }
+    let pins = TestPins::new();
+    // clsact filters, as on kernels before 6.6: nothing is pinned per interface.
+    let mut agent = Agent::start(
+        &topo,
+        &pins,
+        &static_policy("enforce"),
+        &["--attach", "netlink", "--iface", "second0"],
+    )
+    .unwrap();
+    agent.kill9();
+    let mut both = vec![topo.iface.clone(), "second0".to_owned()];
+    both.sort();
+    assert_eq!(status_interfaces(&topo, &pins), both);
+    egress_ok(&topo, &pins, &["detach", "--iface", "second0"]);
+    assert!(
+        pins.path().exists(),
+        "the other interface's maps were unpinned"
+    );
+    assert_eq!(status_interfaces(&topo, &pins), std::slice::from_ref(&topo.iface));
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(800))
+            .is_err(),
+        "the other interface stopped enforcing"
+    );
+    assert!(topo.connect(ALLOWED_V4, 443, CONNECT).is_ok());
+    egress_ok(&topo, &pins, &["detach", "--all"]);
+    assert!(!pins.path().exists(), "pin dir left behind");
+    topo.connect(DENIED_V4, 443, CONNECT)
+        .expect("still enforcing after detach --all");
+}

@@ -20,8 +20,8 @@ use aya::{
 use egress_common::{
     counters,
     maps::{
-        AnswerValue, Config, DeniedValue, FlowKey, FlowValue, LearnedValue, NameKey, NameValue,
-        StaticValue, names, v4_mapped,
+        AnswerValue, Config, DeniedValue, FlowKey, FlowValue, IFACE_BYTES, LearnedValue, NameKey,
+        NameValue, StaticValue, names, v4_mapped,
     },
 };
 use family::FamilyLpm;
@@ -76,6 +76,7 @@ pub struct Datapath {
     // The agent's records; their methods are in `records.rs`.
     pub(crate) answers: HashMap<MapData, [u8; 16], AnswerValue>,
     pub(crate) denied: HashMap<MapData, NameKey, DeniedValue>,
+    pub(crate) attached: HashMap<MapData, [u8; IFACE_BYTES], u32>,
 }
 
 impl Datapath {
@@ -123,6 +124,7 @@ impl Datapath {
             names_wild: typed(get, names::NAMES_WILD)?,
             answers: typed(get, names::ANSWERS)?,
             denied: typed(get, names::DENIED)?,
+            attached: typed(get, names::ATTACHED)?,
         })
     }
 
