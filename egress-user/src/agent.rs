@@ -173,6 +173,22 @@ pub struct Agent {
     cancel: CancellationToken,
     /// `DNS_LEARN_FAILED` at the last GC tick, to warn once per increase.
     learn_failed_seen: u64,
+    /// The interfaces enforced, and where the links are pinned (for the attachment check).
+    ifaces: Vec<String>,
+    pins: PinDir,
+    /// What `/readyz` and `/healthz` are made of.
+    health: Health,
+}
+
+/// The parts of the agent's readiness.
+#[derive(Clone, Copy, Debug)]
+struct Health {
+    /// Every background loop is running.
+    tasks: bool,
+    /// The policy in force is the file's: the last reload succeeded.
+    policy: bool,
+    /// The programs were found attached on every interface at the last check.
+    attached: bool,
 }
 
 impl Agent {
@@ -284,6 +300,7 @@ impl Agent {
                 learn_stats.clone(),
             ),
             ready: false.into(),
+            healthy: true.into(),
         });
         let learner = Arc::new(Mutex::new(learn::Learner::new(policy.allow.names.clone())));
         let cancel = CancellationToken::new();
@@ -316,9 +333,8 @@ impl Agent {
                 ("DNS learning", drained)
             });
         }
-        http.ready.store(true, Ordering::Release);
         tracing::info!(%metrics_addr, "ready");
-        Ok(Self {
+        let agent = Self {
             policy_path,
             overrides,
             policy,
@@ -330,7 +346,17 @@ impl Agent {
             tasks,
             cancel,
             learn_failed_seen: 0,
-        })
+            ifaces,
+            pins,
+            health: Health {
+                tasks: true,
+                policy: true,
+                attached: true,
+            },
+        };
+        agent.publish_info();
+        agent.publish_health();
+        Ok(agent)
     }
 
     /// The agent's loop: signals, policy-file changes, garbage collection and the background
@@ -380,10 +406,11 @@ impl Agent {
     /// all its work (no metrics, no deny records or no agent-side learning), so it is no
     /// longer ready. Enforcement in the kernel goes on.
     fn task_ended(
-        &self,
+        &mut self,
         ended: std::result::Result<(&'static str, std::io::Result<()>), tokio::task::JoinError>,
     ) {
-        self.http.ready.store(false, Ordering::Release);
+        self.health.tasks = false;
+        self.publish_health();
         match ended {
             Ok((name, Ok(()))) => {
                 tracing::error!(task = name, "task stopped unexpectedly; /readyz now fails");
@@ -405,6 +432,7 @@ impl Agent {
             Err(e) => {
                 self.metrics.reload_failures.inc();
                 tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                self.set_policy_current(false);
                 return;
             }
         };
@@ -414,28 +442,114 @@ impl Agent {
             Err(e) => {
                 self.metrics.reload_failures.inc();
                 tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+                self.set_policy_current(false);
                 return;
             }
         };
-        let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-        match apply(&mut dp, &new, &self.overrides) {
-            Ok(()) => {
-                self.metrics.reloads.inc();
-                self.learner
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_names(new.allow.names.clone());
-                tracing::info!(path = %path.display(), "policy reloaded");
-                self.policy = new;
+        let applied = {
+            let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
+            match apply(&mut dp, &new, &self.overrides) {
+                Ok(()) => {
+                    self.metrics.reloads.inc();
+                    self.learner
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .set_names(new.allow.names.clone());
+                    tracing::info!(path = %path.display(), "policy reloaded");
+                    self.policy = new;
+                    true
+                }
+                Err(e) => {
+                    self.metrics.reload_failures.inc();
+                    tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
+                    if let Err(e) = apply(&mut dp, &self.policy, &self.overrides) {
+                        tracing::error!(error = %error_chain(&e), "cannot restore the previous policy");
+                    }
+                    false
+                }
             }
-            Err(e) => {
-                self.metrics.reload_failures.inc();
-                tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
-                if let Err(e) = apply(&mut dp, &self.policy, &self.overrides) {
-                    tracing::error!(error = %error_chain(&e), "cannot restore the previous policy");
+        };
+        self.set_policy_current(applied);
+        self.publish_info();
+    }
+
+    /// Records whether the policy in force is the file's.
+    fn set_policy_current(&mut self, current: bool) {
+        if current != self.health.policy {
+            if current {
+                tracing::info!("the policy file is in force again; ready");
+            } else {
+                tracing::warn!(
+                    "the policy file is not in force (see the error above); /readyz fails until a valid one is loaded"
+                );
+            }
+        }
+        self.health.policy = current;
+        self.publish_health();
+    }
+
+    /// Publishes the health parts to `/healthz`, `/readyz` and `egress_ready`.
+    fn publish_health(&self) {
+        let Health {
+            tasks,
+            policy,
+            attached,
+        } = self.health;
+        let ready = tasks && policy && attached;
+        self.http.healthy.store(tasks, Ordering::Release);
+        self.http.ready.store(ready, Ordering::Release);
+        self.metrics.ready.set(i64::from(ready));
+    }
+
+    /// `egress_info`: one series with the version, the mode in force and where answers are
+    /// learned.
+    fn publish_info(&self) {
+        self.metrics.info.clear();
+        let mode = self.overrides.mode.unwrap_or(self.policy.mode);
+        self.metrics
+            .info
+            .get_or_create(&vec![
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+                ("mode".to_owned(), format!("{mode:?}").to_ascii_lowercase()),
+                (
+                    "learn_at".to_owned(),
+                    if self.overrides.learn_at_sockets {
+                        "sockets"
+                    } else {
+                        "interfaces"
+                    }
+                    .to_owned(),
+                ),
+            ])
+            .set(1);
+    }
+
+    /// Checks that the programs are still attached on every interface (another program can
+    /// take the chain, an interface can be deleted and re-created).
+    fn check_attachments(&mut self) {
+        let mut all = true;
+        for iface in &self.ifaces {
+            for hook in Hook::ALL {
+                let found = attach::is_attached(hook, iface, &self.pins);
+                all &= found;
+                self.metrics
+                    .attached
+                    .get_or_create(&vec![
+                        ("iface".to_owned(), iface.clone()),
+                        ("hook".to_owned(), hook.name().to_owned()),
+                    ])
+                    .set(i64::from(found));
+                if !found && self.health.attached {
+                    tracing::error!(
+                        iface,
+                        hook = hook.name(),
+                        "egress is no longer attached; /readyz fails (restart the agent to attach again)"
+                    );
                 }
             }
         }
+        self.health.attached = all;
+        self.publish_health();
     }
 
     /// Removes expired learned addresses and idle flows; warns when the learned map was full.
@@ -463,6 +577,8 @@ impl Agent {
             }
             Err(e) => tracing::warn!(error = %error_chain(&e), "cannot read the counters"),
         }
+        drop(dp);
+        self.check_attachments();
     }
 }
 

@@ -221,6 +221,25 @@ fn attach_netlink(
     Ok(Attached::Netlink)
 }
 
+/// Whether egress's program is attached to `hook` of `iface`, as far as the kernel can be
+/// asked: with a pinned TCX link, the interface's TCX chain must hold a program of that name
+/// (an interface deleted and re-created leaves the old link defunct); clsact filters cannot be
+/// listed through aya 0.14, so there only the interface's existence is checked.
+pub fn is_attached(hook: Hook, iface: &str, pins: &PinDir) -> bool {
+    if check_iface(iface).is_err() {
+        return false;
+    }
+    if !pins.link(hook, iface).exists() {
+        return true;
+    }
+    match SchedClassifier::query_tcx(iface, tc_type(hook)) {
+        Ok((_, programs)) => programs
+            .iter()
+            .any(|p| p.name_as_str() == Some(hook.name())),
+        Err(_) => false,
+    }
+}
+
 /// Removes egress from `iface`, both hooks: the pinned TCX links and/or our clsact filters.
 /// Returns whether anything was attached.
 pub fn detach(iface: &str, pins: &PinDir) -> Result<bool, AttachError> {

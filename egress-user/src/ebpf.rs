@@ -29,7 +29,7 @@ pub enum LayoutError {
         source: MapError,
     },
     #[error(
-        "map {name} pinned at {path} has {have}, where this version of egress needs {want}: it was pinned by another egress version. Nothing was changed and the pinned datapath keeps enforcing; to replace it run `egress detach` first (enforcement stops until this agent is ready; see docs/operations.md)"
+        "map {name} pinned at {path} has {have}, where this version of egress needs {want}: it was pinned by another egress version. Nothing was changed and the pinned datapath keeps enforcing; to replace it run `egress detach --all` first (enforcement stops until this agent is ready; see docs/operations.md)"
     )]
     Mismatch {
         name: String,

@@ -31,8 +31,11 @@ pub enum HttpError {
 
 pub struct HttpState {
     pub registry: Registry,
-    /// Set once programs are attached and the policy is applied.
+    /// `/readyz`: the programs are attached on every interface and the policy in force is the
+    /// file's (a rejected reload clears it until a good one), and the agent's loops are alive.
     pub ready: AtomicBool,
+    /// `/healthz`: the agent's loops (metrics, event drain, DNS learning) are alive.
+    pub healthy: AtomicBool,
 }
 
 pub async fn serve(
@@ -42,7 +45,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
     axum::serve(listener, app)
@@ -73,6 +76,17 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
             [(header::CONTENT_TYPE, "text/plain")],
             String::new(),
         ),
+    }
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
+    if state.healthy.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a loop of the agent stopped\n",
+        )
     }
 }
 

@@ -13,20 +13,30 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
         counter::{ConstCounter, Counter},
-        gauge::ConstGauge,
+        family::Family as MetricFamily,
+        gauge::{ConstGauge, Gauge},
     },
     registry::Registry,
 };
 
 use crate::{datapath::Datapath, events::EventStats, learn::LearnStats};
 
-/// Agent-side counters.
+/// Labels of the agent's info and attachment gauges.
+pub type Labels = Vec<(String, String)>;
+
+/// Agent-side metrics.
 #[derive(Debug, Default)]
 pub struct AgentMetrics {
     pub reloads: Counter,
     pub reload_failures: Counter,
     pub gc_learned_removed: Counter,
     pub gc_flows_removed: Counter,
+    /// 1 with the version, the mode in force and where answers are learned as labels.
+    pub info: MetricFamily<Labels, Gauge>,
+    /// Per interface and hook: 1 if the program was found attached at the last check.
+    pub attached: MetricFamily<Labels, Gauge>,
+    /// What `/readyz` answers: 1 ready, 0 not.
+    pub ready: Gauge,
 }
 
 /// Derived families: (family, help, label, [(label value, counter index)]). Each datapath counter
@@ -115,6 +125,21 @@ pub fn registry(
         "gc_flows_removed",
         "Idle flows removed by garbage collection",
         agent.gc_flows_removed.clone(),
+    );
+    r.register(
+        "info",
+        "The agent's version, the mode in force and where DNS answers are learned (value 1)",
+        agent.info.clone(),
+    );
+    r.register(
+        "attached",
+        "Whether egress was found attached to an interface's hook at the last check (every 5 s)",
+        agent.attached.clone(),
+    );
+    r.register(
+        "ready",
+        "What /readyz answers: 1 when attached everywhere, the policy file in force and every loop alive",
+        agent.ready.clone(),
     );
     r.register_collector(Box::new(DatapathCollector { dp, events, learn }));
     r

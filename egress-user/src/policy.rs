@@ -130,6 +130,10 @@ pub enum DurationError {
         raw: String,
         max: Duration,
     },
+    #[error(
+        "invalid duration {raw:?}: whole seconds only (the kernel keeps learned lifetimes in seconds), as in 1s or 30s"
+    )]
+    SubSecond { raw: String },
 }
 
 /// Parses a CIDR or a bare address (as a /32 or /128). Host bits set are an error, because
@@ -156,11 +160,19 @@ pub fn parse_cidr(raw: &str) -> Result<IpNet, CidrError> {
     Ok(net)
 }
 
+/// Parses a duration of whole seconds; a fraction (`500ms`, `1.5s`) is an error rather than
+/// silently truncated, because the kernel keeps lifetimes in seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, DurationError> {
-    humantime::parse_duration(raw.trim()).map_err(|source| DurationError::Syntax {
+    let d = humantime::parse_duration(raw.trim()).map_err(|source| DurationError::Syntax {
         raw: raw.to_owned(),
         source,
-    })
+    })?;
+    if d.subsec_nanos() != 0 {
+        return Err(DurationError::SubSecond {
+            raw: raw.to_owned(),
+        });
+    }
+    Ok(d)
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

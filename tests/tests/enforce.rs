@@ -463,7 +463,10 @@ fn detaching_one_clsact_interface_keeps_the_others_and_the_pins_and_detach_all_r
         pins.path().exists(),
         "the other interface's maps were unpinned"
     );
-    assert_eq!(status_interfaces(&topo, &pins), std::slice::from_ref(&topo.iface));
+    assert_eq!(
+        status_interfaces(&topo, &pins),
+        std::slice::from_ref(&topo.iface)
+    );
     assert!(
         topo.connect(DENIED_V4, 443, Duration::from_millis(800))
             .is_err(),

@@ -214,3 +214,14 @@ fn more_resolvers_than_the_kernel_map_holds_are_rejected_where_they_stand() {
     let ok64 = ok(&format!("resolvers: [{}]\n", list[..64].join(", ")));
     assert_eq!(ok64.resolvers.map(|r| r.len()), Some(64));
 }
+
+#[test]
+fn durations_below_a_second_are_rejected_where_they_stand() {
+    let e = err("allow:\n  names: [cgr.dev]\ndns:\n  min_ttl: 500ms\n");
+    assert!(e.starts_with("p.yaml:4:"), "{e}");
+    assert!(e.contains("whole seconds"), "{e}");
+    let e = err("allow:\n  names: [cgr.dev]\ndns:\n  grace: 1500ms\n");
+    assert!(e.starts_with("p.yaml:4:"), "{e}");
+    let p = ok("allow:\n  names: [cgr.dev]\ndns:\n  min_ttl: 2000ms\n");
+    assert_eq!(p.dns.min_ttl, Duration::from_secs(2));
+}
