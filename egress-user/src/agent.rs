@@ -97,6 +97,10 @@ pub enum AgentErrorKind {
         "interface {iface:?} has link type {hw_type}, not Ethernet; egress only supports Ethernet-framed interfaces"
     )]
     NotEthernet { iface: String, hw_type: u16 },
+    #[error(
+        "{CAPS}; it runs without {missing} (add it to the container's securityContext.capabilities, or to the unit's AmbientCapabilities)"
+    )]
+    Capabilities { missing: String },
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error(transparent)]
@@ -173,9 +177,8 @@ pub struct Agent {
     cancel: CancellationToken,
     /// `DNS_LEARN_FAILED` at the last GC tick, to warn once per increase.
     learn_failed_seen: u64,
-    /// The interfaces enforced, and where the links are pinned (for the attachment check).
-    ifaces: Vec<String>,
-    pins: PinDir,
+    /// Where and how the programs were attached (for the attachment check).
+    attachments: Vec<(String, Hook, attach::Attached)>,
     /// What `/readyz` and `/healthz` are made of.
     health: Health,
 }
@@ -212,6 +215,7 @@ impl Agent {
         };
         let policy_text = policy::read(&policy_path)?;
         let policy = policy::parse(&policy_text, &policy_path)?;
+        warn_broad(&policy);
         let ifaces = if ifaces.is_empty() {
             let found = routes::default_route_interfaces()?;
             tracing::info!(ifaces = ?found, "no --iface given: enforcing on the interfaces of the default routes");
@@ -221,6 +225,13 @@ impl Agent {
         };
         for iface in &ifaces {
             check_ethernet(iface)?;
+        }
+        let missing = missing_capabilities();
+        if !missing.is_empty() {
+            return Err(AgentErrorKind::Capabilities {
+                missing: missing.join(" and "),
+            }
+            .into());
         }
         let listener = http::bind(metrics_addr).await?;
         let pins = PinDir::new(&pin_dir);
@@ -254,6 +265,7 @@ impl Agent {
         }
 
         // Ingress (learning) first, so names are learned from the moment egress enforces.
+        let mut attachments = Vec::new();
         for hook in Hook::ALL {
             let name = hook.name();
             let prog: &mut SchedClassifier = ebpf
@@ -270,6 +282,7 @@ impl Agent {
                 let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
                 tracing::info!(iface, hook = name, ?how, "attached");
                 dp.record_attached(iface, how.record())?;
+                attachments.push((iface.clone(), hook, how));
             }
             // The program pin is informational (links hold the program); replace it with ours.
             let prog_pin = pins.program(hook);
@@ -292,9 +305,13 @@ impl Agent {
         let metrics = AgentMetrics::default();
         let event_stats = Arc::new(events::EventStats::default());
         let learn_stats = Arc::new(learn::LearnStats::default());
+        // The scrape reads the maps through handles of its own, opened from the pins: walking
+        // every bounded map takes time proportional to its entries, and holding the agent's
+        // datapath lock meanwhile would stall DNS learning and the event drain.
+        let scrape_dp = Arc::new(Mutex::new(Datapath::open_pinned(&pins)?));
         let http = Arc::new(HttpState {
             registry: metrics::registry(
-                dp.clone(),
+                scrape_dp,
                 &metrics,
                 event_stats.clone(),
                 learn_stats.clone(),
@@ -346,8 +363,7 @@ impl Agent {
             tasks,
             cancel,
             learn_failed_seen: 0,
-            ifaces,
-            pins,
+            attachments,
             health: Health {
                 tasks: true,
                 policy: true,
@@ -451,6 +467,7 @@ impl Agent {
             match apply(&mut dp, &new, &self.overrides) {
                 Ok(()) => {
                     self.metrics.reloads.inc();
+                    warn_broad(&new);
                     self.learner
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -528,24 +545,22 @@ impl Agent {
     /// take the chain, an interface can be deleted and re-created).
     fn check_attachments(&mut self) {
         let mut all = true;
-        for iface in &self.ifaces {
-            for hook in Hook::ALL {
-                let found = attach::is_attached(hook, iface, &self.pins);
-                all &= found;
-                self.metrics
-                    .attached
-                    .get_or_create(&vec![
-                        ("iface".to_owned(), iface.clone()),
-                        ("hook".to_owned(), hook.name().to_owned()),
-                    ])
-                    .set(i64::from(found));
-                if !found && self.health.attached {
-                    tracing::error!(
-                        iface,
-                        hook = hook.name(),
-                        "egress is no longer attached; /readyz fails (restart the agent to attach again)"
-                    );
-                }
+        for (iface, hook, how) in &self.attachments {
+            let found = attach::is_attached(*hook, iface, *how);
+            all &= found;
+            self.metrics
+                .attached
+                .get_or_create(&vec![
+                    ("iface".to_owned(), iface.clone()),
+                    ("hook".to_owned(), hook.name().to_owned()),
+                ])
+                .set(i64::from(found));
+            if !found && self.health.attached {
+                tracing::error!(
+                    iface,
+                    hook = hook.name(),
+                    "egress is no longer attached; /readyz fails (restart the agent to attach again)"
+                );
             }
         }
         self.health.attached = all;
@@ -582,6 +597,13 @@ impl Agent {
     }
 }
 
+/// Logs the policy's patterns that allow more than they seem (`warnings.rs`).
+fn warn_broad(policy: &Policy) {
+    for w in crate::warnings::broad_patterns(&policy.allow.names) {
+        tracing::warn!("{w}");
+    }
+}
+
 /// An error and its sources on one line, `a: b: c`.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -592,6 +614,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// Capabilities the agent needs that this process does not have in its effective set
+/// (`CapEff` of /proc/self/status; numbers from include/uapi/linux/capability.h).
+/// `CAP_SYS_ADMIN` stands in for `CAP_BPF` and `CAP_PERFMON`, as the kernel lets it.
+fn missing_capabilities() -> Vec<&'static str> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(effective) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    else {
+        // Unknown: let the kernel say no, with the generic hint.
+        return Vec::new();
+    };
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    missing
 }
 
 /// The classifier parses Ethernet frames; any other link type (tun, WireGuard, ...) is refused

@@ -57,7 +57,7 @@ impl Attached {
 pub enum AttachError {
     #[error("interface {iface} does not exist")]
     NoInterface { iface: String },
-    #[error("cannot attach to the egress of {iface} with {how}")]
+    #[error("cannot attach to {iface} with {how}")]
     Attach {
         iface: String,
         how: &'static str,
@@ -221,15 +221,15 @@ fn attach_netlink(
     Ok(Attached::Netlink)
 }
 
-/// Whether egress's program is attached to `hook` of `iface`, as far as the kernel can be
-/// asked: with a pinned TCX link, the interface's TCX chain must hold a program of that name
-/// (an interface deleted and re-created leaves the old link defunct); clsact filters cannot be
-/// listed through aya 0.14, so there only the interface's existence is checked.
-pub fn is_attached(hook: Hook, iface: &str, pins: &PinDir) -> bool {
+/// Whether egress's program is still attached to `hook` of `iface`, attached there `how`, as
+/// far as the kernel can be asked: with TCX, the interface's chain must hold a program of that
+/// name (a removed link, or an interface deleted and re-created, leaves none); clsact filters
+/// cannot be listed through aya 0.14, so there only the interface's existence is checked.
+pub fn is_attached(hook: Hook, iface: &str, how: Attached) -> bool {
     if check_iface(iface).is_err() {
         return false;
     }
-    if !pins.link(hook, iface).exists() {
+    if how == Attached::Netlink {
         return true;
     }
     match SchedClassifier::query_tcx(iface, tc_type(hook)) {

@@ -20,4 +20,5 @@ pub mod routes;
 pub mod sockets;
 pub mod status;
 pub mod suggest;
+pub mod warnings;
 pub mod watch;

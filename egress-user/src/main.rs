@@ -146,6 +146,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { file } => {
             let mut p = policy::load(&file)?;
+            for w in egress_user::warnings::broad_patterns(&p.allow.names) {
+                eprintln!("warning: {}: {w}", file.display());
+            }
             // The normalized policy is what the agent runs: without `resolvers:` that is the
             // nameservers of /etc/resolv.conf, which it reads again at every start and reload.
             if p.resolvers.is_none() {

@@ -103,6 +103,8 @@ const DERIVED: &[Family] = &[
     ),
 ];
 
+/// `dp` is the scrape's own handle on the maps (not the agent's: a scrape must not hold the
+/// lock that DNS learning needs).
 pub fn registry(
     dp: Arc<Mutex<Datapath>>,
     agent: &AgentMetrics,

@@ -62,6 +62,30 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// A `TcpExt` counter of this namespace's stack (/proc/net/netstat), e.g. `TCPSynRetrans`:
+    /// the first SYNs that had to be sent again.
+    pub fn tcp_ext(&self, name: &str) -> u64 {
+        let text = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "cat",
+            "/proc/net/netstat",
+        ])
+        .unwrap_or_default();
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            return 0;
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }

@@ -69,6 +69,10 @@ fn a_misspelled_field_fails_validation() {
     .unwrap();
     let (ok, text) = validate(&bad);
     assert!(!ok, "a misspelled field passed: {text}");
+    assert!(
+        text.contains("readOnlyRootFilesytem"),
+        "the error does not name the misspelled field: {text}"
+    );
 }
 
 #[test]

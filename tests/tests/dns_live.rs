@@ -260,9 +260,24 @@ fn a_flood_of_malformed_answers_teaches_nothing_and_stalls_nothing() {
 fn the_race_resolve_then_connect_at_once_never_waits() {
     let (w, _p, agent) = start(WorldOptions::default(), "  min_ttl: 5s\n");
     let race = Path::new(env!("CARGO_BIN_EXE_egress-race"));
+    let drops =
+        |a: &Agent| a.datapath().counters().unwrap()[egress_common::counters::DROP_DENIED as usize];
+    let (drops0, retrans0) = (drops(&agent), w.client().tcp_ext("TCPSynRetrans"));
     let out = w
         .run_in_client(race, &["1000", "race.test", "200", RACE_FIRST])
         .unwrap();
+    // What the claim says: no first SYN was dropped, so none was sent again. The timings are
+    // information (a dropped SYN costs a 1 s retransmission).
+    assert_eq!(
+        drops(&agent) - drops0,
+        0,
+        "the NIC dropped packets of allowed names"
+    );
+    assert_eq!(
+        w.client().tcp_ext("TCPSynRetrans") - retrans0,
+        0,
+        "SYNs were retransmitted"
+    );
     eprintln!("race: {out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["unresolved"], 0, "{out}");

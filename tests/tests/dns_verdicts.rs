@@ -432,3 +432,21 @@ fn more_answers_than_the_kernel_walks_are_left_to_the_agent() {
     let n = addrs.iter().filter(|a| learned(&h, a).is_some()).count();
     assert_eq!(n, egress_common::dns::MAX_ANSWERS);
 }
+
+#[test]
+fn expired_cname_targets_are_collected_and_policy_names_stay() {
+    let mut h = harness();
+    let cfg = h.dp.config().unwrap();
+    let hash = |n: &str| egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, n).0;
+    let now = clock::boot_ns();
+    let (policy_names, ..) = h.dp.name_counts().unwrap();
+    h.dp.allow_name_until(hash("gone.example"), now + 1)
+        .unwrap();
+    h.dp.allow_name_until(hash("kept.example"), now + 3_600_000_000_000)
+        .unwrap();
+    assert_eq!(h.dp.name_counts().unwrap().1, 2);
+    h.dp.collect_garbage(now + 2).unwrap();
+    assert_eq!(h.dp.name_allowed_until(hash("gone.example")), None);
+    assert!(h.dp.name_allowed_until(hash("kept.example")).is_some());
+    assert_eq!(h.dp.name_counts().unwrap(), (policy_names, 1, 1));
+}

@@ -7,7 +7,7 @@ use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
     egress, http_get, ip, static_policy,
 };
-use egress_user::clock;
+use egress_user::{clock, pins::Hook};
 
 const CONNECT: Duration = Duration::from_millis(1500);
 const UDP_WAIT: Duration = Duration::from_millis(700);
@@ -136,7 +136,7 @@ fn link_program_ids(agent: &Agent) -> (u32, u32) {
         .pop()
         .expect("a pinned link");
     let link = aya::programs::links::PinnedLink::from_pin(
-        egress_user::pins::PinDir::new(&agent.pins).link(egress_user::pins::Hook::Egress, &iface),
+        egress_user::pins::PinDir::new(&agent.pins).link(Hook::Egress, &iface),
     )
     .unwrap();
     let fd: aya::programs::links::FdLink = link.into();
@@ -334,6 +334,56 @@ fn health_and_readiness_endpoints() {
     let (topo, _s, _p, _agent) = setup(&static_policy("enforce"), &[]);
     assert_eq!(http_get(&topo.client, "/healthz").unwrap().0, 200);
     assert_eq!(http_get(&topo.client, "/readyz").unwrap().0, 200);
+}
+
+/// Polls `/readyz` until it answers `code` (the agent re-checks every 5 s).
+fn wait_readyz(topo: &Topology, code: u16) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if http_get(&topo.client, "/readyz").is_some_and(|(c, _)| c == code) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn readiness_fails_while_the_policy_file_is_not_in_force_and_returns_with_a_good_one() {
+    let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
+    std::fs::write(&agent.policy, "allow:\n  cidrs: [10.0.0.1/8]\n").unwrap();
+    assert!(wait_readyz(&topo, 503), "{}", agent.log_text());
+    // Still alive, still enforcing the previous policy.
+    assert_eq!(http_get(&topo.client, "/healthz").unwrap().0, 200);
+    let (_, metrics) = http_get(&topo.client, "/metrics").unwrap();
+    assert!(metrics.contains("egress_ready 0"), "{metrics}");
+    std::fs::write(&agent.policy, static_policy("enforce") + "# fixed\n").unwrap();
+    assert!(wait_readyz(&topo, 200), "{}", agent.log_text());
+}
+
+#[test]
+fn readiness_fails_when_the_program_is_no_longer_attached() {
+    let (topo, _s, pins, agent) = setup(&static_policy("enforce"), &[]);
+    let link = pins
+        .path()
+        .join(format!("link_{}_{}", Hook::Egress.name(), topo.iface));
+    if !link.exists() {
+        eprintln!("skipped: no TCX link on this kernel (clsact filters cannot be listed here)");
+        return;
+    }
+    // Another tool (or a mistake) removes the attachment: with no pin and no agent handle
+    // left, the kernel releases the link.
+    std::fs::remove_file(&link).unwrap();
+    assert!(wait_readyz(&topo, 503), "{}", agent.log_text());
+    let (_, metrics) = http_get(&topo.client, "/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "egress_attached{{iface=\"{}\",hook=\"egress\"}} 0",
+            topo.iface
+        )),
+        "{metrics}"
+    );
+    assert!(agent.log_text().contains("no longer attached"));
 }
 
 #[test]

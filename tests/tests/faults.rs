@@ -333,14 +333,20 @@ fn a_reload_storm_never_drops_allowed_traffic_and_ends_on_the_last_valid_policy(
             }
         })
     };
-    let sample = |name: &str| {
-        let (_, metrics) = http_get(&topo.client, "/metrics").unwrap_or_default();
+    let value = |metrics: &str, name: &str| {
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-            .unwrap_or(0.0)
     };
-    let attempts = || sample("egress_reloads_total") + sample("egress_reload_failures_total");
+    let sample = |name: &str| {
+        let (_, metrics) = http_get(&topo.client, "/metrics").unwrap_or_default();
+        value(&metrics, name).unwrap_or(0.0)
+    };
+    // Reloads plus rejected reloads, from one scrape; `None` if the scrape failed.
+    let attempts = || {
+        let (_, m) = http_get(&topo.client, "/metrics")?;
+        Some(value(&m, "egress_reloads_total")? + value(&m, "egress_reload_failures_total")?)
+    };
     let t = Instant::now();
     for i in 1..=100u32 {
         let text = if i % 2 == 0 {
@@ -348,15 +354,29 @@ fn a_reload_storm_never_drops_allowed_traffic_and_ends_on_the_last_valid_policy(
         } else {
             invalid[(i as usize / 2) % invalid.len()].to_owned()
         };
-        let before = attempts();
+        let scrape_deadline = Instant::now() + Duration::from_secs(30);
+        let before = loop {
+            if let Some(n) = attempts() {
+                break n;
+            }
+            assert!(
+                Instant::now() < scrape_deadline,
+                "no metrics before change {i}:\n{}",
+                agent.log_text()
+            );
+        };
         std::fs::write(&agent.policy, text).unwrap();
         send(&agent, signal::Signal::SIGHUP);
         // The next change follows as soon as the agent has taken this one up (a reload or a
         // rejected reload counted), however fast or slow the machine: every change is seen,
         // and the storm is as dense as the agent can take.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while attempts() <= before {
-            assert!(Instant::now() < deadline, "change {i} was never taken up");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while attempts().is_none_or(|n| n <= before) {
+            assert!(
+                Instant::now() < deadline,
+                "change {i} was never taken up:\n{}",
+                agent.log_text()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

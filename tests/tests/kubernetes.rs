@@ -53,10 +53,17 @@ fn learned(agent: &Agent, addr: &str) -> bool {
         .any(|l| l.addr == addr)
 }
 
-/// Resolves and connects `count` fresh race names from `run`'s context; returns the race's
-/// JSON line after checking that no connect waited and nothing was dropped on the NIC.
-fn race(c: &Cluster, agent: &Agent, count: u32, run: impl Fn(&[&str]) -> std::process::Output) {
+/// Resolves and connects `count` fresh race names from `run`'s context (in namespace `ns`);
+/// checks that nothing was dropped on the NIC, no SYN was sent again and no connect waited.
+fn race(
+    c: &Cluster,
+    agent: &Agent,
+    ns: &egress_tests::NetNs,
+    count: u32,
+    run: impl Fn(&[&str]) -> std::process::Output,
+) {
     let before = drops(agent);
+    let retrans = ns.tcp_ext("TCPSynRetrans");
     let bin = Path::new(env!("CARGO_BIN_EXE_egress-race"))
         .to_str()
         .unwrap();
@@ -81,14 +88,30 @@ fn race(c: &Cluster, agent: &Agent, count: u32, run: impl Fn(&[&str]) -> std::pr
         0,
         "the NIC dropped packets of allowed names"
     );
+    assert_eq!(
+        ns.tcp_ext("TCPSynRetrans") - retrans,
+        0,
+        "SYNs were sent again"
+    );
 }
 
 #[test]
 fn a_pod_on_a_node_without_coredns_learns_through_the_service_over_vxlan() {
     let c = Cluster::new(ClusterOptions::default()).unwrap();
+    let pod = &c.pods[0];
+    // Information for the resolution latency egress adds: the same race with no agent yet.
+    let bin = Path::new(env!("CARGO_BIN_EXE_egress-race"))
+        .to_str()
+        .unwrap();
+    let base = c
+        .run_in_pod(pod, &[bin, "300", "race.test", "200", "198.19.200.1"])
+        .unwrap();
+    eprintln!(
+        "race without egress: {}",
+        String::from_utf8_lossy(&base.stdout).trim()
+    );
     let pins = [TestPins::new(), TestPins::new()];
     let agents = agents(&c, &pins, &[]);
-    let pod = &c.pods[0];
     assert_ne!(pod.node, c.coredns().node, "CoreDNS is on the other node");
     assert_eq!(
         c.curl(pod, "https://cgr.dev/", MAX),
@@ -103,7 +126,9 @@ fn a_pod_on_a_node_without_coredns_learns_through_the_service_over_vxlan() {
         None
     );
     assert!(!learned(&agents[0], WEB_DENIED));
-    race(&c, &agents[0], 1000, |cmd| c.run_in_pod(pod, cmd).unwrap());
+    race(&c, &agents[0], &pod.ns, 1000, |cmd| {
+        c.run_in_pod(pod, cmd).unwrap()
+    });
 }
 
 #[test]
@@ -117,7 +142,9 @@ fn a_pod_on_the_node_of_coredns_learns_through_the_service() {
     let agents = agents(&c, &pins, &[]);
     let pod = &c.pods[0];
     assert_eq!(pod.node, c.coredns().node);
-    race(&c, &agents[0], 1000, |cmd| c.run_in_pod(pod, cmd).unwrap());
+    race(&c, &agents[0], &pod.ns, 1000, |cmd| {
+        c.run_in_pod(pod, cmd).unwrap()
+    });
 }
 
 #[test]
@@ -129,7 +156,7 @@ fn native_routing_instead_of_an_overlay() {
     .unwrap();
     let pins = [TestPins::new(), TestPins::new()];
     let agents = agents(&c, &pins, &[]);
-    race(&c, &agents[0], 1000, |cmd| {
+    race(&c, &agents[0], &c.pods[0].ns, 1000, |cmd| {
         c.run_in_pod(&c.pods[0], cmd).unwrap()
     });
 }
@@ -143,7 +170,7 @@ fn a_nodelocal_dns_cache_and_its_pods() {
     .unwrap();
     let pins = [TestPins::new(), TestPins::new()];
     let agents = agents(&c, &pins, &[NODELOCAL_DNS]);
-    race(&c, &agents[0], 1000, |cmd| {
+    race(&c, &agents[0], &c.pods[0].ns, 1000, |cmd| {
         c.run_in_pod(&c.pods[0], cmd).unwrap()
     });
 }
@@ -155,7 +182,9 @@ fn a_host_network_process_asking_the_service() {
     let agents = agents(&c, &pins, &[]);
     // The node's own resolv.conf names the Service too: its query is DNATed to the CoreDNS pod
     // before the socket program sees it, its answer comes back from the Service address.
-    race(&c, &agents[0], 300, |cmd| c.run_on_node(0, cmd).unwrap());
+    race(&c, &agents[0], &c.nodes[0].ns, 300, |cmd| {
+        c.run_on_node(0, cmd).unwrap()
+    });
 }
 
 #[test]

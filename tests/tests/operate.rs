@@ -36,8 +36,10 @@ fn metric(topo: &Topology, sample: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {sample} in\n{body}"))
 }
 
+/// Waits for a condition with a deadline generous enough for a kernel under emulation (the
+/// verifier alone takes seconds there); the condition, not the time, is what is tested.
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !ok() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
@@ -163,12 +165,12 @@ fn a_changed_policy_file_is_reloaded_and_a_bad_one_keeps_the_old() {
     assert_eq!(metric(&topo, "egress_reloads_total"), 1.0);
 
     // A bad policy: counted, logged with file:line:column, the previous one stays.
+    // (A plain write truncates first: the agent may also see, and reject, the empty file.)
     std::fs::write(&agent.policy, "allow:\n  cidrs: [10.0.0.1/8]\n").unwrap();
-    wait_for("the rejected reload", || {
-        metric(&topo, "egress_reload_failures_total") == 1.0
+    wait_for("the rejected reload, located", || {
+        agent.log_text().contains("policy.yaml:2:")
     });
-    let log = agent.log_text();
-    assert!(log.contains("policy.yaml:2:"), "{log}");
+    assert!(metric(&topo, "egress_reload_failures_total") >= 1.0);
     assert!(topo.connect(DENIED_V4, 443, MAX).is_ok());
     assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
 }
@@ -321,19 +323,33 @@ fn bpf_net_admin_and_perfmon_are_the_capabilities_it_needs() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, format!("allow:\n  cidrs: [{ALLOWED_V4}]\n")).unwrap();
     // Without any one of the three, it refuses to start (and says why).
-    for caps in ["+bpf,+net_admin", "+bpf,+perfmon", "+net_admin,+perfmon"] {
+    for (caps, missing) in [
+        ("+bpf,+net_admin", "CAP_PERFMON"),
+        ("+bpf,+perfmon", "CAP_NET_ADMIN"),
+        ("+net_admin,+perfmon", "CAP_BPF"),
+    ] {
         let pins = TestPins::new();
         let out = run_with_caps(&topo, &pins, &policy, caps)
             .wait_with_output()
             .unwrap();
         assert!(!out.status.success(), "started with only {caps}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("error:"), "{caps}: {err}");
+        assert!(
+            err.contains(&format!("runs without {missing}")),
+            "{caps}: {err}"
+        );
     }
     // With exactly the three, it starts and enforces.
     let pins = TestPins::new();
     let mut child = run_with_caps(&topo, &pins, &policy, "+bpf,+net_admin,+perfmon");
     wait_for("readiness with three capabilities", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("the agent exited with {status} with three capabilities: {err}");
+        }
         http_get(&topo.client, "/readyz").is_some_and(|(c, _)| c == 200)
     });
     assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());

@@ -46,9 +46,11 @@ impl Datapath {
             .collect())
     }
 
-    /// Removes learned addresses that expired before `now_ns` (the kernel already ignores them;
-    /// this frees room) and flows idle for longer than their timeout. Returns how many of each.
+    /// Removes learned addresses and CNAME-target names that expired before `now_ns` (the
+    /// kernel already ignores them; this frees room) and flows idle for longer than their
+    /// timeout. Returns how many addresses and flows went.
     pub fn collect_garbage(&mut self, now_ns: u64) -> Result<(usize, usize)> {
+        self.expire_names(now_ns)?;
         let mut learned = 0;
         for l in self.learned()? {
             // A concurrent refresh may have re-inserted it, or it is gone already.

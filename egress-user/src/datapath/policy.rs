@@ -159,6 +159,32 @@ impl Datapath {
             .map_err(op(names::NAMES_EXACT, "insert"))
     }
 
+    /// Removes the expired CNAME-target names (policy names never expire). Without this the
+    /// pinned map only grows, until inserts fail and reloads that add names fail with them.
+    pub(crate) fn expire_names(&mut self, now_ns: u64) -> Result<usize> {
+        let expired: Vec<u64> = self
+            .exact_names()?
+            .into_iter()
+            .filter(|(_, v)| v.expires_ns != NAME_PERMANENT && v.expires_ns <= now_ns)
+            .map(|(h, _)| h)
+            .collect();
+        let mut removed = 0;
+        for h in expired {
+            // Read again: a target the agent extended meanwhile stays.
+            match self.names_exact.get(&h, 0) {
+                Ok(v)
+                    if v.expires_ns != NAME_PERMANENT
+                        && v.expires_ns <= now_ns
+                        && self.names_exact.remove(&h).is_ok() =>
+                {
+                    removed += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(removed)
+    }
+
     /// Until when an exact name hash is allowed, if it is.
     pub fn name_allowed_until(&self, hash: u64) -> Option<u64> {
         self.names_exact.get(&hash, 0).ok().map(|v| v.expires_ns)
