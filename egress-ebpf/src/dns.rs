@@ -170,6 +170,14 @@ pub(crate) fn stash_packet(slot: u32, p: &IpPacket) -> bool {
     true
 }
 
+/// The addressing a step-1 function left in scratch `slot` ([`stash_packet`]).
+#[inline(always)]
+pub(crate) fn stashed_packet(slot: u32) -> Option<DnsPacket> {
+    let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
+    // SAFETY: a per-CPU slot the step-1 function filled during this same program run.
+    Some(unsafe { (*scratch).packet })
+}
+
 /// Copies `len` payload bytes at `off` into the scratch slot `slot`; `None` if the payload does
 /// not fit or cannot be read.
 #[inline(always)]
@@ -231,11 +239,9 @@ pub(crate) extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 pub(crate) extern "C" fn egress_remember_query(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_EGRESS) else {
+    let Some(p) = stashed_packet(SCRATCH_EGRESS) else {
         return 0;
     };
-    // SAFETY: the per-CPU slot `egress_track` filled during this same program run.
-    let p = unsafe { (*scratch).packet };
     let Some((parsed, len)) = load_payload(&ctx, p.payload_off as usize, SCRATCH_EGRESS) else {
         return 0;
     };
@@ -259,11 +265,9 @@ pub(crate) extern "C" fn egress_remember_query(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 pub(crate) extern "C" fn ingress_udp_answer(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS) else {
+    let Some(pkt) = stashed_packet(SCRATCH_INGRESS) else {
         return 0;
     };
-    // SAFETY: the per-CPU slot `ingress_classify` filled during this same program run.
-    let pkt = unsafe { (*scratch).packet };
     // Anti-spoofing: only an answer to a query this node sent recently, from the resolver it
     // asked, to the port it asked from, with its id and its question, is used; and only once.
     learn_udp(&ctx, &pkt, SCRATCH_INGRESS, |q| {

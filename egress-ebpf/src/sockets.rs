@@ -32,9 +32,9 @@ use egress_common::{
 use crate::{
     dns::{
         UDP_ANSWER, consume_pending, copy_tcp, dns_parse_query, learn_udp, load_payload,
-        stash_packet,
+        stash_packet, stashed_packet,
     },
-    maps::{CONFIG, DNS_SCRATCH, RESOLVERS, SOCK_PENDING},
+    maps::{CONFIG, RESOLVERS, SOCK_PENDING},
     skb::{Skb, count, now},
 };
 
@@ -91,11 +91,9 @@ pub(crate) extern "C" fn track_query(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 pub(crate) extern "C" fn remember_query(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_SOCK_QUERY) else {
+    let Some(p) = stashed_packet(SCRATCH_SOCK_QUERY) else {
         return 0;
     };
-    // SAFETY: the per-CPU slot `track_query` filled during this same program run.
-    let p = unsafe { (*scratch).packet };
     let Some((parsed, len)) = load_payload(&ctx, p.payload_off as usize, SCRATCH_SOCK_QUERY) else {
         return 0;
     };
@@ -154,11 +152,9 @@ pub(crate) extern "C" fn classify_answer(skb: *mut __sk_buff) -> i32 {
 #[inline(never)]
 pub(crate) extern "C" fn learn_answer(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_SOCK_ANSWER) else {
+    let Some(pkt) = stashed_packet(SCRATCH_SOCK_ANSWER) else {
         return 0;
     };
-    // SAFETY: the per-CPU slot `classify_answer` filled during this same program run.
-    let pkt = unsafe { (*scratch).packet };
     let sock = cookie(skb);
     learn_udp(&ctx, &pkt, SCRATCH_SOCK_ANSWER, |q| {
         consume_pending(

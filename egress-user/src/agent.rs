@@ -177,8 +177,10 @@ pub struct Agent {
     cancel: CancellationToken,
     /// `DNS_LEARN_FAILED` at the last GC tick, to warn once per increase.
     learn_failed_seen: u64,
-    /// Where and how the programs were attached (for the attachment check).
-    attachments: Vec<(String, Hook, attach::Attached)>,
+    /// Where and how the programs were attached, and the interface's index then (for the
+    /// attachment check).
+    attachments: Vec<(String, Hook, attach::Attached, u32)>,
+    pins: PinDir,
     /// What `/readyz` and `/healthz` are made of.
     health: Health,
 }
@@ -282,7 +284,8 @@ impl Agent {
                 let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
                 tracing::info!(iface, hook = name, ?how, "attached");
                 dp.record_attached(iface, how.record())?;
-                attachments.push((iface.clone(), hook, how));
+                let index = attach::ifindex(iface).unwrap_or(0);
+                attachments.push((iface.clone(), hook, how, index));
             }
             // The program pin is informational (links hold the program); replace it with ours.
             let prog_pin = pins.program(hook);
@@ -364,6 +367,7 @@ impl Agent {
             cancel,
             learn_failed_seen: 0,
             attachments,
+            pins,
             health: Health {
                 tasks: true,
                 policy: true,
@@ -545,8 +549,8 @@ impl Agent {
     /// take the chain, an interface can be deleted and re-created).
     fn check_attachments(&mut self) {
         let mut all = true;
-        for (iface, hook, how) in &self.attachments {
-            let found = attach::is_attached(*hook, iface, *how);
+        for (iface, hook, how, index) in &self.attachments {
+            let found = attach::is_attached(*hook, iface, *how, *index, &self.pins);
             all &= found;
             self.metrics
                 .attached

@@ -221,22 +221,35 @@ fn attach_netlink(
     Ok(Attached::Netlink)
 }
 
-/// Whether egress's program is still attached to `hook` of `iface`, attached there `how`, as
-/// far as the kernel can be asked: with TCX, the interface's chain must hold a program of that
-/// name (a removed link, or an interface deleted and re-created, leaves none); clsact filters
-/// cannot be listed through aya 0.14, so there only the interface's existence is checked.
-pub fn is_attached(hook: Hook, iface: &str, how: Attached) -> bool {
-    if check_iface(iface).is_err() {
+/// The interface's index now (`None` if it is gone): a deleted and re-created interface has a
+/// new one, and no longer carries what was attached to the old.
+pub fn ifindex(iface: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(iface).ok()
+}
+
+/// Whether egress's program is still attached to `hook` of `iface`, attached there `how` when
+/// the interface had index `index`, as far as the agent's capabilities let it ask: the
+/// interface must be the same one (same index); a TCX link must still be pinned (the agent
+/// holds no handle, so a removed pin is a released link); and where the kernel lets the agent
+/// list the TCX chain (listing resolves program ids, which takes CAP_SYS_ADMIN on some
+/// kernels), a program of that name must be in it. clsact filters cannot be listed through
+/// aya 0.14, so there the interface is what is checked.
+pub fn is_attached(hook: Hook, iface: &str, how: Attached, index: u32, pins: &PinDir) -> bool {
+    if ifindex(iface) != Some(index) {
         return false;
     }
     if how == Attached::Netlink {
         return true;
     }
+    if !pins.link(hook, iface).exists() {
+        return false;
+    }
     match SchedClassifier::query_tcx(iface, tc_type(hook)) {
         Ok((_, programs)) => programs
             .iter()
             .any(|p| p.name_as_str() == Some(hook.name())),
-        Err(_) => false,
+        // Not allowed to list: the pinned link on the same interface is all there is to see.
+        Err(_) => true,
     }
 }
 

@@ -231,21 +231,7 @@ impl Cluster {
         let ns = NetNs::new(unique(&format!("node{n}")))?;
         let underlay = format!("198.18.50.1{}", n + 1);
         let peer = unique("ul");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &self.inet.name,
-        ])?;
+        eth0_to(&ns, &peer, &self.inet)?;
         self.inet
             .ip(&["link", "set", &peer, "master", "br0", "up"])?;
         ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"])?;
@@ -382,21 +368,7 @@ impl Cluster {
     fn plug(&self, pod: &Pod) -> anyhow::Result<()> {
         let node = &self.nodes[pod.node];
         let host_side = unique("veth");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &pod.ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &host_side,
-            "netns",
-            &node.ns.name,
-        ])?;
+        eth0_to(&pod.ns, &host_side, &node.ns)?;
         node.ns
             .ip(&["link", "set", &host_side, "master", "cni0", "up"])?;
         pod.ns
@@ -636,6 +608,25 @@ fn dnsmasq_args(conf: &Path) -> Vec<String> {
         format!("--pid-file={}", conf.with_extension("pid").display()),
         format!("--conf-file={}", conf.display()),
     ]
+}
+
+/// A veth pair: `eth0` in `ns`, its peer `peer` in `other`.
+fn eth0_to(ns: &NetNs, peer: &str, other: &NetNs) -> anyhow::Result<String> {
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        &other.name,
+    ])
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

@@ -342,16 +342,20 @@ fn bpf_net_admin_and_perfmon_are_the_capabilities_it_needs() {
     // With exactly the three, it starts and enforces.
     let pins = TestPins::new();
     let mut child = run_with_caps(&topo, &pins, &policy, "+bpf,+net_admin,+perfmon");
-    wait_for("readiness with three capabilities", || {
-        if let Ok(Some(status)) = child.try_wait() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(&topo.client, "/readyz").is_none_or(|(c, _)| c != 200) {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut e, &mut err);
             }
-            panic!("the agent exited with {status} with three capabilities: {err}");
+            panic!("not ready with three capabilities ({exited:?}): {err}");
         }
-        http_get(&topo.client, "/readyz").is_some_and(|(c, _)| c == 200)
-    });
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
     assert!(
         topo.connect(DENIED_V4, 443, Duration::from_millis(700))
