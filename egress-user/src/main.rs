@@ -220,7 +220,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// recorded or pinned on, and the socket programs); when no interface is left, removes every
 /// pin and the directory.
 fn detach(pins: &PinDir, ifaces: Vec<String>, all: bool) -> anyhow::Result<()> {
-    let mut dp = egress_user::datapath::Datapath::open_pinned(pins).ok();
+    // The attachment record lives in the pinned maps. Pins made by an older egress (or maps
+    // that cannot be opened) have none: then clsact filters on other interfaces are unknown,
+    // and the pins are kept unless everything is being removed.
+    let mut dp = match egress_user::datapath::Datapath::open_pinned(pins) {
+        Ok(dp) => Some(dp),
+        Err(e) => {
+            if pins.root().exists() {
+                eprintln!(
+                    "warning: no attachment record under {} ({e}); clsact filters on other interfaces cannot be listed",
+                    pins.root().display()
+                );
+            }
+            None
+        }
+    };
+    let record_known = dp.is_some() || !pins.root().exists();
     let recorded = |dp: &Option<egress_user::datapath::Datapath>| -> anyhow::Result<Vec<String>> {
         let mut out = pins.linked_interfaces();
         if let Some(dp) = dp {
@@ -230,11 +245,29 @@ fn detach(pins: &PinDir, ifaces: Vec<String>, all: bool) -> anyhow::Result<()> {
         out.dedup();
         Ok(out)
     };
-    let ifaces = if all { recorded(&dp)? } else { ifaces };
+    let ifaces = if all {
+        // Every interface of this namespace too: a clsact filter egress left without a record
+        // (an older version) is found by its fixed priority and handle.
+        let mut every = recorded(&dp)?;
+        every.extend(
+            nix::net::if_::if_nameindex()
+                .map(|list| {
+                    list.iter()
+                        .map(|i| i.name().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        );
+        every.sort();
+        every.dedup();
+        every
+    } else {
+        ifaces
+    };
     for iface in &ifaces {
         if attach::detach(iface, pins)? {
             eprintln!("detached from {iface}");
-        } else {
+        } else if !all {
             eprintln!("nothing attached to {iface}");
         }
         if let Some(dp) = dp.as_mut() {
@@ -246,6 +279,13 @@ fn detach(pins: &PinDir, ifaces: Vec<String>, all: bool) -> anyhow::Result<()> {
         eprintln!(
             "still attached to {}; the pins under {} stay",
             left.join(", "),
+            pins.root().display()
+        );
+        return Ok(());
+    }
+    if !all && !record_known {
+        eprintln!(
+            "the pins under {} stay: without a record, egress may still enforce on other interfaces with them (`egress detach --all` removes everything)",
             pins.root().display()
         );
         return Ok(());

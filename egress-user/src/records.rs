@@ -179,6 +179,12 @@ impl Datapath {
     pub fn forget_attached(&mut self, iface: &str) -> Result<()> {
         match self.attached.remove(&iface_key(iface)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            // Not recorded (the delete syscall says ENOENT): nothing to forget.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
             Err(source) => Err(op(names::ATTACHED, "remove")(source)),
         }
     }

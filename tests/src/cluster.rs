@@ -202,20 +202,7 @@ impl Cluster {
         self.spawn(None, &name, "upstream-dnsmasq", &strs(&dnsmasq_args(&conf)))?;
         let (cert, key) = crate::live::certificate();
         let nconf = self.dir.path().join("nginx.conf");
-        let d = self.dir.path().display();
-        std::fs::write(
-            &nconf,
-            format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-                 fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-                 server {{\n    listen 443 ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
-                 location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
-                cert.display(),
-                key.display()
-            ),
-        )?;
+        std::fs::write(&nconf, crate::live::nginx_conf(self.dir.path(), cert, key))?;
         let nconf = nconf.to_str().unwrap().to_owned();
         self.spawn(
             None,

@@ -51,7 +51,7 @@ fn dnsmasq_conf(ttl: u32) -> String {
     )
 }
 
-fn nginx_conf(dir: &Path, cert: &Path, key: &Path) -> String {
+pub(crate) fn nginx_conf(dir: &Path, cert: &Path, key: &Path) -> String {
     let d = dir.display();
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\

@@ -528,3 +528,33 @@ fn detaching_one_clsact_interface_keeps_the_others_and_the_pins_and_detach_all_r
     topo.connect(DENIED_V4, 443, CONNECT)
         .expect("still enforcing after detach --all");
 }
+
+#[test]
+fn without_an_attachment_record_detach_keeps_the_pins_and_detach_all_still_finds_clsact_filters() {
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let mut agent = Agent::start(
+        &topo,
+        &pins,
+        &static_policy("enforce"),
+        &["--attach", "netlink"],
+    )
+    .unwrap();
+    agent.kill9();
+    // Pins as an older egress left them: no record of where clsact filters are.
+    std::fs::remove_file(pins.path().join(egress_common::maps::names::ATTACHED)).unwrap();
+    egress_ok(&topo, &pins, &["detach", "--iface", "nonexistent0"]);
+    assert!(
+        pins.path().exists(),
+        "pins removed while a filter may enforce"
+    );
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(800))
+            .is_err()
+    );
+    egress_ok(&topo, &pins, &["detach", "--all"]);
+    assert!(!pins.path().exists(), "pin dir left behind");
+    topo.connect(DENIED_V4, 443, CONNECT)
+        .expect("still enforcing after detach --all");
+}
