@@ -78,6 +78,9 @@ pub struct Question {
     /// a callback instead of being stored because the eBPF stack (512 bytes) has no room for
     /// them.
     pub suffix_matched: bool,
+    /// The hash of the suffix the callback accepted (the shortest), when `suffix_matched`: the
+    /// wildcard rule that allows the name.
+    pub suffix: u64,
     /// The response code ([`rcode`]); 0 for queries.
     pub rcode: u8,
     pub ancount: u16,
@@ -179,6 +182,7 @@ fn parse_question(
         id: 0,
         full: 0,
         suffix_matched: false,
+        suffix: 0,
         rcode: rcode::NOERROR,
         ancount: 0,
         end: off + 4,
@@ -193,6 +197,7 @@ fn parse_question(
         h = chain(k0, k1, h, labels[idx & (MAX_LABELS - 1)]);
         if idx >= 1 && !q.suffix_matched && on_suffix(h) {
             q.suffix_matched = true;
+            q.suffix = h;
         }
         i += 1;
     }

@@ -16,10 +16,16 @@ pub mod names {
     pub const STATIC_V4: &str = "STATIC_V4";
     /// `LpmTrie<[u8; 16], StaticValue>`: static IPv6 CIDRs from the policy.
     pub const STATIC_V6: &str = "STATIC_V6";
-    /// `LpmTrie<[u8; 4], LearnedValue>`: IPv4 addresses learned from DNS, with expiry.
+    /// `HashMap<[u8; 4], LearnedValue>`: IPv4 addresses learned from DNS, with expiry. A hash
+    /// map, not a trie: learned entries are single addresses, and a hash map offers the
+    /// atomic lookup-and-delete garbage collection needs (see `LEARNED_BY`).
     pub const LEARNED_V4: &str = "LEARNED_V4";
-    /// `LpmTrie<[u8; 16], LearnedValue>`: IPv6 addresses learned from DNS, with expiry.
+    /// `HashMap<[u8; 16], LearnedValue>`: IPv6 addresses learned from DNS, with expiry.
     pub const LEARNED_V6: &str = "LEARNED_V6";
+    /// `HashMap<LearnedByKey, u64>`: why each learned address is allowed: one entry per
+    /// (address, policy rule) with that rule's expiry, written with the address. A reload
+    /// drops the entries of removed rules and revokes the addresses left with none.
+    pub const LEARNED_BY: &str = "LEARNED_BY";
     /// `LruHashMap<FlowKey, FlowValue>`: allowed flows.
     pub const FLOWS: &str = "FLOWS";
     /// `PerCpuArray<u64>`: verdict counters, see [`crate::counters`].
@@ -57,13 +63,14 @@ pub mod names {
     pub const ATTACHED: &str = "ATTACHED";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         CONFIG,
         PORTS,
         STATIC_V4,
         STATIC_V6,
         LEARNED_V4,
         LEARNED_V6,
+        LEARNED_BY,
         FLOWS,
         COUNTERS,
         EVENT_RATE,
@@ -87,6 +94,8 @@ pub const NS_PER_S: u64 = 1_000_000_000;
 pub const STATIC_CAPACITY: u32 = 16_384;
 /// Capacity of each learned-address map (per family).
 pub const LEARNED_CAPACITY: u32 = 262_144;
+/// Capacity of [`names::LEARNED_BY`] (allocated as used): two rules per learned address.
+pub const LEARNED_BY_CAPACITY: u32 = 2 * 2 * LEARNED_CAPACITY;
 /// Capacity of the flow table (LRU: the least recently used flow is evicted when full).
 pub const FLOW_CAPACITY: u32 = 131_072;
 /// Size of the denied-destination ring buffer in bytes (a power of two, multiple of the page).
@@ -192,6 +201,48 @@ impl Config {
     }
 }
 
+/// Kinds of [`Rule`].
+pub mod rule_kind {
+    /// No rule (an empty slot).
+    pub const NONE: u8 = 0;
+    /// An exact policy name; the hash is the name's.
+    pub const EXACT: u8 = 1;
+    /// A `*.suffix` policy name; the hash is the suffix's.
+    pub const WILD: u8 = 2;
+}
+
+/// A policy rule, by the hash the name maps are keyed with: what justifies a learned address
+/// or a CNAME target. Kept with them so that a reload can revoke what only removed rules
+/// allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rule {
+    pub hash: u64,
+    /// One of [`rule_kind`].
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+impl Rule {
+    pub const NONE: Rule = Rule::new(rule_kind::NONE, 0);
+    pub const fn new(kind: u8, hash: u64) -> Self {
+        Self {
+            hash,
+            kind,
+            _pad: [0; 7],
+        }
+    }
+    pub const fn exact(hash: u64) -> Self {
+        Self::new(rule_kind::EXACT, hash)
+    }
+    pub const fn wild(hash: u64) -> Self {
+        Self::new(rule_kind::WILD, hash)
+    }
+    pub const fn is_some(&self) -> bool {
+        self.kind != rule_kind::NONE
+    }
+}
+
 /// Value of the name maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -199,6 +250,17 @@ pub struct NameValue {
     /// `CLOCK_BOOTTIME` ns after which the name no longer matches; [`NAME_PERMANENT`] for
     /// policy names.
     pub expires_ns: u64,
+    /// The policy rule the entry stands for: itself for policy names, the rule of the question
+    /// whose CNAME chain ended at it for a CNAME target.
+    pub rule: Rule,
+}
+
+/// Key of [`names::LEARNED_BY`]: an address (IPv4-mapped for IPv4) and a rule that allowed it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LearnedByKey {
+    pub addr: [u8; 16],
+    pub rule: Rule,
 }
 
 /// Key of [`names::DNS_PENDING`]: who was asked, from which port, with which id.
@@ -254,6 +316,12 @@ pub struct DnsBuf {
     pub labels: crate::dns::Labels,
     pub parsed: DnsParsed,
     pub packet: DnsPacket,
+    /// The rules that allow the question (an exact name, a wildcard, or both), for the walk
+    /// to record with each address it learns.
+    pub rules: [Rule; 2],
+    /// The address being learned (IPv4-mapped for IPv4), handed from the walk to the
+    /// separately verified function that writes it.
+    pub addr: [u8; 16],
 }
 
 /// The addressing of the DNS packet being handled, handed from the header parser to the
@@ -286,6 +354,8 @@ pub struct DnsParsed {
     /// The response code (`dns::rcode`).
     pub rcode: u8,
     pub _pad: [u8; 6],
+    /// The hash of the allowed wildcard suffix, when `suffix_matched`.
+    pub suffix: u64,
 }
 
 /// Kinds of [`DnsEvent`].
@@ -350,6 +420,10 @@ pub struct LearnedValue {
     pub expires_ns: u64,
     /// New flows this entry admitted (incremented in the kernel; kept across refreshes).
     pub hits: u64,
+    /// `CLOCK_BOOTTIME` ns of the last write (kernel or agent learning). The agent's garbage
+    /// collection and revocation compare it to tell whether an entry was refreshed after
+    /// they read it.
+    pub refreshed_ns: u64,
 }
 
 /// Value of [`names::ANSWERS`].
@@ -487,6 +561,7 @@ impl DnsParsed {
             suffix_matched: q.suffix_matched as u8,
             rcode: q.rcode,
             _pad: [0; 6],
+            suffix: q.suffix,
         }
     }
 }
@@ -581,16 +656,18 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 
 // No implicit padding: sizes equal the sum of the fields.
 const _: () = assert!(size_of::<Config>() == 56);
-const _: () = assert!(size_of::<NameValue>() == 8);
+const _: () = assert!(size_of::<NameValue>() == 8 + 16);
+const _: () = assert!(size_of::<Rule>() == 16);
+const _: () = assert!(size_of::<LearnedByKey>() == 16 + 16);
 const _: () = assert!(size_of::<DnsPacket>() == 16 + 16 + 4 + 2 + 2 + 1 + 7);
-const _: () = assert!(size_of::<DnsParsed>() == 8 + 4 + 2 + 2 + 1 + 1 + 6);
+const _: () = assert!(size_of::<DnsParsed>() == 8 + 4 + 2 + 2 + 1 + 1 + 6 + 8);
 const _: () = assert!(size_of::<SockPendingKey>() == 16);
 const _: () = assert!(size_of::<PendingKey>() == 24);
 const _: () = assert!(size_of::<PendingValue>() == 16);
 const _: () = assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 1 + 5);
 const _: () = assert!(size_of::<DnsEvent>() == size_of::<DnsEventHeader>() + crate::dns::BUF);
 const _: () = assert!(size_of::<StaticValue>() == 4);
-const _: () = assert!(size_of::<LearnedValue>() == 16);
+const _: () = assert!(size_of::<LearnedValue>() == 24);
 const _: () = assert!(size_of::<AnswerValue>() == NAME_BYTES + 8 + 2 + 1 + 5);
 const _: () = assert!(size_of::<NameKey>() == NAME_BYTES);
 const _: () = assert!(size_of::<DeniedValue>() == 8 * 3 + 2 + 1 + 1 + 4);
@@ -618,6 +695,10 @@ mod pod {
     unsafe impl aya::Pod for super::DenyEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NameValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Rule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LearnedByKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingKey {}
     // SAFETY: as above.

@@ -8,15 +8,16 @@
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::bpf_skb_load_bytes,
-    maps::{LpmTrie, LruHashMap, lpm_trie::Key},
+    maps::{HashMap, LruHashMap},
     programs::TcContext,
 };
 use egress_common::{
     counters,
     dns::{self, Address, BUF, Question, rcode},
     maps::{
-        DNS_QUERY_TIMEOUT_NS, DnsEvent, DnsPacket, DnsParsed, LearnedValue, PendingKey,
-        PendingValue, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn,
+        DNS_QUERY_TIMEOUT_NS, DnsEvent, DnsPacket, DnsParsed, LearnedByKey, LearnedValue,
+        PendingKey, PendingValue, Rule, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn,
+        v4_mapped, v4_of_mapped,
     },
     mode,
     packet::{
@@ -27,8 +28,8 @@ use egress_common::{
 
 use crate::{
     maps::{
-        CONFIG, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_V4, LEARNED_V6, NAMES_EXACT,
-        NAMES_WILD, RESOLVERS, learned_mut,
+        CONFIG, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_BY, LEARNED_V4, LEARNED_V6,
+        NAMES_EXACT, NAMES_WILD, RESOLVERS,
     },
     skb::{Skb, count, now},
 };
@@ -340,7 +341,7 @@ pub(crate) fn learn_udp(
     }
 
     let mut flags = 0;
-    if name_allowed(&q) {
+    if allowing_rules(&q, slot) {
         flags |= dns_flag::ALLOWED;
         let walked = ingress_learn_answers(slot, len as u32, q.end, u32::from(q.ancount));
         if walked < 0 {
@@ -400,12 +401,14 @@ pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, an
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return -1;
     };
-    // SAFETY: the per-CPU slot `learn` filled during this same program run.
-    let buf = unsafe { &(*scratch).bytes };
+    // SAFETY: the per-CPU slot `learn` filled during this same program run; the walk reads the
+    // message, the sink writes only the address field.
+    let (buf, addr_slot) = unsafe { (&(*scratch).bytes, &mut (*scratch).addr) };
     let q = Question {
         id: 0,
         full: 0,
         suffix_matched: false,
+        suffix: 0,
         rcode: rcode::NOERROR,
         ancount: ancount as u16,
         end: end as usize,
@@ -418,11 +421,23 @@ pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, an
     };
     match dns::answers(buf, len, &q, skip, |addr, ttl| {
         // Counted in the map, not in locals: see `dns::Walk`.
-        count(if insert(addr, now + cfg.lifetime_ns(ttl)) {
-            counters::DNS_ADDR_LEARNED
-        } else {
-            counters::DNS_LEARN_FAILED
-        });
+        let v4 = match addr {
+            Address::V4(a) => {
+                *addr_slot = v4_mapped(a);
+                1
+            }
+            Address::V6(a) => {
+                *addr_slot = a;
+                0
+            }
+        };
+        count(
+            if dns_learn_address(slot, v4, now, now + cfg.lifetime_ns(ttl)) == 0 {
+                counters::DNS_ADDR_LEARNED
+            } else {
+                counters::DNS_LEARN_FAILED
+            },
+        );
     }) {
         Ok(walk) => {
             count(counters::DNS_ANSWER_LEARNED);
@@ -432,56 +447,93 @@ pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, an
     }
 }
 
-/// Whether the question name is allowed: one of its proper suffixes is a wildcard suffix
-/// (checked while hashing), or its hash is an unexpired exact name.
+/// Whether the question name is allowed, leaving the rules that allow it in the scratch slot
+/// for the walk: its hash as an unexpired exact name (a policy name, or a CNAME target standing
+/// for the rule of its chain's question), and the wildcard suffix found while hashing. Both are
+/// kept when both match, so removing one of them from the policy leaves the other's addresses.
 #[inline(always)]
-fn name_allowed(q: &DnsParsed) -> bool {
-    if q.suffix_matched != 0 {
-        return true;
-    }
+fn allowing_rules(q: &DnsParsed, slot: u32) -> bool {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: the per-CPU slot this program run uses.
+    let rules = unsafe { &mut (*scratch).rules };
+    rules[0] = Rule::NONE;
+    rules[1] = Rule::NONE;
     // SAFETY: a read-only lookup of a plain value.
-    matches!(unsafe { NAMES_EXACT.get(&q.full) }, Some(v) if v.expires_ns > now())
+    if let Some(v) = unsafe { NAMES_EXACT.get(&q.full) }
+        && v.expires_ns > now()
+    {
+        rules[0] = v.rule;
+    }
+    if q.suffix_matched != 0 {
+        rules[1] = Rule::wild(q.suffix);
+    }
+    rules[0].is_some() || rules[1].is_some()
 }
 
-/// Allows `addr` until `expires_ns`, keeping a later expiry that is already there (and the
-/// entry's hit count). Returns whether the address is now allowed at least that long.
+/// Allows the address in scratch `slot` (IPv4 if `v4` is 1) until `expires_ns` for the rules in
+/// the slot: first each rule's justification (`LEARNED_BY`), then the address, whose expiry
+/// only grows and whose refresh stamp is set to `now` on every write. 0 if all of it was
+/// written; an address whose justification cannot be recorded is not learned (fail-closed: a
+/// reload could not tell whether to keep it). A global function: inlined into the walk, its
+/// map calls would be verified once per record and type ("BPF program is too large.
+/// Processed 1000001 insn").
+///
+/// Every write is a map update, never a store into a looked-up value: the agent removes
+/// entries with an atomic lookup-and-delete and puts back any whose stamp changed since it
+/// decided, which only works if a refresh and a removal are ordered by the map's lock.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn dns_learn_address(slot: u32, v4: u32, now: u64, expires_ns: u64) -> i32 {
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return -1;
+    };
+    // SAFETY: the per-CPU slot the walk filled during this same program run.
+    let (addr, rules) = unsafe { ((*scratch).addr, (*scratch).rules) };
+    if !justify(&addr, &rules[0], expires_ns) || !justify(&addr, &rules[1], expires_ns) {
+        return -1;
+    }
+    let ok = if v4 == 1 {
+        learn_in(&LEARNED_V4, &v4_of_mapped(&addr), now, expires_ns)
+    } else {
+        learn_in(&LEARNED_V6, &addr, now, expires_ns)
+    };
+    if ok { 0 } else { -1 }
+}
+
+/// Records that `rule` allows `addr` until `expires_ns` (a later expiry already there is kept).
 #[inline(always)]
-fn insert(addr: Address, expires_ns: u64) -> bool {
-    match addr {
-        Address::V4(a) => learn_in(&LEARNED_V4, &Key::new(32, a), expires_ns),
-        Address::V6(a) => learn_in(&LEARNED_V6, &Key::new(128, a), expires_ns),
+fn justify(addr: &[u8; 16], rule: &Rule, expires_ns: u64) -> bool {
+    if !rule.is_some() {
+        return true;
+    }
+    let key = LearnedByKey {
+        addr: *addr,
+        rule: *rule,
+    };
+    // SAFETY: a read-only lookup of a plain value.
+    match unsafe { LEARNED_BY.get(&key) } {
+        Some(&old) if old >= expires_ns => true,
+        _ => LEARNED_BY.insert(&key, &expires_ns, 0).is_ok(),
     }
 }
 
 /// [`insert`] for one family's map.
 #[inline(always)]
-fn learn_in<K>(map: &LpmTrie<K, LearnedValue>, key: &Key<K>, expires_ns: u64) -> bool {
-    match learned_mut(map, key) {
-        Some(old) => extend(old, expires_ns),
-        None => map
-            .insert(
-                key,
-                &LearnedValue {
-                    expires_ns,
-                    hits: 0,
-                },
-                0,
-            )
-            .is_ok(),
-    }
-}
-
-/// Moves an entry's expiry later in place, keeping its hits (an aligned 8-byte store: a
-/// concurrent lookup sees the old or the new expiry, both of which allow).
-#[inline(always)]
-fn extend(old: *mut LearnedValue, expires_ns: u64) -> bool {
-    // SAFETY: `old` is a non-null pointer into the map value the lookup returned (writable).
-    unsafe {
-        if (*old).expires_ns < expires_ns {
-            (*old).expires_ns = expires_ns;
-        }
-    }
-    true
+fn learn_in<K>(map: &HashMap<K, LearnedValue>, key: &K, now: u64, expires_ns: u64) -> bool {
+    // SAFETY: a read-only lookup of a plain value.
+    let old = unsafe { map.get(key) }.copied().unwrap_or_default();
+    map.insert(
+        key,
+        &LearnedValue {
+            expires_ns: expires_ns.max(old.expires_ns),
+            hits: old.hits,
+            refreshed_ns: now,
+        },
+        0,
+    )
+    .is_ok()
 }
 
 /// A TCP segment from a trusted resolver: the agent reassembles the stream and learns.

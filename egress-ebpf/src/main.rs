@@ -22,7 +22,7 @@ mod sockets;
 use aya_ebpf::{
     bindings::__sk_buff,
     macros::{cgroup_skb, classifier},
-    maps::{LpmTrie, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, lpm_trie::Key},
     programs::{SkBuffContext, TcContext},
 };
 use egress_common::{
@@ -236,14 +236,16 @@ fn enforce(
 #[inline(always)]
 fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
     if p.family == family::V4 {
+        let a = v4_of_mapped(&p.daddr);
+        allowed_in(&STATIC_V4, &LEARNED_V4, &Key::new(32, a), &a, now)
+    } else {
         allowed_in(
-            &STATIC_V4,
-            &LEARNED_V4,
-            &Key::new(32, v4_of_mapped(&p.daddr)),
+            &STATIC_V6,
+            &LEARNED_V6,
+            &Key::new(128, p.daddr),
+            &p.daddr,
             now,
         )
-    } else {
-        allowed_in(&STATIC_V6, &LEARNED_V6, &Key::new(128, p.daddr), now)
     }
 }
 
@@ -251,14 +253,15 @@ fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
 #[inline(always)]
 fn allowed_in<K>(
     statics: &LpmTrie<K, StaticValue>,
-    learned: &LpmTrie<K, LearnedValue>,
-    key: &Key<K>,
+    learned: &HashMap<K, LearnedValue>,
+    prefix: &Key<K>,
+    addr: &K,
     now: u64,
 ) -> Option<u32> {
-    if statics.get(key).is_some() {
+    if statics.get(prefix).is_some() {
         return Some(counters::PASS_STATIC);
     }
-    match maps::learned_mut(learned, key) {
+    match learned.get_ptr_mut(addr) {
         // SAFETY: a non-null value pointer from the lookup.
         Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
         _ => None,

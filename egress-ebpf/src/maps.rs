@@ -3,16 +3,17 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
     counters,
     maps::{
         ANSWERS_CAPACITY, ATTACHED_CAPACITY, AnswerValue, Config, DENIED_CAPACITY,
         DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY,
-        FlowKey, FlowValue, IFACE_BYTES, LEARNED_CAPACITY, LearnedValue, NAMES_EXACT_CAPACITY,
-        NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue,
-        RESOLVERS_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_CAPACITY, SockPendingKey, StaticValue,
+        FlowKey, FlowValue, IFACE_BYTES, LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey,
+        LearnedValue, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue,
+        PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY, RateState, SCRATCH_SLOTS,
+        STATIC_CAPACITY, SockPendingKey, StaticValue,
     },
 };
 
@@ -25,10 +26,14 @@ pub(crate) static STATIC_V4: LpmTrie<[u8; 4], StaticValue> = LpmTrie::pinned(STA
 #[map]
 pub(crate) static STATIC_V6: LpmTrie<[u8; 16], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
 #[map]
-pub(crate) static LEARNED_V4: LpmTrie<[u8; 4], LearnedValue> = LpmTrie::pinned(LEARNED_CAPACITY, 0);
+pub(crate) static LEARNED_V4: HashMap<[u8; 4], LearnedValue> =
+    HashMap::pinned(LEARNED_CAPACITY, NO_PREALLOC);
 #[map]
-pub(crate) static LEARNED_V6: LpmTrie<[u8; 16], LearnedValue> =
-    LpmTrie::pinned(LEARNED_CAPACITY, 0);
+pub(crate) static LEARNED_V6: HashMap<[u8; 16], LearnedValue> =
+    HashMap::pinned(LEARNED_CAPACITY, NO_PREALLOC);
+#[map]
+pub(crate) static LEARNED_BY: HashMap<LearnedByKey, u64> =
+    HashMap::pinned(LEARNED_BY_CAPACITY, NO_PREALLOC);
 #[map]
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
 #[map]
@@ -65,21 +70,3 @@ pub(crate) static DENIED: HashMap<NameKey, DeniedValue> =
 #[map]
 pub(crate) static ATTACHED: HashMap<[u8; IFACE_BYTES], u32> =
     HashMap::pinned(ATTACHED_CAPACITY, NO_PREALLOC);
-
-/// A writable pointer to the learned value of `key` in `map` (`LEARNED_V4` or `LEARNED_V6`).
-/// aya-ebpf's `LpmTrie::get` hands out only shared references, and writing through one is
-/// undefined behaviour in Rust; the kernel's lookup returns a pointer into the writable value.
-#[inline(always)]
-pub(crate) fn learned_mut<K>(
-    map: &LpmTrie<K, LearnedValue>,
-    key: &Key<K>,
-) -> Option<*mut LearnedValue> {
-    // `LpmTrie` is `repr(transparent)` over the map definition, so its address is the map
-    // pointer the helper expects (what aya-ebpf's own `get` passes).
-    let map = core::ptr::from_ref(map)
-        .cast_mut()
-        .cast::<core::ffi::c_void>();
-    // SAFETY: a lookup helper call with a valid map and a key of the map's key type.
-    let p = unsafe { aya_ebpf::helpers::bpf_map_lookup_elem(map, core::ptr::from_ref(key).cast()) };
-    (!p.is_null()).then_some(p.cast::<LearnedValue>())
-}

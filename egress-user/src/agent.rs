@@ -257,7 +257,14 @@ impl Agent {
         let events_ring = ring(&mut ebpf, names::EVENTS)?;
         let dns_ring = ring(&mut ebpf, names::DNS_EVENTS)?;
         let mut dp = Datapath::from_ebpf(&mut ebpf)?;
-        apply(&mut dp, &policy, &overrides).map_err(|source| AgentErrorKind::Apply { source })?;
+        let applied = apply(&mut dp, &policy, &overrides)
+            .map_err(|source| AgentErrorKind::Apply { source })?;
+        if applied.reconciled.revoked > 0 {
+            tracing::info!(
+                revoked = applied.reconciled.revoked,
+                "learned addresses that no rule of this policy allows were revoked"
+            );
+        }
 
         // Learning before enforcement: the socket programs first (or the links of a previous
         // run that learned there removed), then the interfaces.
@@ -353,7 +360,7 @@ impl Agent {
                 ("DNS learning", drained)
             });
         }
-        tracing::info!(%metrics_addr, "ready");
+        tracing::info!(%metrics_addr, "serving metrics and health");
         let agent = Self {
             policy_path,
             overrides,
@@ -374,8 +381,9 @@ impl Agent {
                 attached: true,
             },
         };
+        // Not ready yet: `run` publishes readiness once it watches the policy file and handles
+        // SIGHUP (before that, a SIGHUP would kill the process and a change would be missed).
         agent.publish_info();
-        agent.publish_health();
         Ok(agent)
     }
 
@@ -395,6 +403,13 @@ impl Agent {
         let mut hup = handler(SignalKind::hangup(), "SIGHUP")?;
         let mut gc = tokio::time::interval(GC_INTERVAL);
         let mut watch = PolicyWatch::new(&self.policy_path)?;
+        // A change between the first read and the watch: take it up now.
+        let text = std::fs::read_to_string(&self.policy_path).ok();
+        if text.is_some() && text != self.policy_text {
+            self.reload(text);
+        }
+        self.publish_health();
+        tracing::info!("ready");
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -469,8 +484,17 @@ impl Agent {
         let applied = {
             let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
             match apply(&mut dp, &new, &self.overrides) {
-                Ok(()) => {
+                Ok(applied) => {
                     self.metrics.reloads.inc();
+                    self.count_reconciled(&applied.reconciled);
+                    if applied.reconciled.revoked > 0 || applied.cut > 0 {
+                        tracing::info!(
+                            revoked = applied.reconciled.revoked,
+                            shortened = applied.reconciled.shortened,
+                            flows_cut = applied.cut,
+                            "addresses only removed rules allowed are no longer allowed"
+                        );
+                    }
                     warn_broad(&new);
                     self.learner
                         .lock()
@@ -571,12 +595,19 @@ impl Agent {
         self.publish_health();
     }
 
+    /// Counts what a reconciliation of the learned state did.
+    fn count_reconciled(&self, done: &crate::datapath::Reconciled) {
+        self.metrics.gc_learned_removed.inc_by(done.expired as u64);
+        self.metrics.revoked.inc_by(done.revoked as u64);
+        self.metrics.refreshes_kept.inc_by(done.restored as u64);
+    }
+
     /// Removes expired learned addresses and idle flows; warns when the learned map was full.
     pub fn gc_tick(&mut self) {
         let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
         match dp.collect_garbage(clock::boot_ns()) {
-            Ok((learned, flows)) => {
-                self.metrics.gc_learned_removed.inc_by(learned as u64);
+            Ok((done, flows)) => {
+                self.count_reconciled(&done);
                 self.metrics.gc_flows_removed.inc_by(flows as u64);
             }
             Err(e) => tracing::warn!(error = %error_chain(&e), "garbage collection failed"),

@@ -10,8 +10,9 @@ use egress_common::{
 use thiserror::Error;
 
 use crate::{
-    datapath::{Datapath, DatapathError},
-    policy::{Mode, NamePattern, Policy},
+    clock,
+    datapath::{Datapath, DatapathError, Reconciled},
+    policy::{Mode, NamePattern, Policy, Revoked},
 };
 
 /// A TCP flow idle this long is forgotten; its next non-SYN packet is judged afresh.
@@ -127,9 +128,24 @@ pub fn system_resolvers(text: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// What applying a policy did beyond writing it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The learned state made true to the new rules (revocations).
+    pub reconciled: Reconciled,
+    /// Established flows cut (`revoked_connections: cut`).
+    pub cut: usize,
+}
+
 /// Writes a policy into the maps. Additions go in before removals and the mode and ports come
-/// last, so what both the old and the new policy allow is never denied in between.
-pub fn apply(dp: &mut Datapath, policy: &Policy, overrides: &Overrides) -> Result<(), ApplyError> {
+/// last, so what both the old and the new policy allow is never denied in between. Then what
+/// only removed rules allowed is revoked at once (not at its TTL), and with
+/// `revoked_connections: cut` the flows to destinations no longer allowed are forgotten.
+pub fn apply(
+    dp: &mut Datapath,
+    policy: &Policy,
+    overrides: &Overrides,
+) -> Result<Applied, ApplyError> {
     let key = hash_key(dp)?;
     let mut exact = BTreeSet::new();
     let mut wild = BTreeSet::new();
@@ -153,5 +169,11 @@ pub fn apply(dp: &mut Datapath, policy: &Policy, overrides: &Overrides) -> Resul
     dp.sync_names(&exact, &wild)?;
     dp.set_ports(&policy.ports)?;
     dp.set_config(&kernel_config(policy, overrides, key))?;
-    Ok(())
+    let now = clock::boot_ns();
+    let reconciled = dp.reconcile(now)?;
+    let cut = match policy.revoked_connections {
+        Revoked::Keep => 0,
+        Revoked::Cut => dp.cut_flows(now)?,
+    };
+    Ok(Applied { reconciled, cut })
 }

@@ -14,7 +14,7 @@ use std::{
 
 use egress_common::{
     hash::name_hashes,
-    maps::{Config, DnsEventHeader, dns_flag, dns_kind},
+    maps::{Config, DnsEventHeader, Rule, dns_flag, dns_kind},
 };
 use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
@@ -236,14 +236,31 @@ impl Learner {
         }
     }
 
-    fn allowed(&self, name: &str, dp: &Datapath, cfg: &Config) -> bool {
-        if self.names.iter().any(|p| p.matches(name)) {
-            return true;
+    /// The rules that allow `name`, as the kernel finds them: its exact-name entry (a policy
+    /// name, or a CNAME target standing for its chain's rule) and the shortest allowed
+    /// wildcard suffix. Empty if the name is not allowed.
+    fn rules(&self, name: &str, dp: &Datapath, cfg: &Config) -> Vec<Rule> {
+        let name = normalize(name);
+        let hash = |n: &str| name_hashes(cfg.hash_k0, cfg.hash_k1, n).0;
+        let mut rules = Vec::new();
+        if let Some(v) = dp.exact_name(hash(&name))
+            && v.expires_ns > clock::boot_ns()
+        {
+            rules.push(v.rule);
         }
-        // A CNAME target allowed earlier (it is in the kernel's exact-name map).
-        let (h, _) = name_hashes(cfg.hash_k0, cfg.hash_k1, &normalize(name));
-        dp.name_allowed_until(h)
-            .is_some_and(|t| t > clock::boot_ns())
+        let shortest = self
+            .names
+            .iter()
+            .filter(|p| p.matches(&name))
+            .filter_map(|p| match p {
+                NamePattern::Wildcard(suffix) => Some(suffix),
+                NamePattern::Exact(_) => None,
+            })
+            .min_by_key(|suffix| suffix.len());
+        if let Some(suffix) = shortest {
+            rules.push(Rule::wild(hash(suffix)));
+        }
+        rules
     }
 
     /// Follows the CNAME chain from the question; learns the addresses at its end (if asked),
@@ -259,12 +276,22 @@ impl Learner {
         let Some(end) = chain_end(msg) else {
             return;
         };
+        // The rules that allowed the question (read now: a reload may have removed them since
+        // the kernel matched it, and then nothing is learned).
+        let rules = self.rules(&end.asked, dp, cfg);
+        let Some(&first) = rules.first() else {
+            return;
+        };
         let now = clock::boot_ns();
         let found = end.addresses.len();
         if learn_addresses {
             for &(addr, ttl) in &end.addresses {
                 let ttl = ttl.min(egress_common::dns::MAX_TTL_S);
-                match dp.learn(addr, now + cfg.lifetime_ns(ttl)) {
+                let until = now + cfg.lifetime_ns(ttl);
+                let learned = rules
+                    .iter()
+                    .try_for_each(|&rule| dp.learn(addr, rule, now, until));
+                match learned {
                     Ok(()) => stats.addresses.fetch_add(1, Ordering::Relaxed),
                     Err(_) => stats.insert_failures.fetch_add(1, Ordering::Relaxed),
                 };
@@ -279,7 +306,8 @@ impl Learner {
         if found == 0 && name != asked {
             let (h, _) = name_hashes(cfg.hash_k0, cfg.hash_k1, &name);
             let ttl = last_ttl.min(egress_common::dns::MAX_TTL_S);
-            match dp.allow_name_until(h, now + cfg.lifetime_ns(ttl)) {
+            // The target stands for the question's (first) rule: removing that rule revokes it.
+            match dp.allow_name_until(h, now + cfg.lifetime_ns(ttl), first) {
                 Ok(()) => {
                     stats.cname_targets.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%asked, target = %name, "allowed the dangling CNAME target");
@@ -315,7 +343,7 @@ impl Learner {
             let Some(q) = msg.queries().first() else {
                 continue;
             };
-            let allowed = self.allowed(&q.name().to_ascii(), dp, cfg);
+            let allowed = !self.rules(&q.name().to_ascii(), dp, cfg).is_empty();
             remember(&msg, allowed, dp, stats);
             if !matches!(
                 q.query_type(),

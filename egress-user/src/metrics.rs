@@ -31,6 +31,8 @@ pub struct AgentMetrics {
     pub reload_failures: Counter,
     pub gc_learned_removed: Counter,
     pub gc_flows_removed: Counter,
+    pub revoked: Counter,
+    pub refreshes_kept: Counter,
     /// 1 with the version, the mode in force and where answers are learned as labels.
     pub info: MetricFamily<Labels, Gauge>,
     /// Per interface and hook: 1 if the program was found attached at the last check.
@@ -122,6 +124,16 @@ pub fn registry(
         "gc_learned_removed",
         "Expired learned addresses removed by garbage collection",
         agent.gc_learned_removed.clone(),
+    );
+    r.register(
+        "learned_revoked",
+        "Unexpired learned addresses revoked because no rule in force allows them any more",
+        agent.revoked.clone(),
+    );
+    r.register(
+        "learned_refreshes_kept",
+        "Learned entries the kernel refreshed while garbage collection removed them, put back",
+        agent.refreshes_kept.clone(),
     );
     r.register(
         "gc_flows_removed",

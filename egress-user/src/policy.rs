@@ -58,6 +58,18 @@ impl Mode {
     }
 }
 
+/// What happens to established connections whose destination a reload no longer allows
+/// (`revoked_connections:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Revoked {
+    /// They go on (as when an address's TTL runs out); only new connections are refused.
+    #[default]
+    Keep,
+    /// Their flows are forgotten at the reload, so their next packet is dropped.
+    Cut,
+}
+
 /// A validated, normalized policy.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Policy {
@@ -67,6 +79,7 @@ pub struct Policy {
     pub resolvers: Option<Vec<IpAddr>>,
     pub allow: Allow,
     pub dns: Dns,
+    pub revoked_connections: Revoked,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -194,6 +207,8 @@ struct RawPolicy {
     allow: RawAllow,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    revoked_connections: Revoked,
 }
 
 #[derive(Default, Deserialize)]
@@ -401,6 +416,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         resolvers,
         allow,
         dns,
+        revoked_connections,
     } = raw;
     let RawAllow {
         names,
@@ -435,6 +451,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             min_ttl: min_ttl.map_or(defaults.min_ttl, |v| v.0.0),
             grace: grace.map_or(defaults.grace, |v| v.0.0),
         },
+        revoked_connections,
     })
 }
 

@@ -6,13 +6,14 @@
 use std::{
     fs::File,
     io::{Read, Write},
-    net::TcpStream,
+    net::{IpAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use egress_common::maps::Rule;
 use egress_user::{datapath::Datapath, pins::PinDir};
 
 use crate::{ALLOWED_V4, ALLOWED_V6, NetNs, Topology, unique};
@@ -232,6 +233,22 @@ impl Agent {
         Ok(c.wait()?)
     }
 
+    /// Replaces the policy file (write then rename, as an editor or the kubelet does) and
+    /// waits until the agent (its metrics in `ns`) has applied it (`egress_reloads_total`
+    /// grew).
+    pub fn set_policy(&self, ns: &NetNs, text: &str) {
+        let before = metric(ns, "egress_reloads_total");
+        let tmp = self.policy.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write the policy");
+        std::fs::rename(&tmp, &self.policy).expect("rename the policy");
+        wait_for("the reload", || metric(ns, "egress_reloads_total") > before);
+    }
+
+    /// Rewrites the policy file without waiting for an agent (one that is stopped, say).
+    pub fn write_policy(&self, text: &str) {
+        std::fs::write(&self.policy, text).expect("write the policy");
+    }
+
     pub fn datapath(&self) -> Datapath {
         Datapath::open_pinned(&PinDir::new(&self.pins)).expect("pinned maps")
     }
@@ -247,6 +264,24 @@ impl Drop for Agent {
             .args(["detach", "--iface", &self.iface, "--pin-dir"])
             .arg(&self.pins)
             .output();
+    }
+}
+
+/// The value of one Prometheus sample of the agent in `ns`, e.g. `egress_reloads_total`.
+pub fn metric(ns: &NetNs, sample: &str) -> f64 {
+    let (_, body) = http_get(ns, "/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in\n{body}"))
+}
+
+/// Waits for a condition with a deadline generous enough for a kernel under emulation (the
+/// verifier alone takes seconds there); the condition, not the time, is what is tested.
+pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -278,5 +313,21 @@ pub fn http_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
 
 /// A policy allowing the topology's allowed addresses as static CIDRs.
 pub fn static_policy(mode: &str) -> String {
-    format!("mode: {mode}\nports: [443]\nallow:\n  cidrs: [{ALLOWED_V4}, \"{ALLOWED_V6}\"]\n")
+    format!(
+        "mode: {mode}\nports: [443]\nresolvers: []\nallow:\n  cidrs: [{ALLOWED_V4}, \"{ALLOWED_V6}\"]\n  names: [{BY_HAND}]\n"
+    )
+}
+
+/// A policy name under which tests allow addresses by hand ([`learn_by_hand`]): the agent's
+/// reconciliation keeps only addresses some rule in force justifies.
+pub const BY_HAND: &str = "learned-by-hand.test";
+
+/// Allows `addr` until `until` (`CLOCK_BOOTTIME` ns) as if an answer for [`BY_HAND`] had
+/// carried it: the policy in force must allow that name, or the next reconciliation revokes
+/// the address.
+pub fn learn_by_hand(dp: &mut Datapath, addr: IpAddr, until: u64) {
+    let cfg = dp.config().expect("config");
+    let rule = Rule::exact(egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, BY_HAND).0);
+    dp.learn(addr, rule, egress_user::clock::boot_ns(), until)
+        .expect("learn");
 }

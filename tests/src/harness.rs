@@ -49,6 +49,17 @@ impl Harness {
         }
     }
 
+    /// Applies another policy to the same maps, as a reload does.
+    pub fn reapply(&mut self, policy_text: &str) -> apply::Applied {
+        let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
+        apply::apply(&mut self.dp, &p, &apply::Overrides::default()).expect("apply")
+    }
+
+    /// The pin directory of the maps (for a second handle, as another process would open).
+    pub fn pins(&self) -> &egress_user::pins::PinDir {
+        &self._pins.pins
+    }
+
     /// A loaded program, for callers that need more than the verdict (durations, repeats).
     pub fn program(&self, name: &str) -> &aya::programs::Program {
         self.ebpf.program(name).expect("program in the object")

@@ -16,7 +16,10 @@ mod netns;
 mod servers;
 mod topology;
 
-pub use agent::{Agent, TestPins, egress, egress_bin, http_get, kernel_has_tcx, static_policy};
+pub use agent::{
+    Agent, BY_HAND, TestPins, egress, egress_bin, http_get, kernel_has_tcx, learn_by_hand, metric,
+    static_policy, wait_for,
+};
 pub use netns::{NetNs, sh, unique};
 pub use servers::{Servers, echo_once};
 pub use topology::{

@@ -32,7 +32,8 @@ pub const WEB_DENIED: &str = "198.18.0.13";
 pub const RACE_NET: &str = "198.19.0.0/16";
 pub const RACE_FIRST: &str = "198.19.0.1";
 
-/// The zones dnsmasq serves. `packages.wolfi.dev` is a CNAME chain across three zones;
+/// The zones dnsmasq serves. `mirror.test` shares `cgr.dev`'s address (as names on one CDN
+/// front-end do). `packages.wolfi.dev` is a CNAME chain across three zones;
 /// `address=/r2.cloudflarestorage.com/` answers every name below the apex with one address;
 /// the apex's `host-record` (which takes precedence) gives it another, so the policy's `*.`
 /// rule is what excludes the apex.
@@ -47,6 +48,7 @@ fn dnsmasq_conf(ttl: u32) -> String {
          address=/r2.cloudflarestorage.com/{WEB_R2}\n\
          host-record=r2.cloudflarestorage.com,{WEB_R2_APEX}\n\
          host-record=denied.test,{WEB_DENIED}\n\
+         host-record=mirror.test,{WEB_CGR}\n\
          synth-domain=race.test,{RACE_NET},n-\n"
     )
 }

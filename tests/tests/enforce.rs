@@ -5,7 +5,7 @@ use std::{io::Write as _, time::Duration};
 use egress_common::counters;
 use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
-    egress, http_get, ip, static_policy,
+    egress, http_get, ip, learn_by_hand, static_policy,
 };
 use egress_user::{clock, pins::Hook};
 
@@ -70,8 +70,7 @@ fn port_80_is_untouched() {
 fn long_lived_connection_survives_its_ip_expiry() {
     let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
     let mut dp = agent.datapath();
-    dp.learn(ip(DENIED_V4), clock::boot_ns() + 1_500_000_000)
-        .unwrap();
+    learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 1_500_000_000);
     let mut conn = topo
         .connect(DENIED_V4, 443, CONNECT)
         .expect("learned address connects");
@@ -88,8 +87,7 @@ fn long_lived_connection_survives_its_ip_expiry() {
 fn kill_9_keeps_enforcing_and_restart_adopts_the_pins() {
     let (topo, _s, _p, mut agent) = setup(&static_policy("enforce"), &[]);
     let mut dp = agent.datapath();
-    dp.learn(ip(DENIED_V6), clock::boot_ns() + 600_000_000_000)
-        .unwrap();
+    learn_by_hand(&mut dp, ip(DENIED_V6), clock::boot_ns() + 600_000_000_000);
     let mut conn = topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
     let tcx = egress_tests::kernel_has_tcx();
     let before_ids = tcx.then(|| link_program_ids(&agent));

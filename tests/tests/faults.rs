@@ -18,7 +18,7 @@ use egress_tests::{
     ALLOWED_V4, Agent, DENIED_V4, NetNs, Servers, TestPins, Topology,
     dnsmsg::{Rr, query, response},
     harness::Harness,
-    http_get, ip,
+    http_get, ip, learn_by_hand,
     live::{RACE_FIRST, RESOLVER_V4, WEB_DENIED, WEB_R2, World, WorldOptions, policy},
 };
 use hickory_proto::rr::RecordType;
@@ -189,7 +189,7 @@ fn a_full_learned_map_fails_cleanly_and_learns_again_after_garbage_collection() 
     // Fill the map with entries that expire at once.
     let soon = egress_user::clock::boot_ns() + 1_000_000;
     for i in 0..CAPACITY {
-        h.dp.learn(ip(&format!("10.0.0.{i}")), soon).unwrap();
+        learn_by_hand(&mut h.dp, ip(&format!("10.0.0.{i}")), soon);
     }
     std::thread::sleep(Duration::from_millis(5));
     let answer = |h: &Harness, id: u16, name: &str, addr: &str| {
@@ -222,8 +222,8 @@ fn a_full_learned_map_fails_cleanly_and_learns_again_after_garbage_collection() 
         "an address that could not be learned was allowed"
     );
     // Garbage collection frees the expired entries; the same answer is learned now.
-    let (removed, _) = h.dp.collect_garbage(egress_user::clock::boot_ns()).unwrap();
-    assert_eq!(removed, CAPACITY as usize);
+    let (done, _) = h.dp.collect_garbage(egress_user::clock::boot_ns()).unwrap();
+    assert_eq!(done.expired, CAPACITY as usize);
     answer(&h, 2, "a.full.test.", "198.51.100.1");
     assert_eq!(syn(&h, "198.51.100.1"), egress_common::tc_action::PASS);
 }

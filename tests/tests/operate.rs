@@ -11,6 +11,7 @@ use std::{
 use egress_tests::{
     ALLOWED_V4, Agent, DENIED_V4, Servers, TestPins, Topology, egress, http_get,
     live::{RESOLVER_V4, WEB_CDN, WEB_CGR, WEB_DENIED, World, WorldOptions},
+    wait_for,
 };
 
 const MAX: Duration = Duration::from_secs(3);
@@ -30,20 +31,7 @@ fn run_egress(args: &[&str], pins: &TestPins) -> String {
 
 /// The value of one Prometheus sample, e.g. `egress_reloads_total`.
 fn metric(topo: &Topology, sample: &str) -> f64 {
-    let (_, body) = http_get(&topo.client, "/metrics").expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in\n{body}"))
-}
-
-/// Waits for a condition with a deadline generous enough for a kernel under emulation (the
-/// verifier alone takes seconds there); the condition, not the time, is what is tested.
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    egress_tests::metric(&topo.client, sample)
 }
 
 #[test]

@@ -9,7 +9,7 @@ use egress_common::{
     testing::Packet,
 };
 use egress_tests::{
-    ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, ip,
+    ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, ip, learn_by_hand,
 };
 use egress_user::{clock, ebpf};
 
@@ -104,8 +104,8 @@ fn other_ports_protocols_and_non_ip_pass_untouched() {
 fn learned_entries_allow_until_they_expire() {
     let mut h = Harness::enforce();
     let now = clock::boot_ns();
-    h.dp.learn(ip(DENIED_V4), now + 60_000_000_000).unwrap();
-    h.dp.learn(ip(DENIED_V6), now - 1).unwrap();
+    learn_by_hand(&mut h.dp, ip(DENIED_V4), now + 60_000_000_000);
+    learn_by_hand(&mut h.dp, ip(DENIED_V6), now - 1);
     assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), PASS);
     assert_eq!(
         h.run(&tcp(CLIENT_V6, DENIED_V6, 443).build()),
@@ -118,8 +118,7 @@ fn learned_entries_allow_until_they_expire() {
 #[test]
 fn a_known_flow_keeps_passing_after_its_address_expires() {
     let mut h = Harness::enforce();
-    h.dp.learn(ip(DENIED_V4), clock::boot_ns() + 300_000_000)
-        .unwrap();
+    learn_by_hand(&mut h.dp, ip(DENIED_V4), clock::boot_ns() + 300_000_000);
     let syn = tcp(CLIENT_V4, DENIED_V4, 443);
     assert_eq!(h.run(&syn.build()), PASS);
     std::thread::sleep(Duration::from_millis(400));
@@ -139,8 +138,7 @@ fn a_known_flow_keeps_passing_after_its_address_expires() {
     assert_eq!(h.run(&other.build()), DROP);
     assert_eq!(h.counter(counters::DENY_NOT_SYN), 1);
     // UDP flows behave the same.
-    h.dp.learn(ip(DENIED_V6), clock::boot_ns() + 300_000_000)
-        .unwrap();
+    learn_by_hand(&mut h.dp, ip(DENIED_V6), clock::boot_ns() + 300_000_000);
     let quic = udp(CLIENT_V6, DENIED_V6, 443);
     assert_eq!(h.run(&quic.build()), PASS);
     std::thread::sleep(Duration::from_millis(400));

@@ -101,6 +101,7 @@ fn question_hashes_match_userspace_hashes() {
     })
     .unwrap();
     assert!(q.suffix_matched);
+    assert_eq!(q.suffix, example_com, "the rule that allowed it");
     assert_eq!(asked, 2);
 }
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Pod,
-    maps::{LpmTrie, MapData, MapError, lpm_trie::Key},
+    maps::{HashMap, IterableMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use ipnet::IpNet;
 
@@ -27,19 +27,6 @@ impl<V: Pod> FamilyLpm<V> {
         names: [&'static str; 2],
     ) -> Self {
         Self { v4, v6, names }
-    }
-
-    /// The value stored for exactly `net`, if any.
-    pub(crate) fn get(&self, net: IpNet) -> Result<Option<V>> {
-        let found = match net.trunc() {
-            IpNet::V4(n) => self.v4.get(&key(n.prefix_len(), n.network().octets()), 0),
-            IpNet::V6(n) => self.v6.get(&key(n.prefix_len(), n.network().octets()), 0),
-        };
-        match found {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(op(self.name(net), "read")(source)),
-        }
     }
 
     pub(crate) fn insert(&mut self, net: IpNet, value: V) -> Result<()> {
@@ -99,6 +86,97 @@ impl<V: Pod> FamilyLpm<V> {
     }
 }
 
+/// An IPv4 and an IPv6 hash map of single addresses with the same value type.
+pub(crate) struct FamilyHash<V> {
+    v4: HashMap<MapData, [u8; 4], V>,
+    v6: HashMap<MapData, [u8; 16], V>,
+    /// The maps' names, IPv4 first, for errors.
+    names: [&'static str; 2],
+}
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+pub(crate) const NOEXIST: u64 = 1;
+
+impl<V: Pod> FamilyHash<V> {
+    pub(crate) fn new(
+        v4: HashMap<MapData, [u8; 4], V>,
+        v6: HashMap<MapData, [u8; 16], V>,
+        names: [&'static str; 2],
+    ) -> Self {
+        Self { v4, v6, names }
+    }
+
+    pub(crate) fn get(&self, addr: IpAddr) -> Result<Option<V>> {
+        let found = match addr {
+            IpAddr::V4(a) => self.v4.get(&a.octets(), 0),
+            IpAddr::V6(a) => self.v6.get(&a.octets(), 0),
+        };
+        match found {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(op(self.name(addr), "read")(source)),
+        }
+    }
+
+    /// Inserts or replaces (`flags` 0), or only inserts ([`NOEXIST`]: `Ok(false)` if the key
+    /// was there).
+    pub(crate) fn insert(&mut self, addr: IpAddr, value: V, flags: u64) -> Result<bool> {
+        let name = self.name(addr);
+        let r = match addr {
+            IpAddr::V4(a) => self.v4.insert(a.octets(), value, flags),
+            IpAddr::V6(a) => self.v6.insert(a.octets(), value, flags),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e))
+                if flags == NOEXIST && e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(source) => Err(op(name, "insert")(source)),
+        }
+    }
+
+    /// Removes `addr` and returns the value that was removed, atomically.
+    pub(crate) fn take(&mut self, addr: IpAddr) -> Result<Option<V>> {
+        let name = self.name(addr);
+        match addr {
+            IpAddr::V4(a) => super::take::lookup_and_delete(self.v4.map(), &a.octets()),
+            IpAddr::V6(a) => super::take::lookup_and_delete(self.v6.map(), &a.octets()),
+        }
+        .map_err(op(name, "lookup-and-delete"))
+    }
+
+    /// Every address and its value, IPv4 first.
+    pub(crate) fn entries(&self) -> Result<Vec<(IpAddr, V)>> {
+        let mut out = Vec::new();
+        for entry in self.v4.iter() {
+            let (k, v) = entry.map_err(op(self.names[0], "iterate"))?;
+            out.push((IpAddr::V4(Ipv4Addr::from(k)), v));
+        }
+        for entry in self.v6.iter() {
+            let (k, v) = entry.map_err(op(self.names[1], "iterate"))?;
+            out.push((IpAddr::V6(Ipv6Addr::from(k)), v));
+        }
+        Ok(out)
+    }
+
+    /// Entries of each map, by map name.
+    pub(crate) fn lens(&self) -> Result<[(&'static str, usize); 2]> {
+        Ok([
+            (self.names[0], count(self.v4.keys(), self.names[0])?),
+            (self.names[1], count(self.v6.keys(), self.names[1])?),
+        ])
+    }
+
+    fn name(&self, addr: IpAddr) -> &'static str {
+        match addr {
+            IpAddr::V4(_) => self.names[0],
+            IpAddr::V6(_) => self.names[1],
+        }
+    }
+}
+
 /// How many keys an iteration yields; an iteration error is returned, not skipped.
 pub(crate) fn count<K>(
     keys: impl Iterator<Item = std::result::Result<K, MapError>>,
@@ -118,9 +196,4 @@ fn key<const N: usize>(prefix_len: u8, octets: [u8; N]) -> Key<[u8; N]> {
 
 fn net(addr: IpAddr, prefix_len: u32) -> IpNet {
     IpNet::new(addr, prefix_len as u8).expect("the kernel only holds valid prefix lengths")
-}
-
-/// The host prefix of one address (/32 or /128).
-pub(crate) fn host(addr: IpAddr) -> IpNet {
-    IpNet::from(addr)
 }

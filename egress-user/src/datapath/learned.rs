@@ -1,13 +1,34 @@
-//! Learned addresses, flows, and the garbage collection of both.
+//! Learned addresses, why they are allowed, flows, and keeping all of it true to the policy:
+//! expiry, revocation when a reload removes the rules that allowed an address, and the garbage
+//! collection of flows.
+//!
+//! # Never losing a refresh
+//! The kernel refreshes learned entries while the agent removes or shortens them. No map
+//! operation compares before it deletes, so every removal here is an atomic
+//! lookup-and-delete: the value that was removed comes back, and if its refresh stamp is not
+//! the one the decision was made on, the kernel refreshed it in between and it is put back
+//! (insert-if-absent, so a newer kernel write wins). The kernel writes entries only with map
+//! updates, which the bucket lock orders against the removal. The entry is absent only for the
+//! microseconds between the two calls, and only when such a race happened.
+//!
+//! # Why an address is allowed
+//! `LEARNED_BY` holds one entry per (address, rule) with that rule's expiry; the kernel writes
+//! it before the address. The rules in force are those of the name maps: permanent exact
+//! names and wildcard suffixes. The address snapshot is read before the justification
+//! snapshot, so every address read has its justification visible.
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
 
+use aya::maps::MapError;
 use egress_common::{
-    maps::{FlowKey, FlowValue, LearnedValue, names},
+    maps::{FlowKey, FlowValue, LearnedByKey, LearnedValue, NAME_PERMANENT, Rule, names},
     packet::IPPROTO_TCP,
 };
 
-use super::{Datapath, Result, family::host, op};
+use super::{Datapath, Result, family::NOEXIST, mapped, op, take::lookup_and_delete, unmapped};
 
 /// A learned address as stored in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,19 +39,53 @@ pub struct Learned {
     pub hits: u64,
 }
 
+/// What one [`Datapath::reconcile`] pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Addresses removed because they expired.
+    pub expired: usize,
+    /// Unexpired addresses removed because no rule in force allows them any more.
+    pub revoked: usize,
+    /// Addresses whose expiry was shortened to that of the rules still in force.
+    pub shortened: usize,
+    /// Entries the kernel refreshed while they were being removed, put back.
+    pub restored: usize,
+    /// Justifications removed (expired, or their rule left the policy).
+    pub justifications: usize,
+    /// CNAME targets removed (expired, or their chain's rule left the policy).
+    pub names: usize,
+}
+
 impl Datapath {
-    /// Allows `addr` for new flows until `expires_ns` (`CLOCK_BOOTTIME`). An entry that already
-    /// lives longer keeps its expiry: a short answer never cuts a longer allowance.
-    pub fn learn(&mut self, addr: IpAddr, expires_ns: u64) -> Result<()> {
-        let net = host(addr);
-        let old = self.learned.get(net)?.unwrap_or_default();
+    /// Allows `addr` for new flows until `expires_ns` (`CLOCK_BOOTTIME`) because of `rule`,
+    /// stamped `now_ns`, as the kernel does: the justification first, then the address, whose
+    /// expiry only grows.
+    pub fn learn(&mut self, addr: IpAddr, rule: Rule, now_ns: u64, expires_ns: u64) -> Result<()> {
+        let key = LearnedByKey {
+            addr: mapped(addr),
+            rule,
+        };
+        let old = match self.learned_by.get(&key, 0) {
+            Ok(v) => v,
+            Err(MapError::KeyNotFound) => 0,
+            Err(e) => return Err(op(names::LEARNED_BY, "read")(e)),
+        };
+        if expires_ns > old {
+            self.learned_by
+                .insert(key, expires_ns, 0)
+                .map_err(op(names::LEARNED_BY, "insert"))?;
+        }
+        let old = self.learned.get(addr)?.unwrap_or_default();
         self.learned.insert(
-            net,
+            addr,
             LearnedValue {
                 expires_ns: expires_ns.max(old.expires_ns),
                 hits: old.hits,
+                refreshed_ns: now_ns,
             },
-        )
+            0,
+        )?;
+        Ok(())
     }
 
     pub fn learned(&self) -> Result<Vec<Learned>> {
@@ -38,26 +93,110 @@ impl Datapath {
             .learned
             .entries()?
             .into_iter()
-            .map(|(net, v)| Learned {
-                addr: net.addr(),
+            .map(|(addr, v)| Learned {
+                addr,
                 expires_ns: v.expires_ns,
                 hits: v.hits,
             })
             .collect())
     }
 
-    /// Removes learned addresses and CNAME-target names that expired before `now_ns` (the
-    /// kernel already ignores them; this frees room) and flows idle for longer than their
-    /// timeout. Returns how many addresses and flows went.
-    pub fn collect_garbage(&mut self, now_ns: u64) -> Result<(usize, usize)> {
-        self.expire_names(now_ns)?;
-        let mut learned = 0;
-        for l in self.learned()? {
-            // A concurrent refresh may have re-inserted it, or it is gone already.
-            if l.expires_ns <= now_ns && self.learned.remove(host(l.addr))? {
-                learned += 1;
+    /// Every justification: (address, rule, expiry).
+    pub fn justifications(&self) -> Result<Vec<(IpAddr, Rule, u64)>> {
+        self.learned_by
+            .iter()
+            .map(|e| {
+                e.map(|(k, v)| (unmapped(k.addr), k.rule, v))
+                    .map_err(op(names::LEARNED_BY, "iterate"))
+            })
+            .collect()
+    }
+
+    /// The rules in force: the permanent exact names and the wildcard suffixes of the name
+    /// maps (what the last applied policy wrote).
+    pub fn rules(&self) -> Result<BTreeSet<Rule>> {
+        let mut rules: BTreeSet<Rule> = self
+            .exact_names()?
+            .into_iter()
+            .filter(|(_, v)| v.expires_ns == NAME_PERMANENT)
+            .map(|(_, v)| v.rule)
+            .collect();
+        for h in self.names_wild.keys() {
+            rules.insert(Rule::wild(h.map_err(op(names::NAMES_WILD, "iterate"))?));
+        }
+        Ok(rules)
+    }
+
+    /// Makes the learned state true to the rules in force at `now_ns`: CNAME targets and
+    /// justifications that expired or whose rule left the policy go; an address goes when it
+    /// expired or when no justification is left, and its expiry is shortened to the longest
+    /// one left. Run after every policy write and at every garbage-collection tick (which also
+    /// catches a program run that was still using a removed rule while the policy changed).
+    pub fn reconcile(&mut self, now_ns: u64) -> Result<Reconciled> {
+        let mut done = Reconciled::default();
+        let rules = self.rules()?;
+        done.names = self.expire_names(now_ns, &rules)?;
+        // Addresses before justifications: see the module documentation.
+        let learned = self.learned.entries()?;
+        let mut best: HashMap<IpAddr, u64> = HashMap::new();
+        for (addr, rule, expires) in self.justifications()? {
+            if expires > now_ns && rules.contains(&rule) {
+                let b = best.entry(addr).or_default();
+                *b = (*b).max(expires);
+                continue;
+            }
+            let key = LearnedByKey {
+                addr: mapped(addr),
+                rule,
+            };
+            let removed: Option<u64> = lookup_and_delete(self.learned_by_map(), &key)
+                .map_err(op(names::LEARNED_BY, "lookup-and-delete"))?;
+            match removed {
+                // Refreshed in between, by a rule still in force: put it back.
+                Some(v) if v > now_ns && rules.contains(&rule) => {
+                    let _ = self.learned_by.insert(key, v, NOEXIST);
+                    let b = best.entry(addr).or_default();
+                    *b = (*b).max(v);
+                }
+                Some(_) => done.justifications += 1,
+                None => {}
             }
         }
+        for (addr, seen) in learned {
+            let keep_until = best.get(&addr).copied().unwrap_or(0);
+            if seen.expires_ns > now_ns && seen.expires_ns <= keep_until {
+                continue;
+            }
+            let Some(removed) = self.learned.take(addr)? else {
+                continue;
+            };
+            if removed.refreshed_ns != seen.refreshed_ns {
+                // The kernel (or a learning call) wrote it after the snapshot: keep its write.
+                if self.learned.insert(addr, removed, NOEXIST)? {
+                    done.restored += 1;
+                }
+                continue;
+            }
+            if seen.expires_ns <= now_ns {
+                done.expired += 1;
+            } else if keep_until <= now_ns {
+                done.revoked += 1;
+            } else {
+                let shorter = LearnedValue {
+                    expires_ns: keep_until,
+                    ..removed
+                };
+                self.learned.insert(addr, shorter, NOEXIST)?;
+                done.shortened += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// [`Self::reconcile`], then removes flows idle for longer than their timeout. Returns
+    /// what the reconciliation did and how many flows went.
+    pub fn collect_garbage(&mut self, now_ns: u64) -> Result<(Reconciled, usize)> {
+        let done = self.reconcile(now_ns)?;
         let cfg = self.config()?;
         let mut stale = Vec::new();
         for (k, v) in self.flows()? {
@@ -75,7 +214,32 @@ impl Datapath {
             .iter()
             .filter(|k| self.flows.remove(k).is_ok())
             .count();
-        Ok((learned, flows))
+        Ok((done, flows))
+    }
+
+    /// Removes the flows whose destination is no longer allowed (neither a static CIDR nor an
+    /// unexpired learned address) at `now_ns`: their next packet is judged afresh and, not
+    /// being a SYN, dropped. The policy's `revoked_connections: cut`. Returns how many went.
+    pub fn cut_flows(&mut self, now_ns: u64) -> Result<usize> {
+        let statics = self.static_cidrs()?;
+        let mut cut = 0;
+        for (k, _) in self.flows()? {
+            let dst = unmapped(k.daddr);
+            if statics.iter().any(|n| n.contains(&dst)) {
+                continue;
+            }
+            if self
+                .learned
+                .get(dst)?
+                .is_some_and(|v| v.expires_ns > now_ns)
+            {
+                continue;
+            }
+            if self.flows.remove(&k).is_ok() {
+                cut += 1;
+            }
+        }
+        Ok(cut)
     }
 
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
@@ -83,5 +247,10 @@ impl Datapath {
             .iter()
             .map(|e| e.map_err(op(names::FLOWS, "iterate")))
             .collect()
+    }
+
+    fn learned_by_map(&self) -> &aya::maps::MapData {
+        use aya::maps::IterableMap;
+        self.learned_by.map()
     }
 }

@@ -10,6 +10,7 @@
 mod family;
 mod learned;
 mod policy;
+mod take;
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -20,13 +21,13 @@ use aya::{
 use egress_common::{
     counters,
     maps::{
-        AnswerValue, Config, DeniedValue, FlowKey, FlowValue, IFACE_BYTES, LearnedValue, NameKey,
-        NameValue, StaticValue, names, v4_mapped,
+        AnswerValue, Config, DeniedValue, FlowKey, FlowValue, IFACE_BYTES, LearnedByKey,
+        LearnedValue, NameKey, NameValue, StaticValue, names, v4_mapped,
     },
 };
-use family::FamilyLpm;
 pub(crate) use family::count;
-pub use learned::Learned;
+use family::{FamilyHash, FamilyLpm};
+pub use learned::{Learned, Reconciled};
 use thiserror::Error;
 
 use crate::pins::PinDir;
@@ -67,7 +68,8 @@ pub struct Datapath {
     config: Array<MapData, Config>,
     ports: Array<MapData, u32>,
     statics: FamilyLpm<StaticValue>,
-    learned: FamilyLpm<LearnedValue>,
+    learned: FamilyHash<LearnedValue>,
+    learned_by: HashMap<MapData, LearnedByKey, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     counters: PerCpuArray<MapData, u64>,
     resolvers: HashMap<MapData, [u8; 16], u32>,
@@ -116,7 +118,12 @@ impl Datapath {
             config: typed(get, names::CONFIG)?,
             ports: typed(get, names::PORTS)?,
             statics: lpm(get, [names::STATIC_V4, names::STATIC_V6])?,
-            learned: lpm(get, [names::LEARNED_V4, names::LEARNED_V6])?,
+            learned: FamilyHash::new(
+                typed(get, names::LEARNED_V4)?,
+                typed(get, names::LEARNED_V6)?,
+                [names::LEARNED_V4, names::LEARNED_V6],
+            ),
+            learned_by: typed(get, names::LEARNED_BY)?,
             flows: typed(get, names::FLOWS)?,
             counters: typed(get, names::COUNTERS)?,
             resolvers: typed(get, names::RESOLVERS)?,
@@ -141,13 +148,18 @@ impl Datapath {
     /// Entries and capacity of each map that can fill up, by map name.
     pub fn fill(&self) -> Result<Vec<(&'static str, usize, u32)>> {
         use egress_common::maps::{
-            ANSWERS_CAPACITY, DENIED_CAPACITY, FLOW_CAPACITY, LEARNED_CAPACITY,
-            NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, STATIC_CAPACITY,
+            ANSWERS_CAPACITY, DENIED_CAPACITY, FLOW_CAPACITY, LEARNED_BY_CAPACITY,
+            LEARNED_CAPACITY, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, STATIC_CAPACITY,
         };
         let mut out = Vec::new();
         for (name, n) in self.learned.lens()? {
             out.push((name, n, LEARNED_CAPACITY));
         }
+        out.push((
+            names::LEARNED_BY,
+            count(self.learned_by.keys(), names::LEARNED_BY)?,
+            LEARNED_BY_CAPACITY,
+        ));
         for (name, n) in self.statics.lens()? {
             out.push((name, n, STATIC_CAPACITY));
         }

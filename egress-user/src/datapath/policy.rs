@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use egress_common::maps::{NAME_PERMANENT, NameValue, PORT_WORDS, StaticValue, names, port_bit};
+use egress_common::maps::{
+    NAME_PERMANENT, NameValue, PORT_WORDS, Rule, StaticValue, names, port_bit,
+};
 use ipnet::IpNet;
 
 use super::{Datapath, Result, count, mapped, op, unmapped};
@@ -95,17 +97,23 @@ impl Datapath {
     }
 
     /// Makes the policy part of the name maps hold exactly `exact` and `wild` (hashes). Names
-    /// learned as CNAME targets (with an expiry) are left alone; additions go first.
+    /// learned as CNAME targets (with an expiry) are left to [`Self::reconcile`], which removes
+    /// those of removed rules; additions go first.
     pub fn sync_names(&mut self, exact: &BTreeSet<u64>, wild: &BTreeSet<u64>) -> Result<()> {
-        let permanent = NameValue {
-            expires_ns: NAME_PERMANENT,
-        };
-        for h in exact {
+        for &h in exact {
+            let permanent = NameValue {
+                expires_ns: NAME_PERMANENT,
+                rule: Rule::exact(h),
+            };
             self.names_exact
                 .insert(h, permanent, 0)
                 .map_err(op(names::NAMES_EXACT, "insert"))?;
         }
-        for h in wild {
+        for &h in wild {
+            let permanent = NameValue {
+                expires_ns: NAME_PERMANENT,
+                rule: Rule::wild(h),
+            };
             self.names_wild
                 .insert(h, permanent, 0)
                 .map_err(op(names::NAMES_WILD, "insert"))?;
@@ -136,16 +144,18 @@ impl Datapath {
         Ok(())
     }
 
-    fn exact_names(&self) -> Result<Vec<(u64, NameValue)>> {
+    pub(crate) fn exact_names(&self) -> Result<Vec<(u64, NameValue)>> {
         self.names_exact
             .iter()
             .map(|e| e.map_err(op(names::NAMES_EXACT, "iterate")))
             .collect()
     }
 
-    /// Allows an exact name (a CNAME target) until `expires_ns`; a policy name or a later
-    /// expiry already there is kept.
-    pub fn allow_name_until(&mut self, hash: u64, expires_ns: u64) -> Result<()> {
+    /// Allows an exact name (a CNAME target) until `expires_ns`, standing for `rule` (the rule
+    /// of the question whose chain ended at it); a policy name or a later expiry already there
+    /// is kept. Only the agent writes CNAME targets, under its datapath lock, so this read and
+    /// write race with nothing but a policy write, which takes the same lock.
+    pub fn allow_name_until(&mut self, hash: u64, expires_ns: u64, rule: Rule) -> Result<()> {
         let old = self
             .names_exact
             .get(&hash, 0)
@@ -155,39 +165,36 @@ impl Datapath {
             return Ok(());
         }
         self.names_exact
-            .insert(hash, NameValue { expires_ns }, 0)
+            .insert(hash, NameValue { expires_ns, rule }, 0)
             .map_err(op(names::NAMES_EXACT, "insert"))
     }
 
-    /// Removes the expired CNAME-target names (policy names never expire). Without this the
-    /// pinned map only grows, until inserts fail and reloads that add names fail with them.
-    pub(crate) fn expire_names(&mut self, now_ns: u64) -> Result<usize> {
-        let expired: Vec<u64> = self
+    /// Removes the CNAME-target names that expired or whose chain's rule is not in `rules`
+    /// (policy names never expire). Without this the pinned map only grows, until inserts fail
+    /// and reloads that add names fail with them.
+    pub(crate) fn expire_names(&mut self, now_ns: u64, rules: &BTreeSet<Rule>) -> Result<usize> {
+        let stale: Vec<u64> = self
             .exact_names()?
             .into_iter()
-            .filter(|(_, v)| v.expires_ns != NAME_PERMANENT && v.expires_ns <= now_ns)
+            .filter(|(_, v)| {
+                v.expires_ns != NAME_PERMANENT
+                    && (v.expires_ns <= now_ns || !rules.contains(&v.rule))
+            })
             .map(|(h, _)| h)
             .collect();
         let mut removed = 0;
-        for h in expired {
-            // Read again: a target the agent extended meanwhile stays.
-            match self.names_exact.get(&h, 0) {
-                Ok(v)
-                    if v.expires_ns != NAME_PERMANENT
-                        && v.expires_ns <= now_ns
-                        && self.names_exact.remove(&h).is_ok() =>
-                {
-                    removed += 1;
-                }
-                _ => {}
+        for h in stale {
+            if self.names_exact.remove(&h).is_ok() {
+                removed += 1;
             }
         }
         Ok(removed)
     }
 
-    /// Until when an exact name hash is allowed, if it is.
-    pub fn name_allowed_until(&self, hash: u64) -> Option<u64> {
-        self.names_exact.get(&hash, 0).ok().map(|v| v.expires_ns)
+    /// The exact-name entry of a hash, if there is one: until when it is allowed, and for
+    /// which rule.
+    pub fn exact_name(&self, hash: u64) -> Option<NameValue> {
+        self.names_exact.get(&hash, 0).ok()
     }
 
     /// Entries of the name maps: (exact permanent, exact expiring, wildcard).

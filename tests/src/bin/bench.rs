@@ -16,7 +16,7 @@ use egress_tests::{
     ALLOWED_V4, Agent, TestPins, Topology, classic,
     dnsmsg::{Rr, query, response},
     harness::Harness,
-    ip,
+    ip, learn_by_hand,
     live::{World, WorldOptions, policy},
     static_policy,
 };
@@ -47,10 +47,13 @@ fn per_run(h: &Harness, prog: &str, frame: &[u8], repeat: u32) -> f64 {
 fn fill(h: &mut Harness, n: usize) {
     let until = clock::boot_ns() + 3_600_000_000_000;
     for i in 0..n {
-        h.dp.learn(IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i as u32)), until)
-            .unwrap();
+        learn_by_hand(
+            &mut h.dp,
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i as u32)),
+            until,
+        );
     }
-    h.dp.learn(ip(ALLOWED), until).unwrap();
+    learn_by_hand(&mut h.dp, ip(ALLOWED), until);
 }
 
 fn dns_answer_cost(h: &Harness, addresses: usize, answers: usize) -> (f64, f64) {
@@ -265,8 +268,7 @@ fn control() -> Value {
     let mut adp = agent.datapath();
     let until = clock::boot_ns() + 3_600_000_000_000;
     for i in 0..100_000u32 {
-        adp.learn(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), until)
-            .unwrap();
+        learn_by_hand(&mut adp, IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), until);
     }
     // Let garbage collection walk them once (every 5 s) and a metrics scrape read the maps.
     std::thread::sleep(std::time::Duration::from_secs(6));
