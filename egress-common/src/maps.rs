@@ -131,7 +131,8 @@ pub const NAME_BYTES: usize = 256;
 pub const DNS_PENDING_CAPACITY: u32 = 65_536;
 /// An answer must arrive within this long of its query.
 pub const DNS_QUERY_TIMEOUT_NS: u64 = 10_000_000_000;
-/// Size of the DNS answer ring buffer (about 1,000 full-size copies).
+/// Size of the DNS answer ring buffer: records are sized to the message (header + bytes), so
+/// about 25,000 typical 100-byte answers, or 1,000 of the largest (4 KiB).
 pub const DNS_EVENTS_BYTES: u32 = 4 * 1024 * 1024;
 /// `NameValue::expires_ns` of names from the policy: they never expire.
 pub const NAME_PERMANENT: u64 = u64::MAX;
@@ -312,6 +313,9 @@ pub struct PendingValue {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DnsBuf {
+    /// The header of a copy for the agent: it must come right before `bytes`, so that header
+    /// and message go to the ring as one contiguous record.
+    pub header: DnsEventHeader,
     pub bytes: [u8; crate::dns::BUF],
     pub labels: crate::dns::Labels,
     pub parsed: DnsParsed,
@@ -396,7 +400,8 @@ pub struct DnsEventHeader {
     pub _pad: [u8; 5],
 }
 
-/// A DNS message (UDP) or segment (TCP) copied for the agent.
+/// A DNS message (UDP) or segment (TCP) copied for the agent: the header, then `len` bytes (the
+/// record is exactly that long; this type describes the largest).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DnsEvent {
@@ -745,3 +750,6 @@ mod tests {
         assert_eq!(v4_of_mapped(&m), a);
     }
 }
+
+// The header is directly followed by the message bytes (see `DnsBuf::header`).
+const _: () = assert!(core::mem::offset_of!(DnsBuf, bytes) == size_of::<DnsEventHeader>());

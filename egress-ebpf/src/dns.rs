@@ -15,7 +15,7 @@ use egress_common::{
     counters,
     dns::{self, Address, BUF, Question, rcode},
     maps::{
-        DNS_QUERY_TIMEOUT_NS, DnsEvent, DnsPacket, DnsParsed, LearnedByKey, LearnedValue,
+        DNS_QUERY_TIMEOUT_NS, DnsEventHeader, DnsPacket, DnsParsed, LearnedByKey, LearnedValue,
         PendingKey, PendingValue, Rule, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn,
         v4_mapped, v4_of_mapped,
     },
@@ -75,7 +75,7 @@ pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
         return 0;
     }
     if t.proto == IPPROTO_TCP {
-        copy_tcp(&ctx, &p, t.dport);
+        copy_tcp(&ctx, &p, t.dport, SCRATCH_INGRESS);
         return 0;
     }
     if t.proto != IPPROTO_UDP {
@@ -356,14 +356,13 @@ pub(crate) fn learn_udp(
         count(counters::DNS_NOT_ALLOWED);
     }
     send_copy(
-        ctx,
+        slot,
         &p.saddr,
         &p.daddr,
         p.family,
         dport,
         dns_kind::UDP,
         flags,
-        off,
         len,
         0,
     );
@@ -536,9 +535,10 @@ fn learn_in<K>(map: &HashMap<K, LearnedValue>, key: &K, now: u64, expires_ns: u6
     .is_ok()
 }
 
-/// A TCP segment from a trusted resolver: the agent reassembles the stream and learns.
+/// A TCP segment from a trusted resolver: the agent reassembles the stream and learns. The
+/// segment is copied through scratch `slot`.
 #[inline(always)]
-pub(crate) fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2]) {
+pub(crate) fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2], slot: u32) {
     let Ok(doff) = ctx.load::<u8>(p.l4_off + TCP_DOFF_OFF) else {
         return;
     };
@@ -555,48 +555,64 @@ pub(crate) fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2]) {
         count(counters::DNS_MALFORMED);
         return;
     }
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot this program run uses; `bytes` has room for BUF >= n bytes.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            off as u32,
+            (*scratch).bytes.as_mut_ptr().cast(),
+            helper_len(len),
+        ) == 0
+    };
+    if !loaded {
+        return;
+    }
     count(counters::DNS_TCP_SEGMENT);
     send_copy(
-        ctx,
+        slot,
         &p.saddr,
         &p.daddr,
         p.family,
         dport,
         dns_kind::TCP,
         0,
-        off,
         len,
         u32::from_be_bytes(seq),
     );
 }
 
+/// Sends the agent a copy of the `len` message bytes already in scratch `slot`, behind a header
+/// written just before them in the slot, as one record of exactly that size: a 100-byte answer
+/// takes about 160 bytes of the ring, not a fixed 4 KiB, so a burst of answers the agent only
+/// records cannot crowd out the copies it needs (dangling CNAME targets, long answers).
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site per kind; a struct would only rename them"
 )]
 fn send_copy(
-    ctx: &TcContext,
+    slot: u32,
     saddr: &[u8; 16],
     daddr: &[u8; 16],
     family: u8,
     dport: [u8; 2],
     kind: u8,
     flags: u8,
-    off: usize,
     len: usize,
     tcp_seq: u32,
 ) {
-    let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
-        count(counters::DNS_EVENT_LOST);
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
     let n = helper_len(len);
-    // SAFETY: `ev` points to a reserved, exclusively owned ring buffer record of DnsEvent size;
-    // the payload has room for BUF > n bytes.
-    let ok = unsafe {
-        let h = &mut (*ev).header;
+    // SAFETY: a per-CPU slot this program run uses; the header field precedes the message
+    // bytes in the slot (`DnsBuf` is `repr(C)`, header first), so header and message are one
+    // contiguous region of `size_of::<DnsEventHeader>() + n` bytes inside the map value.
+    let record = unsafe {
+        let h = &mut (*scratch).header;
         h.ts_ns = now();
         h.resolver = *saddr;
         h.client = *daddr;
@@ -607,16 +623,12 @@ fn send_copy(
         h.flags = flags;
         h.family = family;
         h._pad = [0; 5];
-        bpf_skb_load_bytes(
-            ctx.skb.skb.cast(),
-            off as u32,
-            (*ev).payload.as_mut_ptr().cast(),
-            n,
-        ) == 0
+        core::slice::from_raw_parts(
+            core::ptr::from_ref(h).cast::<u8>(),
+            size_of::<DnsEventHeader>() + n as usize,
+        )
     };
-    if ok {
-        entry.submit(0);
-    } else {
-        entry.discard(0);
+    if DNS_EVENTS.output::<[u8]>(record, 0).is_err() {
+        count(counters::DNS_EVENT_LOST);
     }
 }

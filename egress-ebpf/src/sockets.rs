@@ -137,7 +137,7 @@ pub(crate) extern "C" fn classify_answer(skb: *mut __sk_buff) -> i32 {
         return 0;
     }
     if t.proto == IPPROTO_TCP {
-        copy_tcp(&ctx, &p, t.dport);
+        copy_tcp(&ctx, &p, t.dport, SCRATCH_SOCK_ANSWER);
         return 0;
     }
     if t.proto != IPPROTO_UDP || !stash_packet(SCRATCH_SOCK_ANSWER, &p) {

@@ -289,41 +289,75 @@ fn the_race_resolve_then_connect_at_once_never_waits() {
     let _ = RESOLVER_V6;
 }
 
+/// The test plays the resolver (no resolver process), so it controls the answers exactly: the
+/// client's queries go to the resolver's address, and answers are injected from it.
+struct PlayedResolver {
+    topo: egress_tests::Topology,
+    agent: Agent,
+    client: UdpSocket,
+    port: u16,
+    _servers: egress_tests::Servers,
+    _pins: TestPins,
+}
+
+impl PlayedResolver {
+    fn new(names: &str) -> Self {
+        let topo = egress_tests::Topology::new().unwrap();
+        for addr in [RESOLVER_V4, WEB_DENIED] {
+            topo.server
+                .ip(&["addr", "add", &format!("{addr}/24"), "dev", &topo.peer])
+                .unwrap();
+        }
+        let servers = egress_tests::Servers::start(&topo.server, &[443]);
+        let pins = TestPins::new();
+        let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [{names}]\n");
+        let agent = Agent::start(&topo, &pins, &policy, &[]).unwrap();
+        let client = topo.client.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+        let port = client.local_addr().unwrap().port();
+        Self {
+            topo,
+            agent,
+            client,
+            port,
+            _servers: servers,
+            _pins: pins,
+        }
+    }
+
+    fn ask(&self, id: u16, name: &str) {
+        let resolver: SocketAddr = format!("{RESOLVER_V4}:53").parse().unwrap();
+        self.client
+            .send_to(
+                &egress_tests::dnsmsg::query(id, name, RecordType::A),
+                resolver,
+            )
+            .unwrap();
+    }
+
+    fn answer(&self, payload: Vec<u8>) {
+        inject_from(&self.topo.server, RESOLVER_V4, self.port, payload);
+    }
+
+    /// Waits until the agent has allowed a CNAME target.
+    fn wait_for_cname_target(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.agent.datapath().name_counts().unwrap().1 == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent did not allow the CNAME target: {}",
+                self.agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
 fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
-    use egress_tests::dnsmsg::{Rr, query, response};
-    // No resolver process: the test plays the resolver, so it controls the answers exactly.
-    let topo = egress_tests::Topology::new().unwrap();
-    topo.server
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{RESOLVER_V4}/24"),
-            "dev",
-            &topo.peer,
-        ])
-        .unwrap();
-    topo.server
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{WEB_DENIED}/24"),
-            "dev",
-            &topo.peer,
-        ])
-        .unwrap();
-    let _servers = egress_tests::Servers::start(&topo.server, &[443]);
-    let pins = TestPins::new();
-    let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [app.example]\n");
-    let agent = Agent::start(&topo, &pins, &policy, &[]).unwrap();
-    let client = topo.client.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
-    let port = client.local_addr().unwrap().port();
-    let resolver: SocketAddr = format!("{RESOLVER_V4}:53").parse().unwrap();
-    let ask = |id: u16, name: &str| {
-        client
-            .send_to(&query(id, name, RecordType::A), resolver)
-            .unwrap();
-    };
+    use egress_tests::dnsmsg::{Rr, response};
+    let w = PlayedResolver::new("app.example");
+    let (topo, agent, port) = (&w.topo, &w.agent, w.port);
+    let ask = |id: u16, name: &str| w.ask(id, name);
 
     // Before: an answer for the target teaches nothing.
     ask(0x1000, "edge.other.test.");
@@ -354,15 +388,7 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
             &[Rr::Cname("app.example.", "edge.other.test.", 60)],
         ),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while agent.datapath().name_counts().unwrap().1 == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent did not allow the CNAME target: {}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    w.wait_for_cname_target();
     // The follow-up query for the target is learned by the kernel.
     ask(0x2222, "edge.other.test.");
     inject_from(
@@ -380,4 +406,46 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
     assert!(learned(&agent, WEB_DENIED));
     topo.connect(WEB_DENIED, 443, MAX)
         .expect("the CNAME target's address connects");
+}
+
+/// Every matched answer is copied to the agent, allowed or not (it records which name answered
+/// each address). With the agent stopped, 2,000 answers for names the policy does not allow
+/// arrive, then one allowed answer whose chain ends in a CNAME without addresses: the ring must
+/// still hold that copy (records are sized to the message; fixed 4 KiB records held ~1,000),
+/// so when the agent resumes it allows the target.
+#[test]
+fn a_burst_of_answers_the_agent_only_records_does_not_crowd_out_a_dangling_cname() {
+    use egress_tests::dnsmsg::{Rr, response};
+    let w = PlayedResolver::new("app.example");
+    let pid = nix::unistd::Pid::from_raw(w.agent.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for i in 0..2000u16 {
+        let name = format!("n{i}.denied.test.");
+        w.ask(i, &name);
+        w.answer(response(
+            i,
+            &name,
+            RecordType::A,
+            &[Rr::Addr(&name, WEB_DENIED, 60)],
+        ));
+    }
+    w.ask(0x9999, "app.example.");
+    w.answer(response(
+        0x9999,
+        "app.example.",
+        RecordType::A,
+        &[Rr::Cname("app.example.", "edge.other.test.", 60)],
+    ));
+    let counters = w.agent.datapath().counters().unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(
+        counters[egress_common::counters::DNS_EVENT_LOST as usize],
+        0,
+        "copies lost to a full ring"
+    );
+    assert!(
+        counters[egress_common::counters::DNS_NOT_ALLOWED as usize] >= 2000,
+        "the burst was not matched: {counters:?}"
+    );
+    w.wait_for_cname_target();
 }
