@@ -671,6 +671,8 @@ const _: () = assert!(size_of::<PendingKey>() == 24);
 const _: () = assert!(size_of::<PendingValue>() == 16);
 const _: () = assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 1 + 5);
 const _: () = assert!(size_of::<DnsEvent>() == size_of::<DnsEventHeader>() + crate::dns::BUF);
+// The header is directly followed by the message bytes (see `DnsBuf::header`).
+const _: () = assert!(core::mem::offset_of!(DnsBuf, bytes) == size_of::<DnsEventHeader>());
 const _: () = assert!(size_of::<StaticValue>() == 4);
 const _: () = assert!(size_of::<LearnedValue>() == 24);
 const _: () = assert!(size_of::<AnswerValue>() == NAME_BYTES + 8 + 2 + 1 + 5);
@@ -750,6 +752,3 @@ mod tests {
         assert_eq!(v4_of_mapped(&m), a);
     }
 }
-
-// The header is directly followed by the message bytes (see `DnsBuf::header`).
-const _: () = assert!(core::mem::offset_of!(DnsBuf, bytes) == size_of::<DnsEventHeader>());

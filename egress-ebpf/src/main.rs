@@ -49,6 +49,14 @@ pub(crate) fn empty(_ctx: TcContext) -> i32 {
     PASS
 }
 
+/// Stands for another vendor's program that takes the head of the TCX chain and returns a final
+/// verdict (`TCX_PASS`, 0), so nothing after it runs: tests attach it ahead of egress to prove
+/// the agent takes the head back. The agent never attaches it.
+#[classifier]
+pub(crate) fn final_pass(_ctx: TcContext) -> i32 {
+    0
+}
+
 /// Bits of [`egress_verdict`]'s result.
 const VERDICT_DROP: i32 = 1;
 const VERDICT_DNS_QUERY: i32 = 2;

@@ -183,6 +183,10 @@ pub struct Agent {
     pins: PinDir,
     /// What `/readyz` and `/healthz` are made of.
     health: Health,
+    /// The loaded programs, to attach again what was detached or overtaken.
+    ebpf: aya::Ebpf,
+    /// What the policy maps hold since the last apply, to find and undo others' writes.
+    written: crate::apply::Written,
 }
 
 /// The parts of the agent's readiness.
@@ -380,6 +384,8 @@ impl Agent {
                 policy: true,
                 attached: true,
             },
+            ebpf,
+            written: applied.written,
         };
         // Not ready yet: `run` publishes readiness once it watches the policy file and handles
         // SIGHUP (before that, a SIGHUP would kill the process and a change would be missed).
@@ -486,6 +492,7 @@ impl Agent {
             match apply(&mut dp, &new, &self.overrides) {
                 Ok(applied) => {
                     self.metrics.reloads.inc();
+                    self.written = applied.written.clone();
                     self.count_reconciled(&applied.reconciled);
                     if applied.reconciled.revoked > 0 || applied.cut > 0 {
                         tracing::info!(
@@ -571,10 +578,51 @@ impl Agent {
 
     /// Checks that the programs are still attached on every interface (another program can
     /// take the chain, an interface can be deleted and re-created).
+    /// Checks every attachment; one that is missing (interface re-created, link released) or
+    /// behind another program in the TCX chain is attached again at the head, logged and
+    /// counted (`egress_reattached_total`). `/readyz` fails while one cannot be repaired.
     fn check_attachments(&mut self) {
         let mut all = true;
-        for (iface, hook, how, index) in &self.attachments {
-            let found = attach::is_attached(*hook, iface, *how, *index, &self.pins);
+        for (iface, hook, how, index) in &mut self.attachments {
+            let presence = attach::presence(*hook, iface, *how, *index, &self.pins);
+            let mut found = presence == attach::Presence::First;
+            if !found {
+                tracing::error!(
+                    iface = %iface,
+                    hook = hook.name(),
+                    ?presence,
+                    "egress is not first on this hook any more; attaching it again at the head"
+                );
+                let repaired = self
+                    .ebpf
+                    .program_mut(hook.name())
+                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+                    .ok_or(AttachError::NoInterface {
+                        iface: iface.clone(),
+                    })
+                    .and_then(|prog| attach::reattach(prog, *hook, iface, &self.pins, *how));
+                match repaired {
+                    Ok(new_how) => {
+                        *how = new_how;
+                        *index = attach::ifindex(iface).unwrap_or(0);
+                        found = true;
+                        self.metrics
+                            .reattached
+                            .get_or_create(&vec![
+                                ("iface".to_owned(), iface.clone()),
+                                ("hook".to_owned(), hook.name().to_owned()),
+                            ])
+                            .inc();
+                        tracing::warn!(iface = %iface, hook = hook.name(), "attached again");
+                    }
+                    Err(e) => tracing::error!(
+                        iface = %iface,
+                        hook = hook.name(),
+                        error = %error_chain(&e),
+                        "cannot attach again; /readyz fails until it can"
+                    ),
+                }
+            }
             all &= found;
             self.metrics
                 .attached
@@ -583,16 +631,40 @@ impl Agent {
                     ("hook".to_owned(), hook.name().to_owned()),
                 ])
                 .set(i64::from(found));
-            if !found && self.health.attached {
-                tracing::error!(
-                    iface,
-                    hook = hook.name(),
-                    "egress is no longer attached; /readyz fails (restart the agent to attach again)"
-                );
-            }
         }
         self.health.attached = all;
         self.publish_health();
+    }
+
+    /// Rewrites the policy maps from the policy in force if anyone else changed them (a root
+    /// process with the host's bpffs can write pinned maps: set audit mode, add 0.0.0.0/0),
+    /// logging and counting which.
+    /// Returns what the maps hold after a repair.
+    fn repair_tampering(&self, dp: &mut Datapath) -> Option<crate::apply::Written> {
+        let changed = match crate::apply::drift(dp, &self.written) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot check the policy maps");
+                return None;
+            }
+        };
+        if changed.is_empty() {
+            return None;
+        }
+        tracing::error!(maps = ?changed, "policy maps changed by someone other than the agent; rewriting them from the policy");
+        for map in &changed {
+            self.metrics
+                .tamper_repairs
+                .get_or_create(&vec![("map".to_owned(), (*map).to_owned())])
+                .inc();
+        }
+        match apply(dp, &self.policy, &self.overrides) {
+            Ok(applied) => Some(applied.written),
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "cannot rewrite the policy maps");
+                None
+            }
+        }
     }
 
     /// Counts what a reconciliation of the learned state did.
@@ -612,6 +684,7 @@ impl Agent {
             }
             Err(e) => tracing::warn!(error = %error_chain(&e), "garbage collection failed"),
         }
+        let repaired = self.repair_tampering(&mut dp);
         // A full learned map fails inserts in the kernel: those addresses stay denied.
         match dp.counters() {
             Ok(c) => {
@@ -628,6 +701,9 @@ impl Agent {
             Err(e) => tracing::warn!(error = %error_chain(&e), "cannot read the counters"),
         }
         drop(dp);
+        if let Some(written) = repaired {
+            self.written = written;
+        }
         self.check_attachments();
     }
 }

@@ -5,8 +5,9 @@ use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, time::Duration};
 
 use egress_common::{
     hash::name_hashes,
-    maps::{Config, learn},
+    maps::{Config, learn, names},
 };
+use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::{
@@ -129,12 +130,53 @@ pub fn system_resolvers(text: &str) -> Vec<IpAddr> {
 }
 
 /// What applying a policy did beyond writing it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     /// The learned state made true to the new rules (revocations).
     pub reconciled: Reconciled,
     /// Established flows cut (`revoked_connections: cut`).
     pub cut: usize,
+    /// What the policy maps now hold, to check them against later ([`drift`]).
+    pub written: Written,
+}
+
+/// The policy maps as [`apply`] wrote them: anything else found there later was written by
+/// someone else (a root process with the host's bpffs can rewrite pinned maps).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub config: Config,
+    pub ports: Vec<u16>,
+    pub cidrs: BTreeSet<IpNet>,
+    pub resolvers: BTreeSet<IpAddr>,
+    pub exact: BTreeSet<u64>,
+    pub wild: BTreeSet<u64>,
+}
+
+/// The policy maps whose content differs from what was `written` (their names).
+pub fn drift(dp: &Datapath, written: &Written) -> Result<Vec<&'static str>, DatapathError> {
+    let mut changed = Vec::new();
+    if dp.config()? != written.config {
+        changed.push(names::CONFIG);
+    }
+    if dp.ports()? != written.ports {
+        changed.push(names::PORTS);
+    }
+    let cidrs: BTreeSet<IpNet> = dp.static_cidrs()?.into_iter().collect();
+    if cidrs != written.cidrs {
+        changed.push(names::STATIC_V4);
+    }
+    let resolvers: BTreeSet<IpAddr> = dp.resolvers()?.into_iter().collect();
+    if resolvers != written.resolvers {
+        changed.push(names::RESOLVERS);
+    }
+    let (exact, wild) = dp.policy_names()?;
+    if exact != written.exact {
+        changed.push(names::NAMES_EXACT);
+    }
+    if wild != written.wild {
+        changed.push(names::NAMES_WILD);
+    }
+    Ok(changed)
 }
 
 /// Writes a policy into the maps. Additions go in before removals and the mode and ports come
@@ -164,16 +206,32 @@ pub fn apply(
             tracing::warn!(resolver = %r, "a loopback resolver's answers never cross the interface; list the upstream servers the local stub forwards to in `resolvers:`");
         }
     }
+    let config = kernel_config(policy, overrides, key);
     dp.sync_static(&policy.allow.cidrs)?;
     dp.sync_resolvers(&resolvers)?;
     dp.sync_names(&exact, &wild)?;
     dp.set_ports(&policy.ports)?;
-    dp.set_config(&kernel_config(policy, overrides, key))?;
+    dp.set_config(&config)?;
+    let mut ports = policy.ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    let written = Written {
+        config,
+        ports,
+        cidrs: policy.allow.cidrs.iter().map(IpNet::trunc).collect(),
+        resolvers: resolvers.iter().copied().collect(),
+        exact,
+        wild,
+    };
     let now = clock::boot_ns();
     let reconciled = dp.reconcile(now)?;
     let cut = match policy.revoked_connections {
         Revoked::Keep => 0,
         Revoked::Cut => dp.cut_flows(now)?,
     };
-    Ok(Applied { reconciled, cut })
+    Ok(Applied {
+        reconciled,
+        cut,
+        written,
+    })
 }

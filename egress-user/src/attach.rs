@@ -55,6 +55,12 @@ impl Attached {
 
 #[derive(Debug, Error)]
 pub enum AttachError {
+    #[error("cannot remove the old link's pin {path}")]
+    Unpin {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("interface {iface} does not exist")]
     NoInterface { iface: String },
     #[error("cannot attach to {iface} with {how}")]
@@ -227,30 +233,78 @@ pub fn ifindex(iface: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(iface).ok()
 }
 
-/// Whether egress's program is still attached to `hook` of `iface`, attached there `how` when
-/// the interface had index `index`, as far as the agent's capabilities let it ask: the
-/// interface must be the same one (same index); a TCX link must still be pinned (the agent
-/// holds no handle, so a removed pin is a released link); and where the kernel lets the agent
-/// list the TCX chain (listing resolves program ids, which takes CAP_SYS_ADMIN on some
-/// kernels), a program of that name must be in it. clsact filters cannot be listed through
-/// aya 0.14, so there the interface is what is checked.
-pub fn is_attached(hook: Hook, iface: &str, how: Attached, index: u32, pins: &PinDir) -> bool {
+/// Where egress's program stands on one hook of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// Attached, and first in the TCX chain (or on clsact, where only the interface is seen).
+    First,
+    /// Attached, but another program runs before it: one that returns a final verdict
+    /// (`TCX_PASS`) would let packets leave without egress seeing them.
+    Behind,
+    /// Not attached: the interface is gone or was re-created, or the link was released.
+    Missing,
+}
+
+/// Where egress's program stands on `hook` of `iface`, attached there `how` when the interface
+/// had index `index`, as far as the agent's capabilities let it ask: the interface must be the
+/// same one (same index); a TCX link must still be pinned (the agent holds no handle, so a
+/// removed pin is a released link); and where the kernel lets the agent list the TCX chain
+/// (listing resolves program ids, which takes CAP_SYS_ADMIN on some kernels), a program of
+/// that name must be in it, first. clsact filters cannot be listed through aya 0.14, so there
+/// the interface is what is checked.
+pub fn presence(hook: Hook, iface: &str, how: Attached, index: u32, pins: &PinDir) -> Presence {
     if ifindex(iface) != Some(index) {
-        return false;
+        return Presence::Missing;
     }
     if how == Attached::Netlink {
-        return true;
+        return Presence::First;
     }
     if !pins.link(hook, iface).exists() {
-        return false;
+        return Presence::Missing;
     }
     match SchedClassifier::query_tcx(iface, tc_type(hook)) {
-        Ok((_, programs)) => programs
-            .iter()
-            .any(|p| p.name_as_str() == Some(hook.name())),
+        Ok((_, programs)) => {
+            match programs
+                .iter()
+                .position(|p| p.name_as_str() == Some(hook.name()))
+            {
+                Some(0) => Presence::First,
+                Some(_) => Presence::Behind,
+                None => Presence::Missing,
+            }
+        }
         // Not allowed to list: the pinned link on the same interface is all there is to see.
-        Err(_) => true,
+        Err(_) => Presence::First,
     }
+}
+
+/// Attaches `prog` to `hook` of `iface` again, at the head of the chain, after [`presence`]
+/// found it missing or behind another program. On TCX the old link (if any is left) is
+/// released first: the kernel refuses the same program twice on one hook ("File exists"), so
+/// this cannot be make-before-break; the moment in between matters little, since a program
+/// ahead with a final verdict was already bypassing egress.
+pub fn reattach(
+    prog: &mut SchedClassifier,
+    hook: Hook,
+    iface: &str,
+    pins: &PinDir,
+    how: Attached,
+) -> Result<Attached, AttachError> {
+    check_iface(iface)?;
+    if how == Attached::Netlink {
+        return attach_netlink(prog, hook, iface);
+    }
+    let path = pins.link(hook, iface);
+    // The agent holds no handle on the link: removing its only pin releases it.
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        return Err(AttachError::Unpin {
+            path: path.display().to_string(),
+            source: e,
+        });
+    }
+    attach_tcx(prog, hook, iface, pins)
 }
 
 /// Removes egress from `iface`, both hooks: the pinned TCX links and/or our clsact filters.

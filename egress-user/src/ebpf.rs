@@ -91,3 +91,6 @@ pub fn loader(pins: &PinDir) -> EbpfLoader<'_> {
 
 /// Name of the do-nothing baseline program in [`OBJECT`] (benchmarks only).
 pub const EMPTY_PROGRAM: &str = "empty";
+/// A program that passes with a final verdict, ending the TCX chain (tests only, see
+/// `egress-ebpf`).
+pub const FINAL_PASS_PROGRAM: &str = "final_pass";

@@ -37,6 +37,10 @@ pub struct AgentMetrics {
     pub info: MetricFamily<Labels, Gauge>,
     /// Per interface and hook: 1 if the program was found attached at the last check.
     pub attached: MetricFamily<Labels, Gauge>,
+    /// Per interface and hook: times the program was attached again (missing or overtaken).
+    pub reattached: MetricFamily<Labels, Counter>,
+    /// Per map: times the agent found a map differing from the policy and rewrote it.
+    pub tamper_repairs: MetricFamily<Labels, Counter>,
     /// What `/readyz` answers: 1 ready, 0 not.
     pub ready: Gauge,
 }
@@ -144,6 +148,16 @@ pub fn registry(
         "info",
         "The agent's version, the mode in force and where DNS answers are learned (value 1)",
         agent.info.clone(),
+    );
+    r.register(
+        "reattached",
+        "Times egress was attached again to an interface's hook after it was found missing (interface re-created, link released) or behind another program",
+        agent.reattached.clone(),
+    );
+    r.register(
+        "tamper_repairs",
+        "Times a policy map (config, ports, static CIDRs, resolvers, names) was found changed by someone else and rewritten from the policy",
+        agent.tamper_repairs.clone(),
     );
     r.register(
         "attached",

@@ -43,42 +43,70 @@ impl Topology {
         let server = NetNs::new(format!("{id}s"))?;
         let iface = format!("{id}c");
         let peer = format!("{id}s");
+        let topo = Self {
+            client,
+            server,
+            iface,
+            peer,
+        };
+        topo.wire()?;
+        Ok(topo)
+    }
+
+    /// Opens a TCP connection from the client namespace.
+    /// The veth pair between the namespaces, addressed and up (again, after a test deleted it:
+    /// whatever was attached to the old one is gone).
+    pub fn wire(&self) -> anyhow::Result<()> {
         sh(&[
             "ip",
             "link",
             "add",
-            &iface,
+            &self.iface,
             "netns",
-            &client.name,
+            &self.client.name,
             "type",
             "veth",
             "peer",
             "name",
-            &peer,
+            &self.peer,
             "netns",
-            &server.name,
+            &self.server.name,
         ])?;
-        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", &iface])?;
-        client.ip(&[
+        self.client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_V4}/24"),
+            "dev",
+            &self.iface,
+        ])?;
+        self.client.ip(&[
             "addr",
             "add",
             &format!("{CLIENT_V6}/64"),
             "dev",
-            &iface,
+            &self.iface,
             "nodad",
         ])?;
         for a in [ALLOWED_V4, DENIED_V4] {
-            server.ip(&["addr", "add", &format!("{a}/24"), "dev", &peer])?;
+            self.server
+                .ip(&["addr", "add", &format!("{a}/24"), "dev", &self.peer])?;
         }
         for a in [ALLOWED_V6, DENIED_V6] {
-            server.ip(&["addr", "add", &format!("{a}/64"), "dev", &peer, "nodad"])?;
+            self.server.ip(&[
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                &self.peer,
+                "nodad",
+            ])?;
         }
-        client.ip(&["link", "set", &iface, "up"])?;
-        server.ip(&["link", "set", &peer, "up"])?;
+        self.client.ip(&["link", "set", &self.iface, "up"])?;
+        self.server.ip(&["link", "set", &self.peer, "up"])?;
         // Until linkwatch activates the device (up to a second after carrier-on), its qdisc is
         // `noop` and every packet sent is silently dropped: wait for it.
         let deadline = Instant::now() + Duration::from_secs(5);
-        for (ns, dev) in [(&client, &iface), (&server, &peer)] {
+        for (ns, dev) in [(&self.client, &self.iface), (&self.server, &self.peer)] {
             while !ns.ip(&["link", "show", "dev", dev])?.contains("state UP") {
                 if Instant::now() > deadline {
                     bail!("{dev} in {} did not come up", ns.name);
@@ -86,15 +114,9 @@ impl Topology {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Ok(Self {
-            client,
-            server,
-            iface,
-            peer,
-        })
+        Ok(())
     }
 
-    /// Opens a TCP connection from the client namespace.
     pub fn connect(&self, dst: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
         let addr = SocketAddr::new(ip(dst), port);
         self.client

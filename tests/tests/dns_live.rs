@@ -373,7 +373,7 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
         ),
     );
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!learned(&agent, WEB_DENIED));
+    assert!(!learned(agent, WEB_DENIED));
 
     // The allowed name's answer ends in a CNAME without addresses.
     ask(0x1111, "app.example.");
@@ -403,7 +403,7 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
         ),
     );
     std::thread::sleep(Duration::from_millis(100));
-    assert!(learned(&agent, WEB_DENIED));
+    assert!(learned(agent, WEB_DENIED));
     topo.connect(WEB_DENIED, 443, MAX)
         .expect("the CNAME target's address connects");
 }

@@ -2,7 +2,7 @@
 
 use std::{io::Write as _, time::Duration};
 
-use egress_common::counters;
+use egress_common::{counters, mode};
 use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
     egress, http_get, ip, learn_by_hand, static_policy,
@@ -360,18 +360,26 @@ fn readiness_fails_while_the_policy_file_is_not_in_force_and_returns_with_a_good
 }
 
 #[test]
-fn readiness_fails_when_the_program_is_no_longer_attached() {
+fn a_released_link_is_attached_again_and_readiness_fails_while_the_interface_is_gone() {
     let (topo, _s, pins, agent) = setup(&static_policy("enforce"), &[]);
     let link = pins
         .path()
         .join(format!("link_{}_{}", Hook::Egress.name(), topo.iface));
-    if !link.exists() {
-        eprintln!("skipped: no TCX link on this kernel (clsact filters cannot be listed here)");
-        return;
+    if link.exists() {
+        // Another tool (or a mistake) removes the attachment: with no pin and no agent handle
+        // left, the kernel releases the link. The agent attaches again.
+        std::fs::remove_file(&link).unwrap();
+        assert!(
+            topo.connect(DENIED_V4, 443, CONNECT).is_ok(),
+            "the link was not released; the test proves nothing"
+        );
+        wait_until_enforced(&topo, &agent, "the released link to be attached again");
+        assert!(link.exists());
+    } else {
+        eprintln!("no TCX link on this kernel: only the interface part runs");
     }
-    // Another tool (or a mistake) removes the attachment: with no pin and no agent handle
-    // left, the kernel releases the link.
-    std::fs::remove_file(&link).unwrap();
+    // While the interface is gone there is nothing to attach to: not ready.
+    topo.client.ip(&["link", "del", &topo.iface]).unwrap();
     assert!(wait_readyz(&topo, 503), "{}", agent.log_text());
     let (_, metrics) = http_get(&topo.client, "/metrics").unwrap();
     assert!(
@@ -381,7 +389,18 @@ fn readiness_fails_when_the_program_is_no_longer_attached() {
         )),
         "{metrics}"
     );
-    assert!(agent.log_text().contains("no longer attached"));
+    topo.wire().unwrap();
+    assert!(wait_readyz(&topo, 200), "{}", agent.log_text());
+    wait_until_enforced(&topo, &agent, "egress on the interface created again");
+    assert!(
+        egress_tests::metric(
+            &topo.client,
+            &format!(
+                "egress_reattached_total{{iface=\"{}\",hook=\"egress\"}}",
+                topo.iface
+            )
+        ) >= 1.0
+    );
 }
 
 #[test]
@@ -555,4 +574,101 @@ fn without_an_attachment_record_detach_keeps_the_pins_and_detach_all_still_finds
     assert!(!pins.path().exists(), "pin dir left behind");
     topo.connect(DENIED_V4, 443, CONNECT)
         .expect("still enforcing after detach --all");
+}
+
+/// Waits (generously, the agent checks every 5 s) until a connection to `DENIED_V4` is refused
+/// again.
+fn wait_until_enforced(topo: &Topology, agent: &Agent, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while topo.connect(DENIED_V4, 443, CONNECT).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        topo.connect(ALLOWED_V4, 443, CONNECT).is_ok(),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn policy_maps_rewritten_by_someone_else_are_restored_from_the_policy() {
+    let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
+    let mut dp = agent.datapath();
+    // What a root process with the host's bpffs could do: audit mode, and allow everything.
+    let mut cfg = dp.config().unwrap();
+    cfg.mode = mode::AUDIT;
+    dp.set_config(&cfg).unwrap();
+    dp.sync_static(&["0.0.0.0/0".parse().unwrap()]).unwrap();
+    assert!(
+        topo.connect(DENIED_V4, 443, CONNECT).is_ok(),
+        "the tampering had no effect; the test proves nothing"
+    );
+    wait_until_enforced(&topo, &agent, "the policy maps to be restored");
+    assert_eq!(dp.config().unwrap().mode, mode::ENFORCE);
+    for map in ["CONFIG", "STATIC_V4"] {
+        assert!(
+            egress_tests::metric(
+                &topo.client,
+                &format!("egress_tamper_repairs_total{{map=\"{map}\"}}")
+            ) >= 1.0
+        );
+    }
+}
+
+#[test]
+fn a_program_that_takes_the_head_of_the_chain_is_overtaken_again() {
+    if !egress_tests::kernel_has_tcx() {
+        eprintln!("skipped: TCX needs Linux 6.6");
+        return;
+    }
+    let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
+    // Another vendor's program at the head of the TCX chain, returning a final verdict.
+    let pins = TestPins::new();
+    let mut ebpf = egress_user::ebpf::loader(&pins.pins)
+        .load(egress_user::ebpf::OBJECT)
+        .unwrap();
+    let prog: &mut aya::programs::SchedClassifier = ebpf
+        .program_mut(egress_user::ebpf::FINAL_PASS_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    prog.load().unwrap();
+    let iface = topo.iface.clone();
+    let link = topo.client.run(move || {
+        let mut ebpf = ebpf;
+        let prog: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut(egress_user::ebpf::FINAL_PASS_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let id = prog
+            .attach_with_options(
+                &iface,
+                aya::programs::TcAttachType::Egress,
+                aya::programs::tc::TcAttachOptions::TcxOrder(aya::programs::LinkOrder::first()),
+            )
+            .unwrap();
+        let link = prog.take_link(id).unwrap();
+        (ebpf, link)
+    });
+    assert!(
+        topo.connect(DENIED_V4, 443, CONNECT).is_ok(),
+        "the program ahead did not bypass egress; the test proves nothing"
+    );
+    wait_until_enforced(&topo, &agent, "egress back at the head of the chain");
+    assert!(
+        egress_tests::metric(
+            &topo.client,
+            &format!(
+                "egress_reattached_total{{iface=\"{}\",hook=\"egress\"}}",
+                topo.iface
+            )
+        ) >= 1.0
+    );
+    drop(link);
 }

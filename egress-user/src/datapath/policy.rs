@@ -191,6 +191,22 @@ impl Datapath {
         Ok(removed)
     }
 
+    /// The policy's part of the name maps: the permanent exact-name hashes and the wildcard
+    /// suffix hashes.
+    pub fn policy_names(&self) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
+        let exact = self
+            .exact_names()?
+            .into_iter()
+            .filter(|(_, v)| v.expires_ns == NAME_PERMANENT)
+            .map(|(h, _)| h)
+            .collect();
+        let mut wild = BTreeSet::new();
+        for h in self.names_wild.keys() {
+            wild.insert(h.map_err(op(names::NAMES_WILD, "iterate"))?);
+        }
+        Ok((exact, wild))
+    }
+
     /// The exact-name entry of a hash, if there is one: until when it is allowed, and for
     /// which rule.
     pub fn exact_name(&self, hash: u64) -> Option<NameValue> {
