@@ -26,7 +26,7 @@ macro_rules! counters {
 }
 
 /// Number of counter slots.
-pub const COUNT: u32 = 30;
+pub const COUNT: u32 = 32;
 
 counters! {
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
@@ -94,4 +94,11 @@ counters! {
     /// A matched NOERROR answer without any answer record (NODATA, e.g. AAAA of an IPv4-only
     /// name): nothing to learn.
     DNS_NODATA = 29, "dns_nodata";
+    /// A TCP packet of this node's own established connection whose flow the table no longer
+    /// held (evicted by other traffic) and whose address is no longer allowed: passed on the
+    /// socket's word (it completed a handshake egress allowed), and the flow recorded again.
+    PASS_SOCKET = 30, "pass_socket";
+    /// A DNS query not remembered because its client sent more than its share per second
+    /// (answers to it teach nothing).
+    DNS_QUERY_RATE_LIMITED = 31, "dns_query_rate_limited";
 }

@@ -15,9 +15,9 @@ use egress_common::{
     counters,
     dns::{self, Address, BUF, Question, rcode},
     maps::{
-        DNS_QUERY_TIMEOUT_NS, DnsEventHeader, DnsPacket, DnsParsed, LearnedByKey, LearnedValue,
-        PendingKey, PendingValue, Rule, SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn,
-        v4_mapped, v4_of_mapped,
+        DNS_QUERIES_PER_CLIENT_PER_SEC, DNS_QUERY_TIMEOUT_NS, DnsEventHeader, DnsPacket, DnsParsed,
+        LearnedByKey, LearnedValue, NS_PER_S, PendingKey, PendingValue, RateState, Rule,
+        SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn, v4_mapped, v4_of_mapped,
     },
     mode,
     packet::{
@@ -28,8 +28,8 @@ use egress_common::{
 
 use crate::{
     maps::{
-        CONFIG, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_BY, LEARNED_V4, LEARNED_V6,
-        NAMES_EXACT, NAMES_WILD, RESOLVERS,
+        CONFIG, DNS_CLIENTS, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_BY, LEARNED_V4,
+        LEARNED_V6, NAMES_EXACT, NAMES_WILD, RESOLVERS,
     },
     skb::{Skb, count, now},
 };
@@ -249,15 +249,53 @@ pub(crate) extern "C" fn egress_remember_query(skb: *mut __sk_buff) -> i32 {
     if dns_parse_query(SCRATCH_EGRESS, len as u32) != 0 {
         return 0;
     }
-    let key = PendingKey::new(p.daddr, p.sport, parsed.id, p.family);
+    let now = now();
+    if !query_budget(&p.saddr, now) {
+        return 0;
+    }
+    let key = PendingKey::new(p.saddr, p.daddr, p.sport, parsed.id, p.family);
     let value = PendingValue {
         qname: parsed.full,
-        sent_ns: now(),
+        sent_ns: now,
     };
     if DNS_PENDING.insert(&key, &value, 0).is_ok() {
         count(counters::DNS_QUERY_TRACKED);
     }
     0
+}
+
+/// Whether `client` may have one more query remembered this second (at most
+/// `Config::client_query_rate`, by default [`DNS_QUERIES_PER_CLIENT_PER_SEC`]): the pending maps are LRU, and without a bound one
+/// client's flood would evict every other client's pending queries, whose answers would then
+/// teach nothing. A plain read-modify-write shared by all CPUs: concurrent queries of one
+/// client can both be counted as one (the bound is approximate, never lower).
+#[inline(always)]
+pub(crate) fn query_budget(client: &[u8; 16], now: u64) -> bool {
+    let Some(state) = DNS_CLIENTS.get_ptr_mut(client) else {
+        let fresh = RateState {
+            window_start_ns: now,
+            sent: 1,
+        };
+        // A full LRU evicts the least recent client: the bound holds for active clients.
+        let _ = DNS_CLIENTS.insert(client, &fresh, 0);
+        return true;
+    };
+    // SAFETY: a value pointer from a successful lookup, valid for this program run; a racing
+    // update only affects the count.
+    let state = unsafe { &mut *state };
+    if now.saturating_sub(state.window_start_ns) >= NS_PER_S {
+        state.window_start_ns = now;
+        state.sent = 0;
+    }
+    let limit = CONFIG
+        .get(0)
+        .map_or(DNS_QUERIES_PER_CLIENT_PER_SEC, |c| c.client_query_rate);
+    if state.sent >= u64::from(limit) {
+        count(counters::DNS_QUERY_RATE_LIMITED);
+        return false;
+    }
+    state.sent += 1;
+    true
 }
 
 /// Matches, walks and learns the UDP answer whose addressing [`ingress_classify`] left in the
@@ -274,7 +312,7 @@ pub(crate) extern "C" fn ingress_udp_answer(skb: *mut __sk_buff) -> i32 {
     learn_udp(&ctx, &pkt, SCRATCH_INGRESS, |q| {
         consume_pending(
             &DNS_PENDING,
-            &PendingKey::new(pkt.saddr, pkt.dport, q.id, pkt.family),
+            &PendingKey::new(pkt.daddr, pkt.saddr, pkt.dport, q.id, pkt.family),
             q,
         )
     });

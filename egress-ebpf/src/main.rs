@@ -21,6 +21,7 @@ mod sockets;
 
 use aya_ebpf::{
     bindings::__sk_buff,
+    helpers::bpf_sk_fullsock,
     macros::{cgroup_skb, classifier},
     maps::{HashMap, LpmTrie, lpm_trie::Key},
     programs::{SkBuffContext, TcContext},
@@ -38,7 +39,8 @@ use egress_common::{
     tc_action::{DROP, PASS},
 };
 use maps::{
-    CONFIG, EVENT_RATE, EVENTS, FLOWS, LEARNED_V4, LEARNED_V6, PORTS, STATIC_V4, STATIC_V6,
+    CONFIG, EVENT_RATE, EVENTS, FLOWS, FLOWS_UDP, LEARNED_V4, LEARNED_V6, PORTS, REVOKED,
+    STATIC_V4, STATIC_V6,
 };
 use skb::{Skb, count, now};
 
@@ -176,13 +178,14 @@ fn classify(
             }
             None => deny(cfg, Some((&p, 0, [0; 2])), reason::MALFORMED),
         },
-        Kind::Ports => enforce(cfg, &p, t.proto, t.sport, t.dport, t.tcp_flags),
+        Kind::Ports => enforce(ctx, cfg, &p, t.proto, t.sport, t.dport, t.tcp_flags),
     };
     Ok((verdict, dns))
 }
 
 #[inline(always)]
 fn enforce(
+    ctx: &TcContext,
     cfg: &Config,
     p: &IpPacket,
     proto: u8,
@@ -200,7 +203,8 @@ fn enforce(
     let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A SYN opens a new connection: it is always judged by the allow maps, so a reused
     // 5-tuple cannot ride on an old flow to an expired address.
-    if !syn && let Some(flow) = FLOWS.get_ptr_mut(&key) {
+    let flows = if tcp { &FLOWS } else { &FLOWS_UDP };
+    if !syn && let Some(flow) = flows.get_ptr_mut(&key) {
         let idle = if tcp {
             cfg.tcp_idle_ns
         } else {
@@ -219,25 +223,64 @@ fn enforce(
             return PASS;
         }
     }
-    match allowed(p, now) {
-        Some(counter) => {
-            if FLOWS
-                .insert(&key, &FlowValue { last_seen_ns: now }, 0)
-                .is_err()
-            {
-                // The packet still passes: its destination is allowed right now.
-                count(counters::FLOW_INSERT_FAILED);
-            }
-            count(counter);
-            PASS
+    let counter = match allowed(p, now) {
+        Some(counter) => counter,
+        // Fail-open for this node's own established connections only: a flow the table lost
+        // (evicted by other traffic) to an address that expired meanwhile belongs to a
+        // connection whose SYN egress allowed; dropping it would let one workload cut
+        // another's connections. Unless a reload revoked the address with
+        // `revoked_connections: cut`.
+        None if tcp && !syn && local_established(ctx) && !revoked(&p.daddr) => {
+            counters::PASS_SOCKET
         }
         None => {
             if tcp && !syn {
                 count(counters::DENY_NOT_SYN);
             }
-            deny(cfg, Some((p, proto, dport)), reason::NOT_ALLOWED)
+            return deny(cfg, Some((p, proto, dport)), reason::NOT_ALLOWED);
         }
+    };
+    if flows
+        .insert(&key, &FlowValue { last_seen_ns: now }, 0)
+        .is_err()
+    {
+        // The packet still passes: its destination is allowed right now.
+        count(counters::FLOW_INSERT_FAILED);
     }
+    count(counter);
+    PASS
+}
+
+/// `TCP_ESTABLISHED` .. `TCP_CLOSING` without `SYN_SENT`, `SYN_RECV`, `TIME_WAIT`, `CLOSE` and
+/// `LISTEN` (`include/net/tcp_states.h`): states a socket reaches only after a handshake.
+const HANDSHAKE_DONE: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+
+/// Whether the packet comes from a local TCP socket that completed a handshake. Forwarded
+/// traffic (pods behind a bridge or veth) carries no socket here.
+#[inline(always)]
+fn local_established(ctx: &TcContext) -> bool {
+    // SAFETY: reading the context's `sk` field, which the verifier types as a nullable socket
+    // pointer; it is only passed to the helper below after the null check.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null socket pointer from the context ("R1 type=sock_common_or_null
+    // expected=sock_common" without the check above).
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return false;
+    }
+    // SAFETY: a full socket the helper returned; its fields are readable.
+    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
+    protocol == u32::from(IPPROTO_TCP) && state < 32 && HANDSHAKE_DONE & (1 << state) != 0
+}
+
+/// Whether a reload cut the connections to `daddr` (`revoked_connections: cut`).
+#[inline(always)]
+fn revoked(daddr: &[u8; 16]) -> bool {
+    // SAFETY: a read-only lookup of a plain value.
+    unsafe { REVOKED.get(daddr) }.is_some()
 }
 
 /// The counter to bump if the destination is allowed now, `None` if it is not.

@@ -9,11 +9,11 @@ use egress_common::{
     counters,
     maps::{
         ANSWERS_CAPACITY, ATTACHED_CAPACITY, AnswerValue, Config, DENIED_CAPACITY,
-        DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY,
-        FlowKey, FlowValue, IFACE_BYTES, LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey,
-        LearnedValue, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue,
-        PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY, RateState, SCRATCH_SLOTS,
-        STATIC_CAPACITY, SockPendingKey, StaticValue,
+        DNS_CLIENTS_CAPACITY, DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DeniedValue, DnsBuf,
+        EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue, IFACE_BYTES, LEARNED_BY_CAPACITY,
+        LEARNED_CAPACITY, LearnedByKey, LearnedValue, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY,
+        NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY,
+        REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_CAPACITY, SockPendingKey, StaticValue,
     },
 };
 
@@ -36,6 +36,13 @@ pub(crate) static LEARNED_BY: HashMap<LearnedByKey, u64> =
     HashMap::pinned(LEARNED_BY_CAPACITY, NO_PREALLOC);
 #[map]
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
+#[map]
+pub(crate) static FLOWS_UDP: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
+#[map]
+pub(crate) static REVOKED: LruHashMap<[u8; 16], u64> = LruHashMap::pinned(REVOKED_CAPACITY, 0);
+#[map]
+pub(crate) static DNS_CLIENTS: LruHashMap<[u8; 16], RateState> =
+    LruHashMap::pinned(DNS_CLIENTS_CAPACITY, 0);
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
 #[map]

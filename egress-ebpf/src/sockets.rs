@@ -32,7 +32,7 @@ use egress_common::{
 use crate::{
     dns::{
         UDP_ANSWER, consume_pending, copy_tcp, dns_parse_query, learn_udp, load_payload,
-        stash_packet, stashed_packet,
+        query_budget, stash_packet, stashed_packet,
     },
     maps::{CONFIG, RESOLVERS, SOCK_PENDING},
     skb::{Skb, count, now},
@@ -100,10 +100,14 @@ pub(crate) extern "C" fn remember_query(skb: *mut __sk_buff) -> i32 {
     if dns_parse_query(SCRATCH_SOCK_QUERY, len as u32) != 0 {
         return 0;
     }
+    let now = now();
+    if !query_budget(&p.saddr, now) {
+        return 0;
+    }
     let key = SockPendingKey::new(cookie(skb), p.sport, parsed.id);
     let value = PendingValue {
         qname: parsed.full,
-        sent_ns: now(),
+        sent_ns: now,
     };
     if SOCK_PENDING.insert(&key, &value, 0).is_ok() {
         count(counters::DNS_QUERY_TRACKED);

@@ -317,6 +317,11 @@ impl Agent {
 
         let dp = Arc::new(Mutex::new(dp));
         let metrics = AgentMetrics::default();
+        // What the first apply revoked (a restart with a narrower policy) counts too.
+        metrics.revoked.inc_by(applied.reconciled.revoked as u64);
+        metrics
+            .gc_learned_removed
+            .inc_by(applied.reconciled.expired as u64);
         let event_stats = Arc::new(events::EventStats::default());
         let learn_stats = Arc::new(learn::LearnStats::default());
         // The scrape reads the maps through handles of its own, opened from the pins: walking
@@ -693,7 +698,7 @@ impl Agent {
                     tracing::warn!(
                         failed = failed - self.learn_failed_seen,
                         capacity = egress_common::maps::LEARNED_CAPACITY,
-                        "learned-address map full: new addresses stay denied until garbage collection frees room"
+                        "learned-address or justification map full (LEARNED_V4/_V6 or LEARNED_BY, see egress_map_fill_ratio): new addresses stay denied until garbage collection frees room"
                     );
                     self.learn_failed_seen = failed;
                 }

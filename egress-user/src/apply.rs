@@ -80,7 +80,7 @@ pub fn kernel_config(policy: &Policy, overrides: &Overrides, key: (u64, u64)) ->
         } else {
             learn::INTERFACE
         },
-        _pad: 0,
+        client_query_rate: policy.dns.client_query_rate,
     }
 }
 
@@ -207,6 +207,12 @@ pub fn apply(
         }
     }
     let config = kernel_config(policy, overrides, key);
+    let new_cidrs: BTreeSet<IpNet> = policy.allow.cidrs.iter().map(IpNet::trunc).collect();
+    let removed_cidrs: Vec<IpNet> = dp
+        .static_cidrs()?
+        .into_iter()
+        .filter(|n| !new_cidrs.contains(n))
+        .collect();
     dp.sync_static(&policy.allow.cidrs)?;
     dp.sync_resolvers(&resolvers)?;
     dp.sync_names(&exact, &wild)?;
@@ -218,7 +224,7 @@ pub fn apply(
     let written = Written {
         config,
         ports,
-        cidrs: policy.allow.cidrs.iter().map(IpNet::trunc).collect(),
+        cidrs: new_cidrs,
         resolvers: resolvers.iter().copied().collect(),
         exact,
         wild,
@@ -227,7 +233,7 @@ pub fn apply(
     let reconciled = dp.reconcile(now)?;
     let cut = match policy.revoked_connections {
         Revoked::Keep => 0,
-        Revoked::Cut => dp.cut_flows(now)?,
+        Revoked::Cut => dp.cut_flows(now, &reconciled.revoked_addrs, &removed_cidrs)?,
     };
     Ok(Applied {
         reconciled,

@@ -64,6 +64,7 @@ const DERIVED: &[Family] = &[
             ("pass_not_ip", counters::PASS_NOT_IP),
             ("pass_fragment", counters::PASS_FRAGMENT),
             ("pass_flow", counters::PASS_FLOW),
+            ("pass_socket", counters::PASS_SOCKET),
             ("pass_static", counters::PASS_STATIC),
             ("pass_learned", counters::PASS_LEARNED),
             ("pass_unconfigured", counters::PASS_UNCONFIGURED),

@@ -96,6 +96,9 @@ pub struct Dns {
     pub min_ttl: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub grace: Duration,
+    /// DNS queries per second one client address may have remembered for learning
+    /// (`dns.client_query_rate`); queries beyond it are not, and their answers teach nothing.
+    pub client_query_rate: u32,
 }
 
 impl Default for Dns {
@@ -103,6 +106,7 @@ impl Default for Dns {
         Self {
             min_ttl: Duration::from_secs(5),
             grace: Duration::from_secs(30),
+            client_query_rate: egress_common::maps::DNS_QUERIES_PER_CLIENT_PER_SEC,
         }
     }
 }
@@ -229,6 +233,22 @@ struct RawDns {
     min_ttl: Option<Validated<MinTtl>>,
     #[serde(default)]
     grace: Option<Validated<Grace>>,
+    #[serde(default)]
+    client_query_rate: Option<QueryRate>,
+}
+
+/// `dns.client_query_rate`: a whole number of queries per second, at least 1.
+struct QueryRate(u32);
+
+impl<'de> Deserialize<'de> for QueryRate {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(de::Error::custom(
+                "dns.client_query_rate must be at least 1 (queries per second per client)",
+            )),
+            n => Ok(QueryRate(n)),
+        }
+    }
 }
 
 /// A value parsed from a string by `FromStr`, whose error becomes a located serde error.
@@ -423,7 +443,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         cidrs,
         presets,
     } = allow;
-    let RawDns { min_ttl, grace } = dns;
+    let RawDns {
+        min_ttl,
+        grace,
+        client_query_rate,
+    } = dns;
     let defaults = Dns::default();
     let presets: Vec<String> = presets.into_iter().map(Preset::into_name).collect();
     // Presets are expanded here, once: everything downstream sees only `allow.names`.
@@ -450,6 +474,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         dns: Dns {
             min_ttl: min_ttl.map_or(defaults.min_ttl, |v| v.0.0),
             grace: grace.map_or(defaults.grace, |v| v.0.0),
+            client_query_rate: client_query_rate.map_or(defaults.client_query_rate, |r| r.0),
         },
         revoked_connections,
     })

@@ -23,11 +23,22 @@ impl Harness {
 
     /// As [`Harness::new`], with the learned maps sized to `capacity` entries per family.
     pub fn with_learned_capacity(policy_text: &str, capacity: Option<u32>) -> Self {
+        let maps = [
+            egress_common::maps::names::LEARNED_V4,
+            egress_common::maps::names::LEARNED_V6,
+        ];
+        Self::with_capacities(
+            policy_text,
+            &capacity.map_or(vec![], |c| maps.map(|m| (m, c)).to_vec()),
+        )
+    }
+
+    /// As [`Harness::new`], with the named maps sized to the given number of entries.
+    pub fn with_capacities(policy_text: &str, capacities: &[(&str, u32)]) -> Self {
         let pins = TestPins::new();
         let mut loader = ebpf::loader(&pins.pins);
-        if let Some(c) = capacity {
-            loader.map_max_entries(egress_common::maps::names::LEARNED_V4, c);
-            loader.map_max_entries(egress_common::maps::names::LEARNED_V6, c);
+        for &(map, c) in capacities {
+            loader.map_max_entries(map, c);
         }
         let mut ebpf = loader.load(ebpf::OBJECT).expect("load object");
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");

@@ -1,7 +1,7 @@
 //! DNS learning by the real programs, on crafted frames (`BPF_PROG_TEST_RUN`): a query leaves
 //! through egress, its answer comes in through ingress, and the learned map is checked.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use egress_common::{
     counters,
@@ -631,4 +631,45 @@ fn garbage_collection_never_throws_away_a_refresh() {
         restored.load(Ordering::Relaxed) > 0,
         "no collection ever met a refresh; the test proves nothing"
     );
+}
+
+/// One client floods the resolver with queries right after another client asked: the pending
+/// map is LRU, so without a per-client bound the flood evicts the other client's entry and its
+/// real answer teaches nothing. Here the map holds 4,096 queries and a client may have 1,000 a
+/// second remembered; the flood of 8,000 takes well under 4 s even under emulation.
+#[test]
+fn one_clients_query_flood_cannot_evict_another_clients_pending_query() {
+    const FLOODER: &str = "192.0.2.66";
+    let h = Harness::with_capacities(
+        &format!(
+            "resolvers: [{RESOLVER}]\nallow:\n  names: [cgr.dev]\ndns:\n  client_query_rate: 1000\n"
+        ),
+        &[(egress_common::maps::names::DNS_PENDING, 4096)],
+    );
+    ask(&h, CLIENT, RESOLVER, 7, "cgr.dev.", RecordType::A);
+    let q = query(1, "flood.example.", RecordType::A);
+    let started = std::time::Instant::now();
+    for i in 0..8_000u16 {
+        let mut bytes = q.clone();
+        bytes[..2].copy_from_slice(&i.to_be_bytes());
+        h.egress(&Packet::udp_with(ip(FLOODER), 1024, ip(RESOLVER), 53, bytes).build());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the flood was too slow to prove anything"
+    );
+    answer(
+        &h,
+        RESOLVER,
+        CLIENT,
+        7,
+        "cgr.dev.",
+        RecordType::A,
+        &[Rr::Addr("cgr.dev.", "198.51.100.1", 60)],
+    );
+    assert!(
+        learned(&h, "198.51.100.1").is_some(),
+        "the other client's answer was not learned: its pending query was evicted"
+    );
+    assert!(h.counter(counters::DNS_QUERY_RATE_LIMITED) >= 4_000);
 }

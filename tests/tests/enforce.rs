@@ -2,7 +2,11 @@
 
 use std::{io::Write as _, time::Duration};
 
-use egress_common::{counters, mode};
+use egress_common::{
+    counters,
+    maps::{FlowKey, FlowValue, names},
+    mode,
+};
 use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
     egress, http_get, ip, learn_by_hand, static_policy,
@@ -560,7 +564,7 @@ fn without_an_attachment_record_detach_keeps_the_pins_and_detach_all_still_finds
     .unwrap();
     agent.kill9();
     // Pins as an older egress left them: no record of where clsact filters are.
-    std::fs::remove_file(pins.path().join(egress_common::maps::names::ATTACHED)).unwrap();
+    std::fs::remove_file(pins.path().join(names::ATTACHED)).unwrap();
     egress_ok(&topo, &pins, &["detach", "--iface", "nonexistent0"]);
     assert!(
         pins.path().exists(),
@@ -671,4 +675,89 @@ fn a_program_that_takes_the_head_of_the_chain_is_overtaken_again() {
         ) >= 1.0
     );
     drop(link);
+}
+
+/// Sends `count` crafted packets of `proto` (TCP SYNs or UDP datagrams) from the client
+/// namespace to `dst:443`, each a new flow (source ports 1024-61023 of source addresses
+/// 198.18.0.100 and up), with one raw socket: what a workload with CAP_NET_RAW (as many pods
+/// have) can do to fill the flow tables.
+fn flood_flows(topo: &Topology, proto: u8, dst: &str, count: u32) {
+    let dst: std::net::Ipv4Addr = dst.parse().unwrap();
+    topo.client.run(move || {
+        // IPPROTO_RAW: the packets carry their own IP header (the kernel fills in the length
+        // and checksum).
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(255)),
+        )
+        .unwrap();
+        let to = std::net::SocketAddr::new(dst.into(), 0);
+        for i in 0..count {
+            let src = std::net::Ipv4Addr::new(198, 18, 0, 100 + (i / 60_000) as u8);
+            let sport = (1024 + i % 60_000) as u16;
+            let mut pkt = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
+            pkt.extend_from_slice(&src.octets());
+            pkt.extend_from_slice(&dst.octets());
+            pkt.extend_from_slice(&sport.to_be_bytes());
+            pkt.extend_from_slice(&443u16.to_be_bytes());
+            if proto == 6 {
+                pkt.extend_from_slice(&i.to_be_bytes());
+                pkt.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+            } else {
+                pkt.extend_from_slice(&[0, 8, 0, 0]);
+            }
+            let len = pkt.len() as u16;
+            pkt[2..4].copy_from_slice(&len.to_be_bytes());
+            let _ = s.send_to(&pkt, &to.into());
+        }
+    });
+}
+
+#[test]
+fn another_workloads_flood_of_flows_cannot_cut_an_established_connection() {
+    let (topo, _s, pins, agent) = setup(&static_policy("enforce"), &[]);
+    let mut dp = agent.datapath();
+    learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 1_000_000_000);
+    let mut conn = topo.connect(DENIED_V4, 443, CONNECT).unwrap();
+    echo_once(&mut conn, b"before").unwrap();
+    // The address expires: only the flow keeps the connection going.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
+    // New UDP and TCP flows to an allowed destination: more than either table holds.
+    flood_flows(&topo, 17, ALLOWED_V4, 140_000);
+    flood_flows(&topo, 6, ALLOWED_V4, 140_000);
+    let fill = dp.fill().unwrap();
+    for table in ["FLOWS", "FLOWS_UDP"] {
+        let (_, n, cap) = fill.iter().find(|(m, ..)| *m == table).unwrap();
+        assert!(
+            *n as f64 >= 0.99 * f64::from(*cap),
+            "{table} not full: {fill:?}"
+        );
+    }
+    // Which entries an LRU table evicts depends on their access history (recently used ones
+    // survive the first passes), so the connection's flow is evicted here by hand, as a
+    // longer flood would.
+    let mut flows: aya::maps::HashMap<_, FlowKey, FlowValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
+            aya::maps::MapData::from_pin(pins.pins.map(names::FLOWS)).unwrap(),
+        ))
+        .unwrap();
+    let mapped =
+        egress_common::maps::v4_mapped(DENIED_V4.parse::<std::net::Ipv4Addr>().unwrap().octets());
+    let ours: Vec<FlowKey> = dp
+        .flows()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.daddr == mapped)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!ours.is_empty(), "the connection had no flow");
+    for k in &ours {
+        flows.remove(k).unwrap();
+    }
+    let before = dp.counters().unwrap()[counters::PASS_SOCKET as usize];
+    echo_once(&mut conn, b"after the flood")
+        .expect("losing its flow cut an established connection");
+    assert!(dp.counters().unwrap()[counters::PASS_SOCKET as usize] > before);
 }

@@ -166,7 +166,12 @@ fn a_full_dns_ring_is_counted_and_the_kernel_still_learns_everything() {
     send(&agent, signal::Signal::SIGCONT);
     assert!(lost > 0, "the ring never filled");
     // The race guarantee holds for what the kernel learns itself: every connect was fast.
-    assert_eq!(r["connected"], ANSWERS, "{r}");
+    assert_eq!(
+        r["connected"],
+        ANSWERS,
+        "{r} {:?}",
+        agent.datapath().counters().unwrap()
+    );
     assert_eq!(r["slow"], 0, "{r}");
     assert!(agent.datapath().learned().unwrap().len() >= ANSWERS as usize);
     assert_eq!(

@@ -40,12 +40,14 @@ pub struct Learned {
 }
 
 /// What one [`Datapath::reconcile`] pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reconciled {
     /// Addresses removed because they expired.
     pub expired: usize,
     /// Unexpired addresses removed because no rule in force allows them any more.
     pub revoked: usize,
+    /// Those addresses.
+    pub revoked_addrs: Vec<IpAddr>,
     /// Addresses whose expiry was shortened to that of the rules still in force.
     pub shortened: usize,
     /// Entries the kernel refreshed while they were being removed, put back.
@@ -181,6 +183,7 @@ impl Datapath {
                 done.expired += 1;
             } else if keep_until <= now_ns {
                 done.revoked += 1;
+                done.revoked_addrs.push(addr);
             } else {
                 let shorter = LearnedValue {
                     expires_ns: keep_until,
@@ -198,6 +201,7 @@ impl Datapath {
     pub fn collect_garbage(&mut self, now_ns: u64) -> Result<(Reconciled, usize)> {
         let done = self.reconcile(now_ns)?;
         let cfg = self.config()?;
+        self.expire_revoked(now_ns.saturating_sub(cfg.tcp_idle_ns))?;
         let mut stale = Vec::new();
         for (k, v) in self.flows()? {
             let idle = if k.proto == IPPROTO_TCP {
@@ -210,21 +214,34 @@ impl Datapath {
             }
         }
         // A flow already gone (LRU eviction, a racing collection) is not counted.
-        let flows = stale
-            .iter()
-            .filter(|k| self.flows.remove(k).is_ok())
-            .count();
+        let flows = stale.iter().filter(|k| self.forget_flow(k)).count();
         Ok((done, flows))
     }
 
-    /// Removes the flows whose destination is no longer allowed (neither a static CIDR nor an
-    /// unexpired learned address) at `now_ns`: their next packet is judged afresh and, not
-    /// being a SYN, dropped. The policy's `revoked_connections: cut`. Returns how many went.
-    pub fn cut_flows(&mut self, now_ns: u64) -> Result<usize> {
+    /// Removes the flows to destinations a policy change revoked (`revoked`: learned addresses
+    /// no rule allows any more; `removed`: static CIDRs the policy dropped) that nothing allows
+    /// now (neither a static CIDR nor an unexpired learned address), and records those
+    /// destinations in `REVOKED` so the kernel does not pass their connections on the socket's
+    /// word: their next packet is judged afresh and, not being a SYN, dropped. Connections to
+    /// addresses whose TTL merely ran out are left alone, as without a policy change. The
+    /// policy's `revoked_connections: cut`. Returns how many flows went.
+    pub fn cut_flows(
+        &mut self,
+        now_ns: u64,
+        revoked: &[IpAddr],
+        removed: &[ipnet::IpNet],
+    ) -> Result<usize> {
+        if revoked.is_empty() && removed.is_empty() {
+            return Ok(0);
+        }
+        let revoked: std::collections::HashSet<&IpAddr> = revoked.iter().collect();
         let statics = self.static_cidrs()?;
         let mut cut = 0;
         for (k, _) in self.flows()? {
             let dst = unmapped(k.daddr);
+            if !revoked.contains(&dst) && !removed.iter().any(|n| n.contains(&dst)) {
+                continue;
+            }
             if statics.iter().any(|n| n.contains(&dst)) {
                 continue;
             }
@@ -235,18 +252,52 @@ impl Datapath {
             {
                 continue;
             }
-            if self.flows.remove(&k).is_ok() {
+            self.revoked
+                .insert(k.daddr, now_ns, 0)
+                .map_err(op(names::REVOKED, "insert"))?;
+            if self.forget_flow(&k) {
                 cut += 1;
             }
         }
         Ok(cut)
     }
 
+    /// Every flow, TCP and UDP.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
-        self.flows
+        let tcp = self
+            .flows
             .iter()
-            .map(|e| e.map_err(op(names::FLOWS, "iterate")))
-            .collect()
+            .map(|e| e.map_err(op(names::FLOWS, "iterate")));
+        let udp = self
+            .flows_udp
+            .iter()
+            .map(|e| e.map_err(op(names::FLOWS_UDP, "iterate")));
+        tcp.chain(udp).collect()
+    }
+
+    /// Removes a flow from its table; whether it was there.
+    fn forget_flow(&mut self, k: &FlowKey) -> bool {
+        if k.proto == IPPROTO_TCP {
+            self.flows.remove(k).is_ok()
+        } else {
+            self.flows_udp.remove(k).is_ok()
+        }
+    }
+
+    /// Forgets the `REVOKED` destinations recorded before `before_ns` (a cut connection idle
+    /// that long is gone from the flow tables anyway).
+    pub(crate) fn expire_revoked(&mut self, before_ns: u64) -> Result<usize> {
+        let old: Vec<[u8; 16]> = self
+            .revoked
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, at)| *at < before_ns)
+            .map(|(k, _)| k)
+            .collect();
+        Ok(old
+            .iter()
+            .filter(|k| self.revoked.remove(k).is_ok())
+            .count())
     }
 
     fn learned_by_map(&self) -> &aya::maps::MapData {

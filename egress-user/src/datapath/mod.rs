@@ -71,6 +71,8 @@ pub struct Datapath {
     learned: FamilyHash<LearnedValue>,
     learned_by: HashMap<MapData, LearnedByKey, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    flows_udp: HashMap<MapData, FlowKey, FlowValue>,
+    revoked: HashMap<MapData, [u8; 16], u64>,
     counters: PerCpuArray<MapData, u64>,
     resolvers: HashMap<MapData, [u8; 16], u32>,
     names_exact: HashMap<MapData, u64, NameValue>,
@@ -125,6 +127,8 @@ impl Datapath {
             ),
             learned_by: typed(get, names::LEARNED_BY)?,
             flows: typed(get, names::FLOWS)?,
+            flows_udp: typed(get, names::FLOWS_UDP)?,
+            revoked: typed(get, names::REVOKED)?,
             counters: typed(get, names::COUNTERS)?,
             resolvers: typed(get, names::RESOLVERS)?,
             names_exact: typed(get, names::NAMES_EXACT)?,
@@ -166,6 +170,11 @@ impl Datapath {
         out.push((
             names::FLOWS,
             count(self.flows.keys(), names::FLOWS)?,
+            FLOW_CAPACITY,
+        ));
+        out.push((
+            names::FLOWS_UDP,
+            count(self.flows_udp.keys(), names::FLOWS_UDP)?,
             FLOW_CAPACITY,
         ));
         out.push((
