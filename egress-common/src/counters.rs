@@ -95,8 +95,9 @@ counters! {
     /// name): nothing to learn.
     DNS_NODATA = 29, "dns_nodata";
     /// A TCP packet of this node's own established connection whose flow the table no longer
-    /// held (evicted by other traffic) and whose address is no longer allowed: passed on the
-    /// socket's word (it completed a handshake egress allowed), and the flow recorded again.
+    /// held (evicted by other traffic) and whose address is no longer allowed: passed because
+    /// the socket completed a handshake whose SYN egress passed to an allowed destination
+    /// (`ADMITTED`), and the flow recorded again.
     PASS_SOCKET = 30, "pass_socket";
     /// A DNS query not remembered because its client sent more than its share per second
     /// (answers to it teach nothing).

@@ -31,6 +31,10 @@ pub mod names {
     /// `LruHashMap<FlowKey, FlowValue>`: allowed UDP flows, apart from the TCP ones so that
     /// datagrams (which anyone can send from any port) cannot evict connections.
     pub const FLOWS_UDP: &str = "FLOWS_UDP";
+    /// `LruHashMap<u64, u64>`: the sockets (by cookie) whose SYN egress passed to an allowed
+    /// destination, with when: only their connections may pass on the socket's word once
+    /// their flow is lost (see `counters::PASS_SOCKET`).
+    pub const ADMITTED: &str = "ADMITTED";
     /// `LruHashMap<[u8; 16], u64>`, written by the agent: destinations whose connections a
     /// reload cut (`revoked_connections: cut`), with when; a connection to one of them is not
     /// passed on its socket's word (see `counters::PASS_SOCKET`).
@@ -73,7 +77,7 @@ pub mod names {
     pub const ATTACHED: &str = "ATTACHED";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         CONFIG,
         PORTS,
         STATIC_V4,
@@ -84,6 +88,7 @@ pub mod names {
         FLOWS,
         FLOWS_UDP,
         REVOKED,
+        ADMITTED,
         DNS_CLIENTS,
         COUNTERS,
         EVENT_RATE,
@@ -352,9 +357,12 @@ pub struct DnsBuf {
     /// The rules that allow the question (an exact name, a wildcard, or both), for the walk
     /// to record with each address it learns.
     pub rules: [Rule; 2],
-    /// The address being learned (IPv4-mapped for IPv4), handed from the walk to the
-    /// separately verified function that writes it.
-    pub addr: [u8; 16],
+    /// The address being learned (IPv4-mapped for IPv4, in `by_key.addr`), handed from the
+    /// walk to the separately verified function that writes it, and that function's key and
+    /// value: kept here, not on the stack, because Linux 6.1 limits the combined stack of the
+    /// call chain to 512 bytes ("combined stack size of 4 calls is 576. Too large").
+    pub by_key: LearnedByKey,
+    pub learned: LearnedValue,
 }
 
 /// The addressing of the DNS packet being handled, handed from the header parser to the

@@ -87,7 +87,7 @@ fn walk(msg: &[u8]) -> Result<(dns::Question, Vec<Address>, usize), dns::DnsErro
     let q = dns::question(&b, len, K0, K1, &mut [0; MAX_LABELS], |_| false)?;
     let skips = Cell::new(0usize);
     let mut got = Vec::new();
-    dns::answers(
+    let walked = dns::answers(
         &b,
         len,
         &q,
@@ -96,7 +96,12 @@ fn walk(msg: &[u8]) -> Result<(dns::Question, Vec<Address>, usize), dns::DnsErro
             dns::skip_name(&b, len, off).ok()
         },
         |a, _| got.push(a),
-    )?;
+    );
+    // A malformed answer teaches nothing, not even the records before the fault.
+    if let Err(e) = walked {
+        assert!(got.is_empty(), "{e:?}, yet the sink received {got:?}");
+        return Err(e);
+    }
     Ok((q, got, skips.get()))
 }
 

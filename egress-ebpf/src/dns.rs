@@ -6,18 +6,15 @@
 //! walks).
 
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::bpf_skb_load_bytes,
-    maps::{HashMap, LruHashMap},
-    programs::TcContext,
+    bindings::__sk_buff, helpers::bpf_skb_load_bytes, maps::LruHashMap, programs::TcContext,
 };
 use egress_common::{
     counters,
     dns::{self, Address, BUF, Question, rcode},
     maps::{
-        DNS_QUERIES_PER_CLIENT_PER_SEC, DNS_QUERY_TIMEOUT_NS, DnsEventHeader, DnsPacket, DnsParsed,
-        LearnedByKey, LearnedValue, NS_PER_S, PendingKey, PendingValue, RateState, Rule,
-        SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn, v4_mapped, v4_of_mapped,
+        DNS_QUERIES_PER_CLIENT_PER_SEC, DNS_QUERY_TIMEOUT_NS, DnsBuf, DnsEventHeader, DnsPacket,
+        DnsParsed, NS_PER_S, PendingKey, PendingValue, RateState, Rule, SCRATCH_EGRESS,
+        SCRATCH_INGRESS, dns_flag, dns_kind, learn, v4_mapped, v4_of_mapped,
     },
     mode,
     packet::{
@@ -440,7 +437,7 @@ pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, an
     };
     // SAFETY: the per-CPU slot `learn` filled during this same program run; the walk reads the
     // message, the sink writes only the address field.
-    let (buf, addr_slot) = unsafe { (&(*scratch).bytes, &mut (*scratch).addr) };
+    let (buf, addr_slot) = unsafe { (&(*scratch).bytes, &mut (*scratch).by_key.addr) };
     let q = Question {
         id: 0,
         full: 0,
@@ -526,51 +523,48 @@ pub(crate) extern "C" fn dns_learn_address(slot: u32, v4: u32, now: u64, expires
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return -1;
     };
-    // SAFETY: the per-CPU slot the walk filled during this same program run.
-    let (addr, rules) = unsafe { ((*scratch).addr, (*scratch).rules) };
-    if !justify(&addr, &rules[0], expires_ns) || !justify(&addr, &rules[1], expires_ns) {
+    // SAFETY: the per-CPU slot the walk filled during this same program run; nothing else
+    // uses it meanwhile.
+    let s = unsafe { &mut *scratch };
+    if !justify(s, 0, expires_ns) || !justify(s, 1, expires_ns) {
         return -1;
     }
-    let ok = if v4 == 1 {
-        learn_in(&LEARNED_V4, &v4_of_mapped(&addr), now, expires_ns)
+    let old_v4;
+    let old = if v4 == 1 {
+        old_v4 = v4_of_mapped(&s.by_key.addr);
+        // SAFETY: a read-only lookup of a plain value.
+        unsafe { LEARNED_V4.get(&old_v4) }
     } else {
-        learn_in(&LEARNED_V6, &addr, now, expires_ns)
+        old_v4 = [0; 4];
+        // SAFETY: as above.
+        unsafe { LEARNED_V6.get(&s.by_key.addr) }
     };
-    if ok { 0 } else { -1 }
+    let (old_expires, hits) = old.map_or((0, 0), |o| (o.expires_ns, o.hits));
+    s.learned.expires_ns = expires_ns.max(old_expires);
+    s.learned.hits = hits;
+    s.learned.refreshed_ns = now;
+    let written = if v4 == 1 {
+        LEARNED_V4.insert(&old_v4, &s.learned, 0)
+    } else {
+        LEARNED_V6.insert(&s.by_key.addr, &s.learned, 0)
+    };
+    if written.is_ok() { 0 } else { -1 }
 }
 
-/// Records that `rule` allows `addr` until `expires_ns` (a later expiry already there is kept).
+/// Records that rule `i` of the slot's rules allows the slot's address until `expires_ns` (a
+/// later expiry already there is kept). The key is built in the slot (see `DnsBuf::by_key`).
 #[inline(always)]
-fn justify(addr: &[u8; 16], rule: &Rule, expires_ns: u64) -> bool {
+fn justify(s: &mut DnsBuf, i: usize, expires_ns: u64) -> bool {
+    let rule = s.rules[i & 1];
     if !rule.is_some() {
         return true;
     }
-    let key = LearnedByKey {
-        addr: *addr,
-        rule: *rule,
-    };
+    s.by_key.rule = rule;
     // SAFETY: a read-only lookup of a plain value.
-    match unsafe { LEARNED_BY.get(&key) } {
+    match unsafe { LEARNED_BY.get(&s.by_key) } {
         Some(&old) if old >= expires_ns => true,
-        _ => LEARNED_BY.insert(&key, &expires_ns, 0).is_ok(),
+        _ => LEARNED_BY.insert(&s.by_key, &expires_ns, 0).is_ok(),
     }
-}
-
-/// [`insert`] for one family's map.
-#[inline(always)]
-fn learn_in<K>(map: &HashMap<K, LearnedValue>, key: &K, now: u64, expires_ns: u64) -> bool {
-    // SAFETY: a read-only lookup of a plain value.
-    let old = unsafe { map.get(key) }.copied().unwrap_or_default();
-    map.insert(
-        key,
-        &LearnedValue {
-            expires_ns: expires_ns.max(old.expires_ns),
-            hits: old.hits,
-            refreshed_ns: now,
-        },
-        0,
-    )
-    .is_ok()
 }
 
 /// A TCP segment from a trusted resolver: the agent reassembles the stream and learns. The

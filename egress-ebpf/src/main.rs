@@ -21,7 +21,7 @@ mod sockets;
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::bpf_sk_fullsock,
+    helpers::{bpf_get_socket_cookie, bpf_sk_fullsock},
     macros::{cgroup_skb, classifier},
     maps::{HashMap, LpmTrie, lpm_trie::Key},
     programs::{SkBuffContext, TcContext},
@@ -39,7 +39,7 @@ use egress_common::{
     tc_action::{DROP, PASS},
 };
 use maps::{
-    CONFIG, EVENT_RATE, EVENTS, FLOWS, FLOWS_UDP, LEARNED_V4, LEARNED_V6, PORTS, REVOKED,
+    ADMITTED, CONFIG, EVENT_RATE, EVENTS, FLOWS, FLOWS_UDP, LEARNED_V4, LEARNED_V6, PORTS, REVOKED,
     STATIC_V4, STATIC_V6,
 };
 use skb::{Skb, count, now};
@@ -224,13 +224,24 @@ fn enforce(
         }
     }
     let counter = match allowed(p, now) {
-        Some(counter) => counter,
-        // Fail-open for this node's own established connections only: a flow the table lost
-        // (evicted by other traffic) to an address that expired meanwhile belongs to a
-        // connection whose SYN egress allowed; dropping it would let one workload cut
-        // another's connections. Unless a reload revoked the address with
-        // `revoked_connections: cut`.
-        None if tcp && !syn && local_established(ctx) && !revoked(&p.daddr) => {
+        Some(counter) => {
+            if syn {
+                admit_socket(ctx, now);
+            }
+            counter
+        }
+        // Fail-open for this node's own established connections whose SYN egress passed to an
+        // allowed destination (`ADMITTED`): their flow was lost (evicted by other traffic) and
+        // the address expired meanwhile; dropping them would let one workload cut another's
+        // connections. Not for connections opened before egress, in audit mode, or to a
+        // destination a reload revoked with `revoked_connections: cut`.
+        None if tcp
+            && !syn
+            && cfg.mode == mode::ENFORCE
+            && local_established(ctx)
+            && admitted(ctx)
+            && !revoked(&p.daddr) =>
+        {
             counters::PASS_SOCKET
         }
         None => {
@@ -274,6 +285,26 @@ fn local_established(ctx: &TcContext) -> bool {
     // SAFETY: a full socket the helper returned; its fields are readable.
     let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
     protocol == u32::from(IPPROTO_TCP) && state < 32 && HANDSHAKE_DONE & (1 << state) != 0
+}
+
+/// Records the sending socket of an allowed SYN (local traffic only: forwarded packets carry no
+/// socket, and their cookie is 0).
+#[inline(always)]
+fn admit_socket(ctx: &TcContext, now: u64) {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    if cookie != 0 {
+        let _ = ADMITTED.insert(&cookie, &now, 0);
+    }
+}
+
+/// Whether the packet's socket sent a SYN egress passed ([`admit_socket`]).
+#[inline(always)]
+fn admitted(ctx: &TcContext) -> bool {
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    // SAFETY: a read-only lookup of a plain value.
+    cookie != 0 && unsafe { ADMITTED.get(&cookie) }.is_some()
 }
 
 /// Whether a reload cut the connections to `daddr` (`revoked_connections: cut`).

@@ -39,6 +39,8 @@ pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLO
 #[map]
 pub(crate) static FLOWS_UDP: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
 #[map]
+pub(crate) static ADMITTED: LruHashMap<u64, u64> = LruHashMap::pinned(FLOW_CAPACITY, 0);
+#[map]
 pub(crate) static REVOKED: LruHashMap<[u8; 16], u64> = LruHashMap::pinned(REVOKED_CAPACITY, 0);
 #[map]
 pub(crate) static DNS_CLIENTS: LruHashMap<[u8; 16], RateState> =

@@ -664,7 +664,10 @@ impl Agent {
                 .inc();
         }
         match apply(dp, &self.policy, &self.overrides) {
-            Ok(applied) => Some(applied.written),
+            Ok(applied) => {
+                self.count_reconciled(&applied.reconciled);
+                Some(applied.written)
+            }
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "cannot rewrite the policy maps");
                 None

@@ -204,7 +204,7 @@ impl Collector for DatapathCollector {
         use egress_common::maps::names as map;
         let learned = entries(&[map::LEARNED_V4, map::LEARNED_V6]);
         let statics = entries(&[map::STATIC_V4, map::STATIC_V6]);
-        let flows = entries(&[map::FLOWS]);
+        let flows = entries(&[map::FLOWS, map::FLOWS_UDP]);
         if let Some(counts) = counts {
             let mut family = encoder.encode_descriptor(
                 "datapath",
@@ -238,7 +238,7 @@ impl Collector for DatapathCollector {
                     learned,
                 ),
                 ("static_entries", "Static CIDRs in the kernel maps", statics),
-                ("flows", "Entries in the flow table", flows),
+                ("flows", "Entries in the flow tables (TCP and UDP)", flows),
             ] {
                 let gauge = ConstGauge::new(value as i64);
                 gauge.encode(encoder.encode_descriptor(

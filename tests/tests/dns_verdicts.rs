@@ -395,10 +395,24 @@ fn malformed_answers_teach_nothing_and_never_crash() {
         }
         m.truncate(q_end + (next() as usize) % (m.len() - q_end + 1));
         let before = h.dp.learned().unwrap();
+        let malformed = h.counter(counters::DNS_MALFORMED);
         ask(&h, CLIENT, RESOLVER, 20, "cgr.dev.", RecordType::A);
         h.ingress(&Packet::udp_with(ip(RESOLVER), 53, ip(CLIENT), PORT, m.clone()).build());
+        let after = h.dp.learned().unwrap();
+        // An answer the kernel called malformed taught nothing, not even its first records.
+        if h.counter(counters::DNS_MALFORMED) > malformed {
+            let sorted = |mut v: Vec<egress_user::datapath::Learned>| {
+                v.sort_by_key(|l| l.addr);
+                v
+            };
+            assert_eq!(
+                sorted(after.clone()),
+                sorted(before.clone()),
+                "a malformed answer changed the learned map"
+            );
+        }
         // Whatever was learned must be bytes of this very answer.
-        for l in h.dp.learned().unwrap() {
+        for l in after {
             if before.iter().any(|b| b.addr == l.addr) {
                 continue;
             }

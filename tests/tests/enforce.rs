@@ -761,3 +761,24 @@ fn another_workloads_flood_of_flows_cannot_cut_an_established_connection() {
         .expect("losing its flow cut an established connection");
     assert!(dp.counters().unwrap()[counters::PASS_SOCKET as usize] > before);
 }
+
+/// The socket fallback (`pass_socket`) is for connections whose SYN egress passed: one opened
+/// before the agent attached, to a destination the policy does not allow, is cut.
+#[test]
+fn a_connection_opened_before_enforcement_to_a_denied_destination_is_cut() {
+    let topo = Topology::new().expect("topology");
+    let _servers = Servers::start(&topo.server, &[443]);
+    let mut before = topo.connect(DENIED_V4, 443, CONNECT).unwrap();
+    echo_once(&mut before, b"before egress").unwrap();
+    let pins = TestPins::new();
+    let agent = Agent::start(&topo, &pins, &static_policy("enforce"), &[]).expect("agent");
+    assert!(
+        echo_once(&mut before, b"after egress").is_err(),
+        "a connection egress never admitted passed on its socket's word: {}",
+        agent.log_text()
+    );
+    assert_eq!(
+        agent.datapath().counters().unwrap()[counters::PASS_SOCKET as usize],
+        0
+    );
+}
