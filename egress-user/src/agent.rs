@@ -425,14 +425,17 @@ impl Agent {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => self.reload(None),
+                _ = hup.recv() => tokio::task::block_in_place(|| self.reload(None)),
                 _ = watch.changed() => {
                     let text = std::fs::read_to_string(&self.policy_path).ok();
                     if text.is_some() && text != self.policy_text {
-                        self.reload(text);
+                        tokio::task::block_in_place(|| self.reload(text));
                     }
                 }
-                _ = gc.tick() => self.gc_tick(),
+                // Garbage collection walks every learned entry (seconds at a million under
+                // emulation): off the async workers, so the metrics and health endpoints stay
+                // responsive meanwhile.
+                _ = gc.tick() => tokio::task::block_in_place(|| self.gc_tick()),
                 Some(ended) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     self.task_ended(ended);
                 }

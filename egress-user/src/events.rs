@@ -43,6 +43,9 @@ pub fn destination(ev: &DenyEvent) -> Option<IpAddr> {
 }
 
 /// Hands every record of `ring` to `handle` as it arrives, until `cancel`.
+/// Records handled before a drain lets other tasks of the runtime run.
+const YIELD_EVERY: usize = 256;
+
 pub async fn drain_ring(
     ring: RingBuf<MapData>,
     cancel: CancellationToken,
@@ -57,8 +60,16 @@ pub async fn drain_ring(
             guard = fd.readable_mut() => guard?,
         };
         let ring = guard.get_inner_mut();
+        let mut handled = 0usize;
         while let Some(item) = ring.next() {
             handle(&item);
+            handled += 1;
+            if handled.is_multiple_of(YIELD_EVERY) {
+                // A backlog (tens of thousands of copies after a stall) must not hold this
+                // worker thread: the metrics and health endpoints share the runtime.
+                drop(item);
+                tokio::task::yield_now().await;
+            }
         }
         guard.clear_ready();
     }
