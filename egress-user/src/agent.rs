@@ -497,7 +497,7 @@ impl Agent {
         };
         let applied = {
             let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-            match apply(&mut dp, &new, &self.overrides) {
+            match crate::apply::apply_with_key(&mut dp, &new, &self.overrides, self.key()) {
                 Ok(applied) => {
                     self.metrics.reloads.inc();
                     self.written = applied.written.clone();
@@ -522,7 +522,12 @@ impl Agent {
                 Err(e) => {
                     self.metrics.reload_failures.inc();
                     tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
-                    if let Err(e) = apply(&mut dp, &self.policy, &self.overrides) {
+                    if let Err(e) = crate::apply::apply_with_key(
+                        &mut dp,
+                        &self.policy,
+                        &self.overrides,
+                        self.key(),
+                    ) {
                         tracing::error!(error = %error_chain(&e), "cannot restore the previous policy");
                     }
                     false
@@ -666,7 +671,7 @@ impl Agent {
                 .get_or_create(&vec![("map".to_owned(), (*map).to_owned())])
                 .inc();
         }
-        match apply(dp, &self.policy, &self.overrides) {
+        match crate::apply::apply_with_key(dp, &self.policy, &self.overrides, self.key()) {
             Ok(applied) => {
                 self.count_reconciled(&applied.reconciled);
                 Some(applied.written)
@@ -676,6 +681,12 @@ impl Agent {
                 None
             }
         }
+    }
+
+    /// The name-hash key in force: the one the agent wrote (never re-read from `CONFIG`, which
+    /// anyone with the host's bpffs can rewrite).
+    fn key(&self) -> (u64, u64) {
+        (self.written.config.hash_k0, self.written.config.hash_k1)
     }
 
     /// Counts what a reconciliation of the learned state did.

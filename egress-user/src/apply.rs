@@ -165,8 +165,12 @@ pub fn drift(dp: &Datapath, written: &Written) -> Result<Vec<&'static str>, Data
     if cidrs != written.cidrs {
         changed.push(names::STATIC_V4);
     }
+    // Compared in the kernel's form: `::ffff:a.b.c.d` and `a.b.c.d` are one key there.
+    let canonical = |r: &BTreeSet<IpAddr>| -> BTreeSet<[u8; 16]> {
+        r.iter().map(|a| crate::datapath::mapped(*a)).collect()
+    };
     let resolvers: BTreeSet<IpAddr> = dp.resolvers()?.into_iter().collect();
-    if resolvers != written.resolvers {
+    if canonical(&resolvers) != canonical(&written.resolvers) {
         changed.push(names::RESOLVERS);
     }
     let (exact, wild) = dp.policy_names()?;
@@ -189,6 +193,18 @@ pub fn apply(
     overrides: &Overrides,
 ) -> Result<Applied, ApplyError> {
     let key = hash_key(dp)?;
+    apply_with_key(dp, policy, overrides, key)
+}
+
+/// [`apply`] with the name-hash key the agent knows is in force (its own record of what it
+/// wrote), not the one in `CONFIG`: a reload or a repair after someone rewrote `CONFIG` must
+/// not adopt their key (every rule hash would change and every learned address be revoked).
+pub fn apply_with_key(
+    dp: &mut Datapath,
+    policy: &Policy,
+    overrides: &Overrides,
+    key: (u64, u64),
+) -> Result<Applied, ApplyError> {
     let mut exact = BTreeSet::new();
     let mut wild = BTreeSet::new();
     for name in &policy.allow.names {

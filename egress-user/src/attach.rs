@@ -281,8 +281,10 @@ pub fn presence(hook: Hook, iface: &str, how: Attached, index: u32, pins: &PinDi
 /// Attaches `prog` to `hook` of `iface` again, at the head of the chain, after [`presence`]
 /// found it missing or behind another program. On TCX the old link (if any is left) is
 /// released first: the kernel refuses the same program twice on one hook ("File exists"), so
-/// this cannot be make-before-break; the moment in between matters little, since a program
-/// ahead with a final verdict was already bypassing egress.
+/// this cannot be make-before-break; the attach is retried until the kernel has let go of the
+/// old link (milliseconds). The moment in between matters little when a program ahead with a
+/// final verdict was already bypassing egress; a program ahead that passes packets on costs
+/// that moment at each check, if something keeps putting it first.
 pub fn reattach(
     prog: &mut SchedClassifier,
     hook: Hook,
@@ -304,7 +306,19 @@ pub fn reattach(
             source: e,
         });
     }
-    attach_tcx(prog, hook, iface, pins)
+    // The kernel releases an unpinned link after an RCU grace period (and, on 6.5+, from a
+    // workqueue); until then it refuses the same program again ("File exists"). Retry for up
+    // to a second, so the hook is without egress for milliseconds, not until the next check.
+    let mut tries = 0;
+    loop {
+        match attach_tcx(prog, hook, iface, pins) {
+            Err(AttachError::Attach { .. }) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Removes egress from `iface`, both hooks: the pinned TCX links and/or our clsact filters.

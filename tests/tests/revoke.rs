@@ -141,3 +141,30 @@ fn a_restart_with_a_narrower_policy_revokes_at_start() {
         "a restart kept an address only a removed rule allowed"
     );
 }
+
+/// The kernel records the rules that matched when it learned; a rule added since may cover the
+/// name too. Replacing an exact name by a wildcard that covers it keeps its addresses: the
+/// name that last answered with each address is matched against the rules in force before
+/// anything is revoked.
+#[test]
+fn an_exact_name_replaced_by_a_wildcard_that_covers_it_keeps_its_addresses() {
+    let (w, _p, agent) = start(&policy("cgr.dev", "keep"));
+    assert_eq!(
+        w.curl("https://cgr.dev/", &[], MAX),
+        Some(200),
+        "{}",
+        agent.log_text()
+    );
+    agent.set_policy(&w.topo.client, &policy("\"*.dev\"", "keep"));
+    assert!(
+        w.topo.connect(WEB_CGR, 443, DENIED_WAIT).is_ok(),
+        "cgr.dev's address was revoked although *.dev allows cgr.dev: {}",
+        agent.log_text()
+    );
+    // And a later narrowing that removes it does revoke it.
+    agent.set_policy(&w.topo.client, &policy("packages.wolfi.dev", "keep"));
+    assert!(
+        w.topo.connect(WEB_CGR, 443, DENIED_WAIT).is_err(),
+        "no remaining rule allows cgr.dev"
+    );
+}

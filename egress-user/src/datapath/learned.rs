@@ -56,6 +56,9 @@ pub struct Reconciled {
     pub justifications: usize,
     /// CNAME targets removed (expired, or their chain's rule left the policy).
     pub names: usize,
+    /// Addresses kept because the name that last answered with them is allowed by another
+    /// rule in force.
+    pub rejustified: usize,
 }
 
 impl Datapath {
@@ -140,10 +143,12 @@ impl Datapath {
         done.names = self.expire_names(now_ns, &rules)?;
         // Addresses before justifications: see the module documentation.
         let learned = self.learned.entries()?;
-        let mut best: HashMap<IpAddr, u64> = HashMap::new();
+        // Keyed by the 16-byte form: an IPv4-mapped AAAA address (learned in the IPv6 map)
+        // shares its justifications with the IPv4 address.
+        let mut best: HashMap<[u8; 16], u64> = HashMap::new();
         for (addr, rule, expires) in self.justifications()? {
             if expires > now_ns && rules.contains(&rule) {
-                let b = best.entry(addr).or_default();
+                let b = best.entry(mapped(addr)).or_default();
                 *b = (*b).max(expires);
                 continue;
             }
@@ -157,15 +162,33 @@ impl Datapath {
                 // Refreshed in between, by a rule still in force: put it back.
                 Some(v) if v > now_ns && rules.contains(&rule) => {
                     let _ = self.learned_by.insert(key, v, NOEXIST);
-                    let b = best.entry(addr).or_default();
+                    let b = best.entry(mapped(addr)).or_default();
                     *b = (*b).max(v);
                 }
                 Some(_) => done.justifications += 1,
                 None => {}
             }
         }
+        let cfg = self.config()?;
         for (addr, seen) in learned {
-            let keep_until = best.get(&addr).copied().unwrap_or(0);
+            let mut keep_until = best.get(&mapped(addr)).copied().unwrap_or(0);
+            if seen.expires_ns > now_ns && keep_until <= now_ns {
+                // About to be revoked: the kernel recorded only the rules that matched when it
+                // learned. If the name that last answered with this address is allowed by a
+                // rule in force now (an exact name replaced by a wildcard that covers it, or a
+                // broader wildcard removed under a narrower one), it is justified by that rule.
+                if let Some(rule) = self.rule_for_last_answer(addr, &rules, &cfg)? {
+                    let key = LearnedByKey {
+                        addr: mapped(addr),
+                        rule,
+                    };
+                    self.learned_by
+                        .insert(key, seen.expires_ns, 0)
+                        .map_err(op(names::LEARNED_BY, "insert"))?;
+                    keep_until = seen.expires_ns;
+                    done.rejustified += 1;
+                }
+            }
             if seen.expires_ns > now_ns && seen.expires_ns <= keep_until {
                 continue;
             }
@@ -194,6 +217,38 @@ impl Datapath {
             }
         }
         Ok(done)
+    }
+
+    /// The rule in force that allows the question name last recorded for `addr` (`ANSWERS`):
+    /// the name itself as an exact name, or the shortest of its proper suffixes as a wildcard.
+    fn rule_for_last_answer(
+        &self,
+        addr: IpAddr,
+        rules: &BTreeSet<Rule>,
+        cfg: &egress_common::maps::Config,
+    ) -> Result<Option<Rule>> {
+        let Ok(answer) = self.answers.get(&mapped(addr), 0) else {
+            return Ok(None);
+        };
+        let len = usize::from(answer.len).min(answer.name.len());
+        let Ok(name) = std::str::from_utf8(&answer.name[..len]) else {
+            return Ok(None);
+        };
+        if answer.allowed == 0 || name.is_empty() {
+            return Ok(None);
+        }
+        let (full, suffixes) = egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, name);
+        let exact = Rule::exact(full);
+        if rules.contains(&exact) {
+            return Ok(Some(exact));
+        }
+        // Shortest first, as the kernel offers them.
+        Ok(suffixes
+            .as_slice()
+            .iter()
+            .rev()
+            .map(|&h| Rule::wild(h))
+            .find(|r| rules.contains(r)))
     }
 
     /// [`Self::reconcile`], then removes flows idle for longer than their timeout. Returns
@@ -234,8 +289,17 @@ impl Datapath {
         if revoked.is_empty() && removed.is_empty() {
             return Ok(0);
         }
-        let revoked: std::collections::HashSet<&IpAddr> = revoked.iter().collect();
         let statics = self.static_cidrs()?;
+        // Every revoked address, with a flow or not: a connection whose flow was already lost
+        // must not pass on its socket's word either.
+        for &addr in revoked {
+            if !statics.iter().any(|n| n.contains(&addr)) {
+                self.revoked
+                    .insert(mapped(addr), now_ns, 0)
+                    .map_err(op(names::REVOKED, "insert"))?;
+            }
+        }
+        let revoked: std::collections::HashSet<&IpAddr> = revoked.iter().collect();
         let mut cut = 0;
         for (k, _) in self.flows()? {
             let dst = unmapped(k.daddr);
