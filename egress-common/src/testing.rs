@@ -111,10 +111,13 @@ impl Packet {
                             ext.extend_from_slice(&[next, 1]);
                             ext.extend_from_slice(&[0; 10]);
                         }
-                        // Generic layout: length 0 => 8 bytes.
+                        // Generic layout, length 1 => 16 bytes: a PadN option, then bytes
+                        // that look like ports 8080 -> 80 where a parser that ignored the
+                        // length field would read the transport header.
                         _ => {
-                            ext.extend_from_slice(&[next, 0]);
-                            ext.extend_from_slice(&[1, 4, 0, 0, 0, 0]);
+                            ext.extend_from_slice(&[next, 1]);
+                            ext.extend_from_slice(&[1, 12, 0, 0, 0, 0]);
+                            ext.extend_from_slice(&[0x1f, 0x90, 0x00, 0x50, 0, 0, 0, 0]);
                         }
                     }
                 }
