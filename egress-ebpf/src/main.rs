@@ -291,6 +291,11 @@ fn local_established(ctx: &TcContext) -> bool {
 /// socket, and their cookie is 0).
 #[inline(always)]
 fn admit_socket(ctx: &TcContext, now: u64) {
+    // SAFETY: reading the context's `sk` field (a nullable socket pointer) only to test it.
+    if unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null() {
+        // Forwarded traffic (pods): no socket, no helper call on its SYN path.
+        return;
+    }
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     if cookie != 0 {

@@ -318,10 +318,7 @@ impl Agent {
         let dp = Arc::new(Mutex::new(dp));
         let metrics = AgentMetrics::default();
         // What the first apply revoked (a restart with a narrower policy) counts too.
-        metrics.revoked.inc_by(applied.reconciled.revoked as u64);
-        metrics
-            .gc_learned_removed
-            .inc_by(applied.reconciled.expired as u64);
+        metrics.count_reconciled(&applied.reconciled);
         let event_stats = Arc::new(events::EventStats::default());
         let learn_stats = Arc::new(learn::LearnStats::default());
         // The scrape reads the maps through handles of its own, opened from the pins: walking
@@ -691,9 +688,7 @@ impl Agent {
 
     /// Counts what a reconciliation of the learned state did.
     fn count_reconciled(&self, done: &crate::datapath::Reconciled) {
-        self.metrics.gc_learned_removed.inc_by(done.expired as u64);
-        self.metrics.revoked.inc_by(done.revoked as u64);
-        self.metrics.refreshes_kept.inc_by(done.restored as u64);
+        self.metrics.count_reconciled(done);
     }
 
     /// Removes expired learned addresses and idle flows; warns when the learned map was full.

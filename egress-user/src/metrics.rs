@@ -45,6 +45,16 @@ pub struct AgentMetrics {
     pub ready: Gauge,
 }
 
+impl AgentMetrics {
+    /// Counts what a reconciliation of the learned state did (at start, reloads, repairs and
+    /// every garbage-collection tick).
+    pub fn count_reconciled(&self, done: &crate::datapath::Reconciled) {
+        self.gc_learned_removed.inc_by(done.expired as u64);
+        self.revoked.inc_by(done.revoked as u64);
+        self.refreshes_kept.inc_by(done.restored as u64);
+    }
+}
+
 /// Derived families: (family, help, label, [(label value, counter index)]). Each datapath counter
 /// is also exported raw in `egress_datapath{counter=...}`; these group them the way dashboards
 /// ask (see docs/metrics.md).

@@ -66,16 +66,7 @@ fn syn(h: &Harness, dst: &str) -> i32 {
 fn an_allowed_answer_is_learned_before_ingress_returns() {
     let h = harness();
     assert_eq!(syn(&h, "198.51.100.1"), DROP);
-    ask(&h, CLIENT, RESOLVER, 7, "cgr.dev.", RecordType::A);
-    answer(
-        &h,
-        RESOLVER,
-        CLIENT,
-        7,
-        "cgr.dev.",
-        RecordType::A,
-        &[Rr::Addr("cgr.dev.", "198.51.100.1", 60)],
-    );
+    learn_answer(&h, 7, "cgr.dev.", "198.51.100.1", 60);
     let left = learned(&h, "198.51.100.1").expect("learned");
     assert!(
         (89.0..=90.5).contains(&left),
