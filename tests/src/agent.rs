@@ -191,7 +191,9 @@ impl Agent {
     }
 
     pub fn wait_ready(&mut self, ns: &NetNs) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: under qemu without KVM, two agents verifying their programs at once take
+        // more than 20 s (seen on 6.12).
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
@@ -203,7 +205,7 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("agent not ready within 20 s: {}", self.log_text())
+        bail!("agent not ready within 60 s: {}", self.log_text())
     }
 
     pub fn log_text(&self) -> String {
