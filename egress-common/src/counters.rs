@@ -26,7 +26,7 @@ macro_rules! counters {
 }
 
 /// Number of counter slots.
-pub const COUNT: u32 = 32;
+pub const COUNT: u32 = 35;
 
 counters! {
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
@@ -81,7 +81,8 @@ counters! {
     DNS_LEARN_FAILED = 22, "dns_learn_failed";
     /// DNS copies lost because the agent's ring buffer was full (kernel learning is unaffected).
     DNS_EVENT_LOST = 23, "dns_event_lost";
-    /// TCP segments from a trusted resolver's port 53 copied to the agent.
+    /// Answer segments of a DNS-over-TCP connection the node opened to a trusted resolver,
+    /// used in stream order (see `egress_common::dns_tcp`).
     DNS_TCP_SEGMENT = 24, "dns_tcp_segment";
     /// A matched answer with rcode NXDOMAIN (the name does not exist): taught nothing.
     DNS_NXDOMAIN = 25, "dns_nxdomain";
@@ -102,4 +103,15 @@ counters! {
     /// A DNS query not remembered because its client sent more than its share per second
     /// (answers to it teach nothing).
     DNS_QUERY_RATE_LIMITED = 31, "dns_query_rate_limited";
+    /// A TCP segment from a trusted resolver's port 53 on a connection the node did not open
+    /// (no SYN seen), whose start it has not acknowledged, or whose stream was lost: taught
+    /// nothing.
+    DNS_TCP_UNOPENED = 32, "dns_tcp_unopened";
+    /// A DNS-over-TCP answer segment after missing bytes (reordered, lost, or forged with a
+    /// guessed sequence number): taught nothing; the stream waits for the missing bytes.
+    DNS_TCP_GAP = 33, "dns_tcp_gap";
+    /// A DNS-over-TCP connection whose message boundaries could no longer be followed (a
+    /// length prefix split over two segments, or more messages in one segment than the kernel
+    /// walks): nothing more is learned from it.
+    DNS_TCP_LOST = 34, "dns_tcp_lost";
 }

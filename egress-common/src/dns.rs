@@ -232,16 +232,38 @@ pub fn question(
     labels: &mut Labels,
     on_suffix: impl FnMut(u64) -> bool,
 ) -> Result<Question, DnsError> {
+    let q = question_head(buf, len, k0, k1, labels, on_suffix)?;
+    if !counts_fit(&q, len) {
+        return Err(DnsError::AbsurdCount);
+    }
+    Ok(q)
+}
+
+/// [`question`] of a response whose first `len` bytes are all there is yet (the start of a
+/// DNS-over-TCP answer that continues in later segments): the header and the question, without
+/// checking the record count against a length that is not the message's.
+#[inline(always)]
+pub fn question_head(
+    buf: &[u8; BUF],
+    len: usize,
+    k0: u64,
+    k1: u64,
+    labels: &mut Labels,
+    on_suffix: impl FnMut(u64) -> bool,
+) -> Result<Question, DnsError> {
     let (id, ancount, rcode) = header(buf, len, true)?;
     let mut q = parse_question(buf, len, k0, k1, labels, on_suffix)?;
     q.id = id;
     q.rcode = rcode;
     q.ancount = ancount;
-    // Each record takes at least 11 bytes (1-byte root name + 10 bytes of fixed fields).
-    if ancount as usize * 11 > len - q.end {
-        return Err(DnsError::AbsurdCount);
-    }
     Ok(q)
+}
+
+/// Whether `q`'s answer count fits in a `len`-byte message: each record takes at least 11
+/// bytes (1-byte root name + 10 bytes of fixed fields).
+#[inline(always)]
+pub fn counts_fit(q: &Question, len: usize) -> bool {
+    q.ancount as usize * 11 <= len - q.end
 }
 
 /// An address record from an answer section.

@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod dns;
+pub mod dns_tcp;
 pub mod hash;
 pub mod maps;
 pub mod packet;

@@ -61,6 +61,10 @@ pub mod names {
     /// `LruHashMap<SockPendingKey, PendingValue>`: DNS queries sent by the node's sockets
     /// (learning at the sockets, see [`super::learn`]).
     pub const SOCK_PENDING: &str = "SOCK_PENDING";
+    /// `LruHashMap<TcpStreamKey, TcpStream>`: the node's DNS-over-TCP connections to trusted
+    /// resolvers, opened by a SYN the node sent: where the answer stream's next message starts
+    /// (see [`crate::dns_tcp`]). An answer segment of a connection not in here teaches nothing.
+    pub const DNS_TCP: &str = "DNS_TCP";
     /// `PerCpuArray<DnsBuf>`: scratch space to copy a DNS message into.
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
     /// `RingBuf` of [`super::DnsEvent`]: copies of DNS answers for the agent.
@@ -77,7 +81,7 @@ pub mod names {
     pub const ATTACHED: &str = "ATTACHED";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         CONFIG,
         PORTS,
         STATIC_V4,
@@ -98,6 +102,7 @@ pub mod names {
         NAMES_WILD,
         DNS_PENDING,
         SOCK_PENDING,
+        DNS_TCP,
         DNS_SCRATCH,
         DNS_EVENTS,
         ANSWERS,
@@ -158,6 +163,10 @@ pub const NO_PREALLOC: u32 = 1;
 pub const NAME_BYTES: usize = 256;
 /// Outstanding DNS queries remembered (LRU).
 pub const DNS_PENDING_CAPACITY: u32 = 65_536;
+/// Capacity of [`names::DNS_TCP`] (LRU): DNS-over-TCP connections followed at once. A glibc
+/// client opens one per lookup and closes it; more open connections than this evict the least
+/// recent, whose later answers then teach nothing (never something false).
+pub const DNS_TCP_CAPACITY: u32 = 16_384;
 /// An answer must arrive within this long of its query.
 pub const DNS_QUERY_TIMEOUT_NS: u64 = 10_000_000_000;
 /// Size of the DNS answer ring buffer: records are sized to the message (header + bytes), so
@@ -306,7 +315,9 @@ pub struct PendingKey {
     pub client_port: [u8; 2],
     pub txid: [u8; 2],
     pub family: u8,
-    pub _pad: [u8; 3],
+    /// `IPPROTO_UDP` or `IPPROTO_TCP`: an answer over one never matches a query over the other.
+    pub proto: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Key of [`names::SOCK_PENDING`]: which socket asked, from which port, with which id. The
@@ -331,6 +342,72 @@ impl SockPendingKey {
             _pad: [0; 4],
         }
     }
+}
+
+/// Key of [`names::DNS_TCP`]: the connection as the learning programs see it. At the interface:
+/// client and resolver addresses (IPv4-mapped for IPv4), the client's port, `cookie` 0. At the
+/// sockets: the socket's cookie and the client's port, addresses zero (the resolver address
+/// differs before and after the Service's DNAT, see [`SockPendingKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpStreamKey {
+    pub client: [u8; 16],
+    pub resolver: [u8; 16],
+    pub cookie: u64,
+    pub client_port: [u8; 2],
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+impl TcpStreamKey {
+    pub const fn interface(
+        client: [u8; 16],
+        resolver: [u8; 16],
+        client_port: [u8; 2],
+        family: u8,
+    ) -> Self {
+        Self {
+            client,
+            resolver,
+            cookie: 0,
+            client_port,
+            family,
+            _pad: [0; 5],
+        }
+    }
+
+    pub const fn socket(cookie: u64, client_port: [u8; 2]) -> Self {
+        Self {
+            client: [0; 16],
+            resolver: [0; 16],
+            cookie,
+            client_port,
+            family: 0,
+            _pad: [0; 5],
+        }
+    }
+}
+
+/// Value of [`names::DNS_TCP`]: how far the resolver's answer stream has been followed. Only
+/// [`crate::dns_tcp`] changes the positions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStream {
+    /// When the node sent the SYN.
+    pub opened_ns: u64,
+    /// Sequence number of the next answer byte expected in order.
+    pub next: u32,
+    /// Sequence number of the next message's length prefix.
+    pub boundary: u32,
+    /// Sequence number of the first byte of the message in progress (one that spans segments).
+    pub msg_seq: u32,
+    /// Length of the message in progress.
+    pub msg_len: u16,
+    /// One of [`crate::dns_tcp::state`].
+    pub state: u8,
+    /// The message in progress answers a query of this connection for an allowed name: its
+    /// parts are copied to the agent.
+    pub vouched: u8,
 }
 
 /// Value of [`names::DNS_PENDING`] and [`names::SOCK_PENDING`].
@@ -372,12 +449,23 @@ pub struct DnsBuf {
 pub struct DnsPacket {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Offset of the DNS message in the frame.
+    /// Offset of the DNS message (UDP) or of the TCP payload in the frame.
     pub payload_off: u32,
+    /// TCP only: the segment's sequence and acknowledgment numbers.
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP only: the start and length of the answer in progress, for the copies of its parts
+    /// (see [`TcpStream::msg_seq`]).
+    pub msg_seq: u32,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
+    pub msg_len: u16,
     pub family: u8,
-    pub _pad: [u8; 7],
+    /// TCP only: the segment's flags.
+    pub tcp_flags: u8,
+    /// TCP only: offset just past the segment's payload in the frame.
+    pub payload_end: u32,
+    pub _pad: [u8; 4],
 }
 
 /// The parts of a parsed question the eBPF programs use.
@@ -401,10 +489,13 @@ pub struct DnsParsed {
 
 /// Kinds of [`DnsEvent`].
 pub mod dns_kind {
-    /// A UDP answer that matched a query; the kernel has learned what it could.
-    pub const UDP: u8 = 1;
-    /// A TCP segment from a trusted resolver's port 53 (the agent reassembles and learns).
-    pub const TCP: u8 = 2;
+    /// A whole answer (a UDP datagram, or a message within one TCP segment) that matched a
+    /// query; the kernel has learned what it could (see the flags).
+    pub const MESSAGE: u8 = 1;
+    /// Part of a DNS-over-TCP answer that spans segments, or is longer than the kernel walks:
+    /// the kernel matched its query and found its name allowed at its first segment
+    /// (`msg_seq`), and copies every later part in stream order; the agent joins and learns.
+    pub const TCP_PART: u8 = 2;
 }
 
 /// Flags of [`DnsEvent`].
@@ -426,15 +517,20 @@ pub struct DnsEventHeader {
     pub resolver: [u8; 16],
     /// The client's (destination) address, IPv4-mapped for IPv4.
     pub client: [u8; 16],
-    /// TCP sequence number of the first payload byte (TCP only).
+    /// [`dns_kind::TCP_PART`]: TCP sequence number of the first byte of this part.
     pub tcp_seq: u32,
+    /// [`dns_kind::TCP_PART`]: TCP sequence number of the message's first byte (after its
+    /// length prefix): the same in every part of one message.
+    pub msg_seq: u32,
     /// Payload bytes in [`DnsEvent::payload`].
     pub len: u16,
+    /// [`dns_kind::TCP_PART`]: the whole message's length.
+    pub msg_len: u16,
     pub client_port: [u8; 2],
     pub kind: u8,
     pub flags: u8,
     pub family: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 7],
 }
 
 /// A DNS message (UDP) or segment (TCP) copied for the agent: the header, then `len` bytes (the
@@ -588,6 +684,7 @@ impl PendingKey {
         client_port: [u8; 2],
         txid: u16,
         family: u8,
+        proto: u8,
     ) -> Self {
         Self {
             client,
@@ -595,7 +692,8 @@ impl PendingKey {
             client_port,
             txid: txid.to_be_bytes(),
             family,
-            _pad: [0; 3],
+            proto,
+            _pad: [0; 2],
         }
     }
 }
@@ -708,12 +806,16 @@ const _: () = assert!(size_of::<Config>() == 56);
 const _: () = assert!(size_of::<NameValue>() == 8 + 16);
 const _: () = assert!(size_of::<Rule>() == 16);
 const _: () = assert!(size_of::<LearnedByKey>() == 16 + 16);
-const _: () = assert!(size_of::<DnsPacket>() == 16 + 16 + 4 + 2 + 2 + 1 + 7);
+const _: () =
+    assert!(size_of::<DnsPacket>() == 16 + 16 + 4 + 4 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 4 + 4);
+const _: () = assert!(size_of::<TcpStreamKey>() == 16 + 16 + 8 + 2 + 1 + 5);
+const _: () = assert!(size_of::<TcpStream>() == 8 + 4 + 4 + 4 + 2 + 1 + 1);
 const _: () = assert!(size_of::<DnsParsed>() == 8 + 4 + 2 + 2 + 1 + 1 + 6 + 8);
 const _: () = assert!(size_of::<SockPendingKey>() == 16);
 const _: () = assert!(size_of::<PendingKey>() == 40);
 const _: () = assert!(size_of::<PendingValue>() == 16);
-const _: () = assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 2 + 2 + 1 + 1 + 1 + 5);
+const _: () =
+    assert!(size_of::<DnsEventHeader>() == 8 + 16 + 16 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 7);
 const _: () = assert!(size_of::<DnsEvent>() == size_of::<DnsEventHeader>() + crate::dns::BUF);
 // The header is directly followed by the message bytes (see `DnsBuf::header`).
 const _: () = assert!(core::mem::offset_of!(DnsBuf, bytes) == size_of::<DnsEventHeader>());
@@ -756,6 +858,10 @@ mod pod {
     unsafe impl aya::Pod for super::SockPendingKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpStreamKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpStream {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsEventHeader {}
     // SAFETY: as above.

@@ -38,6 +38,8 @@ pub const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
 /// Offsets in the TCP header: the sequence number, and the byte whose high nibble is the data
 /// offset (header length in 32-bit words).
 pub const TCP_SEQ_OFF: usize = 4;
+/// Offset of the acknowledgment number in the TCP header.
+pub const TCP_ACK_OFF: usize = 8;
 pub const TCP_DOFF_OFF: usize = 12;
 
 /// The lowercase name of a transport protocol number, for logs and records.
@@ -126,6 +128,10 @@ pub struct IpPacket {
     pub transport: Transport,
     /// Offset of the transport header from the start of the frame.
     pub l4_off: usize,
+    /// Offset just past the IP packet, from its length field: an Ethernet frame may be padded
+    /// beyond it (to 60 bytes) until the IP layer trims it. 0 when the length field is 0
+    /// (a BIG TCP aggregate over 64 KiB): the packet ends with the frame.
+    pub end: usize,
 }
 
 /// What the frame is.
@@ -198,6 +204,7 @@ fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
     if ihl < 20 {
         return Err(ParseError::BadIpHeader);
     }
+    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
     let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
     let proto = h[9];
     let saddr = v4_mapped([h[12], h[13], h[14], h[15]]);
@@ -213,6 +220,7 @@ fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
         daddr,
         transport,
         l4_off: l3 + ihl,
+        end: if total == 0 { 0 } else { l3 + total },
     })
 }
 
@@ -251,6 +259,10 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
         daddr,
         transport,
         l4_off: off,
+        end: match u16::from_be_bytes([h[4], h[5]]) as usize {
+            0 => 0,
+            payload => l3 + 40 + payload,
+        },
     })
 }
 

@@ -18,8 +18,8 @@ use egress_common::{
     },
     mode,
     packet::{
-        DNS_PORT, Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_DOFF_OFF, TCP_SEQ_OFF,
-        parse_frame,
+        DNS_PORT, Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK_OFF, TCP_DOFF_OFF,
+        TCP_SEQ_OFF, parse_frame,
     },
 };
 
@@ -37,17 +37,19 @@ const UDP_HLEN: usize = 8;
 /// 1)) + 1`, a form it tracks as 1..=4096 through the helper call; a plain `len` fails with
 /// "R4 invalid zero-sized read" or "R4 unbounded memory access".
 #[inline(always)]
-fn helper_len(len: usize) -> u32 {
+pub(crate) fn helper_len(len: usize) -> u32 {
     ((len as u32).wrapping_sub(1) & (BUF as u32 - 1)) + 1
 }
 const DNS_HLEN: usize = 12;
 
 /// [`ingress_classify`]: a UDP answer from a trusted resolver, its addressing in the scratch.
 pub(crate) const UDP_ANSWER: i32 = 1;
+/// [`ingress_classify`]: a TCP segment from a trusted resolver's port 53, its addressing in
+/// the scratch.
+pub(crate) const TCP_ANSWER: i32 = 2;
 
-/// Finds DNS answers from trusted resolvers: copies TCP segments to the agent, and for UDP
-/// leaves the addressing in the ingress scratch slot and returns [`UDP_ANSWER`]. A global
-/// function (see below).
+/// Finds DNS answers from trusted resolvers: leaves the addressing in the ingress scratch slot
+/// and returns [`UDP_ANSWER`] or [`TCP_ANSWER`]. A global function (see below).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
@@ -71,17 +73,7 @@ pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
         count(counters::DNS_UNTRUSTED);
         return 0;
     }
-    if t.proto == IPPROTO_TCP {
-        copy_tcp(&ctx, &p, t.dport, SCRATCH_INGRESS);
-        return 0;
-    }
-    if t.proto != IPPROTO_UDP {
-        return 0;
-    }
-    if !stash_packet(SCRATCH_INGRESS, &p) {
-        return 0;
-    }
-    UDP_ANSWER
+    stash_dns(&ctx, SCRATCH_INGRESS, &p)
 }
 
 // The parsers below are global functions: the verifier checks each once, on its own, and its
@@ -120,10 +112,11 @@ pub(crate) extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
 }
 
 /// Parses the response in scratch `slot` (`len` bytes): 0 and `parsed` filled on success,
-/// including whether a proper suffix of the name is an allowed wildcard.
+/// including whether a proper suffix of the name is an allowed wildcard. With `head` 1, the
+/// `len` bytes are only the start of the message (see [`dns::question_head`]).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32) -> i32 {
+pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32, head: u32) -> i32 {
     let Some(cfg) = CONFIG.get(0) else {
         return -1;
     };
@@ -134,7 +127,7 @@ pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32) -> i32 {
     let s = unsafe { &mut *scratch };
     // SAFETY (closure): read-only lookups of plain values.
     let wild = |h: u64| unsafe { NAMES_WILD.get(&h) }.is_some();
-    match dns::question(
+    match dns::question_head(
         &s.bytes,
         len as usize,
         cfg.hash_k0,
@@ -142,11 +135,11 @@ pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32) -> i32 {
         &mut s.labels,
         wild,
     ) {
-        Ok(q) => {
+        Ok(q) if head == 1 || dns::counts_fit(&q, len as usize) => {
             s.parsed = DnsParsed::new(&q);
             0
         }
-        Err(_) => -1,
+        _ => -1,
     }
 }
 
@@ -162,10 +155,56 @@ pub(crate) fn stash_packet(slot: u32, p: &IpPacket) -> bool {
     pkt.saddr = p.saddr;
     pkt.daddr = p.daddr;
     pkt.payload_off = (p.l4_off + UDP_HLEN) as u32;
+    pkt.seq = 0;
+    pkt.ack = 0;
+    pkt.msg_seq = 0;
+    pkt.msg_len = 0;
     pkt.sport = p.transport.sport;
     pkt.dport = p.transport.dport;
     pkt.family = p.family;
+    pkt.tcp_flags = 0;
+    pkt.payload_end = 0;
+    pkt._pad = [0; 4];
     true
+}
+
+/// [`stash_packet`] for a TCP segment: also its sequence and acknowledgment numbers and flags,
+/// and the offset of its payload.
+#[inline(always)]
+pub(crate) fn stash_segment(ctx: &TcContext, slot: u32, p: &IpPacket) -> bool {
+    let (Ok(doff), Ok(seq), Ok(ack)) = (
+        ctx.load::<u8>(p.l4_off + TCP_DOFF_OFF),
+        ctx.load::<[u8; 4]>(p.l4_off + TCP_SEQ_OFF),
+        ctx.load::<[u8; 4]>(p.l4_off + TCP_ACK_OFF),
+    ) else {
+        return false;
+    };
+    if !stash_packet(slot, p) {
+        return false;
+    }
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: as in `stash_packet`.
+    let pkt = unsafe { &mut (*scratch).packet };
+    pkt.payload_off = (p.l4_off + usize::from(doff >> 4) * 4) as u32;
+    let frame = ctx.len() as usize;
+    pkt.payload_end = (if p.end == 0 { frame } else { p.end.min(frame) }) as u32;
+    pkt.seq = u32::from_be_bytes(seq);
+    pkt.ack = u32::from_be_bytes(ack);
+    pkt.tcp_flags = p.transport.tcp_flags;
+    true
+}
+
+/// Stashes a UDP or TCP DNS packet in `slot`: [`UDP_ANSWER`] (or [`UDP_QUERY`], the same
+/// value), [`TCP_ANSWER`] (or [`TCP_QUERY`]), or 0 for anything else.
+#[inline(always)]
+pub(crate) fn stash_dns(ctx: &TcContext, slot: u32, p: &IpPacket) -> i32 {
+    match p.transport.proto {
+        IPPROTO_UDP if stash_packet(slot, p) => UDP_ANSWER,
+        IPPROTO_TCP if stash_segment(ctx, slot, p) => TCP_ANSWER,
+        _ => 0,
+    }
 }
 
 /// The addressing a step-1 function left in scratch `slot` ([`stash_packet`]).
@@ -176,8 +215,8 @@ pub(crate) fn stashed_packet(slot: u32) -> Option<DnsPacket> {
     Some(unsafe { (*scratch).packet })
 }
 
-/// Copies `len` payload bytes at `off` into the scratch slot `slot`; `None` if the payload does
-/// not fit or cannot be read.
+/// Copies the UDP payload at `off` (the rest of the packet) into the scratch slot `slot`;
+/// `None` if the payload does not fit or cannot be read.
 #[inline(always)]
 pub(crate) fn load_payload(
     ctx: &TcContext,
@@ -188,7 +227,18 @@ pub(crate) fn load_payload(
     if off >= total {
         return None;
     }
-    let len = total - off;
+    load_message(ctx, off, total - off, slot)
+}
+
+/// Copies the `len`-byte DNS message at frame offset `off` into the scratch slot `slot`; `None`
+/// if it does not fit or cannot be read.
+#[inline(always)]
+pub(crate) fn load_message(
+    ctx: &TcContext,
+    off: usize,
+    len: usize,
+    slot: u32,
+) -> Option<(&'static DnsParsed, usize)> {
     // Larger messages are not walked (and not copied): EDNS answers are at most 4096 bytes,
     // and resolvers keep UDP answers under ~1232 bytes to avoid fragmentation.
     if !(DNS_HLEN..=BUF).contains(&len) {
@@ -209,7 +259,10 @@ pub(crate) fn load_payload(
 }
 
 /// [`egress_track`]: a UDP query to a trusted resolver, its addressing in the scratch slot.
-pub(crate) const UDP_QUERY: i32 = 1;
+pub(crate) const UDP_QUERY: i32 = UDP_ANSWER;
+/// [`egress_track`]: a TCP segment to a trusted resolver's port 53, its addressing in the
+/// scratch slot.
+pub(crate) const TCP_QUERY: i32 = TCP_ANSWER;
 
 /// Egress, step 1: finds a UDP query to a trusted resolver and leaves its addressing in the
 /// egress scratch slot (a global function, see above; split from step 2 so that no call chain
@@ -226,10 +279,7 @@ pub(crate) extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
     if unsafe { RESOLVERS.get(&p.daddr) }.is_none() {
         return 0;
     }
-    if !stash_packet(SCRATCH_EGRESS, &p) {
-        return 0;
-    }
-    UDP_QUERY
+    stash_dns(&ctx, SCRATCH_EGRESS, &p)
 }
 
 /// Egress, step 2: parses the query [`egress_track`] found and remembers it.
@@ -250,7 +300,7 @@ pub(crate) extern "C" fn egress_remember_query(skb: *mut __sk_buff) -> i32 {
     if !query_budget(&p.saddr, now) {
         return 0;
     }
-    let key = PendingKey::new(p.saddr, p.daddr, p.sport, parsed.id, p.family);
+    let key = PendingKey::new(p.saddr, p.daddr, p.sport, parsed.id, p.family, IPPROTO_UDP);
     let value = PendingValue {
         qname: parsed.full,
         sent_ns: now,
@@ -309,10 +359,49 @@ pub(crate) extern "C" fn ingress_udp_answer(skb: *mut __sk_buff) -> i32 {
     learn_udp(&ctx, &pkt, SCRATCH_INGRESS, |q| {
         consume_pending(
             &DNS_PENDING,
-            &PendingKey::new(pkt.daddr, pkt.saddr, pkt.dport, q.id, pkt.family),
+            &PendingKey::new(
+                pkt.daddr,
+                pkt.saddr,
+                pkt.dport,
+                q.id,
+                pkt.family,
+                IPPROTO_UDP,
+            ),
             q,
         )
     });
+    0
+}
+
+/// DNS over TCP at the interface, answer side (see `dns_tcp.rs`): whether the segment whose
+/// addressing [`ingress_classify`] left continues its stream (global functions, as above).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn ingress_tcp_begin() -> i64 {
+    crate::dns_tcp::begin(SCRATCH_INGRESS, 0)
+}
+
+/// The segment's next piece.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn ingress_tcp_piece(skb: *mut __sk_buff, pos: u32) -> i64 {
+    crate::dns_tcp::piece(&TcContext::new(skb), SCRATCH_INGRESS, 0, pos)
+}
+
+/// The segment had more pieces than walked.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn ingress_tcp_overflow() -> i32 {
+    crate::dns_tcp::overflow(SCRATCH_INGRESS, 0);
+    0
+}
+
+/// Egress, step 2 for TCP: opens, starts or reads queries of the node's DNS-over-TCP
+/// connection whose segment [`egress_track`] found.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn egress_tcp_query(skb: *mut __sk_buff) -> i32 {
+    crate::dns_tcp::outgoing_segment(&TcContext::new(skb), SCRATCH_EGRESS, 0);
     0
 }
 
@@ -344,20 +433,72 @@ pub(crate) fn learn_udp(
     slot: u32,
     matched: impl FnOnce(&DnsParsed) -> bool,
 ) {
-    let dport = p.dport;
     let off = p.payload_off as usize;
-    let Some((parsed, len)) = load_payload(ctx, off, slot) else {
+    let total = ctx.len() as usize;
+    if off >= total {
+        count(counters::DNS_MALFORMED);
+        return;
+    }
+    learn_message(ctx, slot, off, total - off, matched);
+}
+
+/// Learns from the `len`-byte answer at frame offset `off` (a UDP payload, or a whole message
+/// in a TCP segment) of the packet whose addressing is in scratch `slot`, if `matched` finds
+/// the query it answers (and consumes it); copies it to the agent.
+#[inline(always)]
+pub(crate) fn learn_message(
+    ctx: &TcContext,
+    slot: u32,
+    off: usize,
+    len: usize,
+    matched: impl FnOnce(&DnsParsed) -> bool,
+) {
+    let Some((parsed, len)) = load_message(ctx, off, len, slot) else {
         count(counters::DNS_MALFORMED);
         return;
     };
-    if dns_parse_answer(slot, len as u32) != 0 {
+    if dns_parse_answer(slot, len as u32, 0) != 0 {
         count(counters::DNS_MALFORMED);
         return;
     }
     let q = *parsed;
-    if !matched(&q) {
+    let mut flags = 0;
+    match judge(&q, slot, matched) {
+        Judged::Ignore => return,
+        Judged::NotAllowed => {}
+        Judged::Allowed => {
+            flags |= dns_flag::ALLOWED;
+            let walked = ingress_learn_answers(slot, len as u32, q.end, u32::from(q.ancount));
+            if walked < 0 {
+                count(counters::DNS_MALFORMED);
+                return;
+            }
+            flags |= dns_flag::KERNEL_LEARNED;
+            if walked & WALK_INCOMPLETE != 0 {
+                flags |= dns_flag::INCOMPLETE;
+            }
+        }
+    }
+    send_copy(slot, dns_kind::MESSAGE, flags, len, 0);
+}
+
+/// What [`judge`] makes of a parsed answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Judged {
+    /// Not an answer to a query of this node, or one without addresses: no copy either.
+    Ignore,
+    /// A matched answer whose name is not allowed: recorded by the agent, nothing learned.
+    NotAllowed,
+    /// A matched answer whose name is allowed; the rules that allow it are in the slot.
+    Allowed,
+}
+
+/// Matches a parsed answer to its query and says what it teaches, counting why not.
+#[inline(always)]
+pub(crate) fn judge(q: &DnsParsed, slot: u32, matched: impl FnOnce(&DnsParsed) -> bool) -> Judged {
+    if !matched(q) {
         count(counters::DNS_UNSOLICITED);
-        return;
+        return Judged::Ignore;
     }
     // Well-formed answers without addresses are counted by what they say, not as malformed:
     // an NXDOMAIN is a typo or a probe, a SERVFAIL a resolver in trouble.
@@ -368,39 +509,18 @@ pub(crate) fn learn_udp(
             rcode::REFUSED => counters::DNS_REFUSED,
             _ => counters::DNS_OTHER_ERROR,
         });
-        return;
+        return Judged::Ignore;
     }
     if q.ancount == 0 {
         count(counters::DNS_NODATA);
-        return;
+        return Judged::Ignore;
     }
-
-    let mut flags = 0;
-    if allowing_rules(&q, slot) {
-        flags |= dns_flag::ALLOWED;
-        let walked = ingress_learn_answers(slot, len as u32, q.end, u32::from(q.ancount));
-        if walked < 0 {
-            count(counters::DNS_MALFORMED);
-            return;
-        }
-        flags |= dns_flag::KERNEL_LEARNED;
-        if walked & WALK_INCOMPLETE != 0 {
-            flags |= dns_flag::INCOMPLETE;
-        }
+    if allowing_rules(q, slot) {
+        Judged::Allowed
     } else {
         count(counters::DNS_NOT_ALLOWED);
+        Judged::NotAllowed
     }
-    send_copy(
-        slot,
-        &p.saddr,
-        &p.daddr,
-        p.family,
-        dport,
-        dns_kind::UDP,
-        flags,
-        len,
-        0,
-    );
 }
 
 /// Skips the owner name at `off` of the message in scratch `slot`: the offset after it, or
@@ -567,75 +687,14 @@ fn justify(s: &mut DnsBuf, i: usize, expires_ns: u64) -> bool {
     }
 }
 
-/// A TCP segment from a trusted resolver: the agent reassembles the stream and learns. The
-/// segment is copied through scratch `slot`.
-#[inline(always)]
-pub(crate) fn copy_tcp(ctx: &TcContext, p: &IpPacket, dport: [u8; 2], slot: u32) {
-    let Ok(doff) = ctx.load::<u8>(p.l4_off + TCP_DOFF_OFF) else {
-        return;
-    };
-    let Ok(seq) = ctx.load::<[u8; 4]>(p.l4_off + TCP_SEQ_OFF) else {
-        return;
-    };
-    let off = p.l4_off + ((doff >> 4) as usize) * 4;
-    let total = ctx.len() as usize;
-    if off >= total {
-        return; // no payload (a bare ACK, SYN-ACK or FIN)
-    }
-    let len = total - off;
-    if len > BUF {
-        count(counters::DNS_MALFORMED);
-        return;
-    }
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
-        return;
-    };
-    // SAFETY: a per-CPU slot this program run uses; `bytes` has room for BUF >= n bytes.
-    let loaded = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb.cast(),
-            off as u32,
-            (*scratch).bytes.as_mut_ptr().cast(),
-            helper_len(len),
-        ) == 0
-    };
-    if !loaded {
-        return;
-    }
-    count(counters::DNS_TCP_SEGMENT);
-    send_copy(
-        slot,
-        &p.saddr,
-        &p.daddr,
-        p.family,
-        dport,
-        dns_kind::TCP,
-        0,
-        len,
-        u32::from_be_bytes(seq),
-    );
-}
-
 /// Sends the agent a copy of the `len` message bytes already in scratch `slot`, behind a header
 /// written just before them in the slot, as one record of exactly that size: a 100-byte answer
 /// takes about 160 bytes of the ring, not a fixed 4 KiB, so a burst of answers the agent only
-/// records cannot crowd out the copies it needs (dangling CNAME targets, long answers).
+/// records cannot crowd out the copies it needs (dangling CNAME targets, long answers). The
+/// addressing (and, for a part of a TCP answer, the answer's start and length) comes from the
+/// slot's packet; `tcp_seq` is the sequence number of a part's first byte.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site per kind; a struct would only rename them"
-)]
-fn send_copy(
-    slot: u32,
-    saddr: &[u8; 16],
-    daddr: &[u8; 16],
-    family: u8,
-    dport: [u8; 2],
-    kind: u8,
-    flags: u8,
-    len: usize,
-    tcp_seq: u32,
-) {
+pub(crate) fn send_copy(slot: u32, kind: u8, flags: u8, len: usize, tcp_seq: u32) {
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
         return;
     };
@@ -644,17 +703,20 @@ fn send_copy(
     // bytes in the slot (`DnsBuf` is `repr(C)`, header first), so header and message are one
     // contiguous region of `size_of::<DnsEventHeader>() + n` bytes inside the map value.
     let record = unsafe {
+        let p = &(*scratch).packet;
         let h = &mut (*scratch).header;
         h.ts_ns = now();
-        h.resolver = *saddr;
-        h.client = *daddr;
+        h.resolver = p.saddr;
+        h.client = p.daddr;
         h.tcp_seq = tcp_seq;
+        h.msg_seq = p.msg_seq;
         h.len = n as u16;
-        h.client_port = dport;
+        h.msg_len = p.msg_len;
+        h.client_port = p.dport;
         h.kind = kind;
         h.flags = flags;
-        h.family = family;
-        h._pad = [0; 5];
+        h.family = p.family;
+        h._pad = [0; 7];
         core::slice::from_raw_parts(
             core::ptr::from_ref(h).cast::<u8>(),
             size_of::<DnsEventHeader>() + n as usize,

@@ -15,6 +15,7 @@
 )]
 
 mod dns;
+mod dns_tcp;
 mod maps;
 mod skb;
 mod sockets;
@@ -68,8 +69,18 @@ const VERDICT_DNS_QUERY: i32 = 2;
 /// work is in `dns.rs`: [`dns::ingress_classify`], then [`dns::ingress_udp_answer`]).
 #[classifier]
 pub(crate) fn ingress(ctx: TcContext) -> i32 {
-    if dns::ingress_classify(ctx.skb.skb) == dns::UDP_ANSWER {
-        dns::ingress_udp_answer(ctx.skb.skb);
+    match dns::ingress_classify(ctx.skb.skb) {
+        dns::UDP_ANSWER => {
+            dns::ingress_udp_answer(ctx.skb.skb);
+        }
+        dns::TCP_ANSWER => dns_tcp::follow(
+            || dns::ingress_tcp_begin(),
+            |pos| dns::ingress_tcp_piece(ctx.skb.skb, pos),
+            || {
+                dns::ingress_tcp_overflow();
+            },
+        ),
+        _ => {}
     }
     // Fail-open by design: ingress enforces nothing. An answer that cannot be trusted or parsed
     // teaches nothing and still reaches its socket; blocking DNS is not this program's job.
@@ -81,8 +92,14 @@ pub(crate) fn ingress(ctx: TcContext) -> i32 {
 /// `sockets.rs`). Never drops: it only watches.
 #[cgroup_skb(egress)]
 pub(crate) fn sock_query(ctx: SkBuffContext) -> i32 {
-    if sockets::track_query(ctx.skb.skb) == sockets::UDP_QUERY {
-        sockets::remember_query(ctx.skb.skb);
+    match sockets::track_query(ctx.skb.skb) {
+        sockets::UDP_QUERY => {
+            sockets::remember_query(ctx.skb.skb);
+        }
+        sockets::TCP_QUERY => {
+            sockets::tcp_query(ctx.skb.skb);
+        }
+        _ => {}
     }
     sockets::SK_PASS
 }
@@ -93,8 +110,18 @@ pub(crate) fn sock_query(ctx: SkBuffContext) -> i32 {
 /// the interface's ingress program).
 #[cgroup_skb(ingress)]
 pub(crate) fn sock_answer(ctx: SkBuffContext) -> i32 {
-    if sockets::classify_answer(ctx.skb.skb) == dns::UDP_ANSWER {
-        sockets::learn_answer(ctx.skb.skb);
+    match sockets::classify_answer(ctx.skb.skb) {
+        dns::UDP_ANSWER => {
+            sockets::learn_answer(ctx.skb.skb);
+        }
+        dns::TCP_ANSWER => dns_tcp::follow(
+            || sockets::tcp_answer_begin(ctx.skb.skb),
+            |pos| sockets::tcp_answer_piece(ctx.skb.skb, pos),
+            || {
+                sockets::tcp_answer_overflow(ctx.skb.skb);
+            },
+        ),
+        _ => {}
     }
     sockets::SK_PASS
 }
@@ -104,8 +131,16 @@ pub(crate) fn sock_answer(ctx: SkBuffContext) -> i32 {
 pub(crate) fn egress(ctx: TcContext) -> i32 {
     let v = egress_verdict(ctx.skb.skb);
     // Remembering a DNS query never changes the verdict.
-    if v & VERDICT_DNS_QUERY != 0 && dns::egress_track(ctx.skb.skb) == dns::UDP_QUERY {
-        dns::egress_remember_query(ctx.skb.skb);
+    if v & VERDICT_DNS_QUERY != 0 {
+        match dns::egress_track(ctx.skb.skb) {
+            dns::UDP_QUERY => {
+                dns::egress_remember_query(ctx.skb.skb);
+            }
+            dns::TCP_QUERY => {
+                dns::egress_tcp_query(ctx.skb.skb);
+            }
+            _ => {}
+        }
     }
     if v & VERDICT_DROP != 0 { DROP } else { PASS }
 }
@@ -142,7 +177,7 @@ pub(crate) extern "C" fn egress_verdict(skb: *mut __sk_buff) -> i32 {
 }
 
 #[inline(always)]
-/// The TC action, and whether the packet is a UDP DNS query to remember.
+/// The TC action, and whether the packet is DNS to a resolver (UDP or TCP) to look at.
 fn classify(
     ctx: &TcContext,
     cfg: &Config,
@@ -156,7 +191,7 @@ fn classify(
     // the sockets remembers them at the sockets.
     let dns = cfg.learn == learn::INTERFACE
         && t.kind == Kind::Ports
-        && t.proto == IPPROTO_UDP
+        && (t.proto == IPPROTO_UDP || t.proto == IPPROTO_TCP)
         && t.dport == DNS_PORT;
     let verdict = match t.kind {
         // Fail-open, by design: a later fragment carries no ports; the first fragment carries

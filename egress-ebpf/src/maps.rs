@@ -9,11 +9,12 @@ use egress_common::{
     counters,
     maps::{
         ANSWERS_CAPACITY, ATTACHED_CAPACITY, AnswerValue, Config, DENIED_CAPACITY,
-        DNS_CLIENTS_CAPACITY, DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DeniedValue, DnsBuf,
-        EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue, IFACE_BYTES, LEARNED_BY_CAPACITY,
-        LEARNED_CAPACITY, LearnedByKey, LearnedValue, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY,
-        NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue, RESOLVERS_CAPACITY,
-        REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_CAPACITY, SockPendingKey, StaticValue,
+        DNS_CLIENTS_CAPACITY, DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DNS_TCP_CAPACITY,
+        DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue, IFACE_BYTES,
+        LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey, LearnedValue, NAMES_EXACT_CAPACITY,
+        NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue,
+        RESOLVERS_CAPACITY, REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_CAPACITY,
+        SockPendingKey, StaticValue, TcpStream, TcpStreamKey,
     },
 };
 
@@ -63,6 +64,9 @@ pub(crate) static DNS_PENDING: LruHashMap<PendingKey, PendingValue> =
 #[map]
 pub(crate) static SOCK_PENDING: LruHashMap<SockPendingKey, PendingValue> =
     LruHashMap::pinned(DNS_PENDING_CAPACITY, 0);
+#[map]
+pub(crate) static DNS_TCP: LruHashMap<TcpStreamKey, TcpStream> =
+    LruHashMap::pinned(DNS_TCP_CAPACITY, 0);
 #[map]
 pub(crate) static DNS_SCRATCH: PerCpuArray<DnsBuf> = PerCpuArray::pinned(SCRATCH_SLOTS, 0);
 #[map]

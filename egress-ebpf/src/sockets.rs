@@ -26,13 +26,13 @@ use egress_common::{
     counters,
     maps::{PendingValue, SCRATCH_SOCK_ANSWER, SCRATCH_SOCK_QUERY, SockPendingKey, learn},
     mode,
-    packet::{DNS_PORT, Frame, IPPROTO_TCP, IPPROTO_UDP, Kind, parse_ip},
+    packet::{DNS_PORT, Frame, Kind, parse_ip},
 };
 
 use crate::{
     dns::{
-        UDP_ANSWER, consume_pending, copy_tcp, dns_parse_query, learn_udp, load_payload,
-        query_budget, stash_packet, stashed_packet,
+        TCP_ANSWER, UDP_ANSWER, consume_pending, dns_parse_query, learn_udp, load_payload,
+        query_budget, stash_dns, stashed_packet,
     },
     maps::{CONFIG, RESOLVERS, SOCK_PENDING},
     skb::{Skb, count, now},
@@ -59,10 +59,12 @@ fn cookie(skb: *mut __sk_buff) -> u64 {
 }
 
 /// [`track_query`]: a UDP query, its addressing in the scratch slot.
-pub(crate) const UDP_QUERY: i32 = 1;
+pub(crate) const UDP_QUERY: i32 = UDP_ANSWER;
+/// [`track_query`]: a TCP segment to port 53, its addressing in the scratch slot.
+pub(crate) const TCP_QUERY: i32 = TCP_ANSWER;
 
-/// Query side, step 1: finds a UDP query to port 53 and leaves its addressing in the scratch
-/// slot ([`UDP_QUERY`]). A global function, and called one after the other with step 2 from
+/// Query side, step 1: finds a UDP query ([`UDP_QUERY`]) or TCP segment ([`TCP_QUERY`]) to
+/// port 53 and leaves its addressing in the scratch slot. A global function, and called one after the other with step 2 from
 /// the entry, never one from the other: Linux 6.1 counts the frames of a call chain together
 /// ("combined stack size of 4 calls is 576. Too large").
 #[unsafe(no_mangle)]
@@ -76,13 +78,54 @@ pub(crate) extern "C" fn track_query(skb: *mut __sk_buff) -> i32 {
         return 0;
     };
     let t = p.transport;
-    if t.kind != Kind::Ports || t.proto != IPPROTO_UDP || t.dport != DNS_PORT {
+    if t.kind != Kind::Ports || t.dport != DNS_PORT {
         return 0;
     }
-    if !stash_packet(SCRATCH_SOCK_QUERY, &p) {
-        return 0;
+    stash_dns(&ctx, SCRATCH_SOCK_QUERY, &p)
+}
+
+/// Query side, step 2 for TCP: opens, starts or reads queries of the socket's DNS-over-TCP
+/// connection (see `dns_tcp.rs`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn tcp_query(skb: *mut __sk_buff) -> i32 {
+    let sock = cookie(skb);
+    if sock != 0 {
+        crate::dns_tcp::outgoing_segment(&TcContext::new(skb), SCRATCH_SOCK_QUERY, sock);
     }
-    UDP_QUERY
+    0
+}
+
+/// Answer side for TCP (see `dns_tcp.rs`): whether the segment continues the socket's
+/// DNS-over-TCP answer stream.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn tcp_answer_begin(skb: *mut __sk_buff) -> i64 {
+    match cookie(skb) {
+        0 => crate::dns_tcp::STOP,
+        sock => crate::dns_tcp::begin(SCRATCH_SOCK_ANSWER, sock),
+    }
+}
+
+/// The segment's next piece.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn tcp_answer_piece(skb: *mut __sk_buff, pos: u32) -> i64 {
+    match cookie(skb) {
+        0 => crate::dns_tcp::STOP,
+        sock => crate::dns_tcp::piece(&TcContext::new(skb), SCRATCH_SOCK_ANSWER, sock, pos),
+    }
+}
+
+/// The segment had more pieces than walked.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn tcp_answer_overflow(skb: *mut __sk_buff) -> i32 {
+    let sock = cookie(skb);
+    if sock != 0 {
+        crate::dns_tcp::overflow(SCRATCH_SOCK_ANSWER, sock);
+    }
+    0
 }
 
 /// Query side, step 2: parses the query [`track_query`] found and remembers it under
@@ -115,9 +158,8 @@ pub(crate) extern "C" fn remember_query(skb: *mut __sk_buff) -> i32 {
     0
 }
 
-/// Answer side, step 1: a UDP answer from a trusted resolver, not over loopback, its
-/// addressing left in the scratch slot ([`UDP_ANSWER`]); TCP segments from a trusted
-/// resolver go to the agent, as at the interface.
+/// Answer side, step 1: a UDP answer ([`UDP_ANSWER`]) or TCP segment ([`TCP_ANSWER`]) from a
+/// trusted resolver, not over loopback, its addressing left in the scratch slot.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn classify_answer(skb: *mut __sk_buff) -> i32 {
@@ -140,14 +182,7 @@ pub(crate) extern "C" fn classify_answer(skb: *mut __sk_buff) -> i32 {
         count(counters::DNS_UNTRUSTED);
         return 0;
     }
-    if t.proto == IPPROTO_TCP {
-        copy_tcp(&ctx, &p, t.dport, SCRATCH_SOCK_ANSWER);
-        return 0;
-    }
-    if t.proto != IPPROTO_UDP || !stash_packet(SCRATCH_SOCK_ANSWER, &p) {
-        return 0;
-    }
-    UDP_ANSWER
+    stash_dns(&ctx, SCRATCH_SOCK_ANSWER, &p)
 }
 
 /// Answer side, step 2: matches the answer to the query its socket sent, then learns as at the

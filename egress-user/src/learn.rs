@@ -2,8 +2,9 @@
 //! (race-free); the agent consumes the copies it sends to:
 //! - allow the target of a CNAME chain that ends without addresses, so the client's follow-up
 //!   query for that target is learned by the kernel too;
-//! - learn what the kernel left: answers with more records than it walks, and DNS over TCP
-//!   (reassembled here; the TCP handshake is its anti-spoofing);
+//! - learn what the kernel left: answers with more records than it walks, and DNS-over-TCP
+//!   answers that span segments (the kernel matched them to their query and copies their parts
+//!   in stream order; they are joined here);
 //! - count and log.
 
 use std::{
@@ -18,17 +19,15 @@ use egress_common::{
 };
 use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
-    rr::{RData, RecordType},
+    rr::RData,
 };
 
 use crate::{clock, datapath::Datapath, events::read_record, name::NamePattern};
 
 /// Longest CNAME chain followed.
 const MAX_CHAIN: usize = 16;
-/// TCP streams reassembled at once; more, and all are dropped (they teach nothing then).
-const MAX_TCP_STREAMS: usize = 1024;
-/// Bytes buffered per TCP stream (one DNS message is at most 65,535 + 2).
-const MAX_TCP_BUFFER: usize = 65_537;
+/// Long DNS-over-TCP answers joined at once.
+const MAX_JOINING: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct LearnStats {
@@ -38,7 +37,7 @@ pub struct LearnStats {
     pub cname_targets: AtomicU64,
     /// Addresses learned by the agent (what the kernel left to it).
     pub addresses: AtomicU64,
-    /// DNS-over-TCP answers parsed.
+    /// Long DNS-over-TCP answers joined from their parts and learned.
     pub tcp_answers: AtomicU64,
     /// Copies that could not be parsed.
     pub unparsable: AtomicU64,
@@ -48,87 +47,82 @@ pub struct LearnStats {
     pub record_failures: AtomicU64,
 }
 
+/// One DNS-over-TCP answer being joined: its connection (as the kernel saw it) and the
+/// sequence number of its first byte.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct StreamKey {
+struct PartKey {
     resolver: [u8; 16],
     client: [u8; 16],
     client_port: [u8; 2],
+    msg_seq: u32,
 }
 
-struct Stream {
-    next_seq: u32,
+struct Joining {
+    /// When its first part arrived (`ts_ns` of the copy).
+    started_ns: u64,
+    len: usize,
     buf: Vec<u8>,
 }
 
-/// DNS-over-TCP streams from trusted resolvers, reassembled from the kernel's segment copies
-/// into whole messages. Bounded: [`MAX_TCP_STREAMS`] streams of [`MAX_TCP_BUFFER`] bytes.
+/// Long DNS-over-TCP answers, joined from the parts the kernel copies. The kernel has already
+/// matched each to a query of its connection and found its name allowed, and copies parts only
+/// in stream order from the answer's first byte, so joining is appending: a part that does not
+/// continue the answer exactly (a copy lost to a full ring) abandons it. Bounded:
+/// [`MAX_JOINING`] answers of at most 65,535 bytes; the oldest is dropped for a new one.
 #[derive(Default)]
-pub struct Reassembler {
-    streams: HashMap<StreamKey, Stream>,
+pub struct Joiner {
+    answers: HashMap<PartKey, Joining>,
 }
 
-impl Reassembler {
-    /// Adds a segment (`seq`: TCP sequence number of its first byte) of the stream of
-    /// (`resolver`, `client`, `client_port`) and returns the DNS messages it completes.
-    pub fn push(
-        &mut self,
-        resolver: [u8; 16],
-        client: [u8; 16],
-        client_port: [u8; 2],
-        seq: u32,
-        payload: &[u8],
-    ) -> Vec<Vec<u8>> {
-        let key = StreamKey {
-            resolver,
-            client,
-            client_port,
+impl Joiner {
+    /// Adds a part (`h`: its copy's header) and returns the answer it completes.
+    pub fn push(&mut self, h: &DnsEventHeader, part: &[u8]) -> Option<Vec<u8>> {
+        let key = PartKey {
+            resolver: h.resolver,
+            client: h.client,
+            client_port: h.client_port,
+            msg_seq: h.msg_seq,
         };
-        if self.streams.len() >= MAX_TCP_STREAMS && !self.streams.contains_key(&key) {
-            self.streams.clear();
-        }
-        let stream = self.streams.entry(key).or_insert_with(|| Stream {
-            next_seq: seq,
-            buf: Vec::new(),
-        });
-        let offset = seq.wrapping_sub(stream.next_seq) as i32;
-        if offset > 0 {
-            // A gap (a lost copy): restart at this segment; what cannot be parsed teaches nothing.
-            stream.buf.clear();
-            stream.next_seq = seq;
-        }
-        let skip = if offset < 0 {
-            offset.unsigned_abs() as usize
-        } else {
-            0
-        };
-        if skip < payload.len() {
-            stream.buf.extend_from_slice(&payload[skip..]);
-            stream.next_seq = seq.wrapping_add(payload.len() as u32);
-        }
-        if stream.buf.len() > MAX_TCP_BUFFER {
-            self.streams.remove(&key);
-            return Vec::new();
-        }
-        let mut messages = Vec::new();
-        let buf = &mut stream.buf;
-        while buf.len() >= 2 {
-            let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
-            if buf.len() < 2 + len {
-                break;
+        let offset = h.tcp_seq.wrapping_sub(h.msg_seq) as usize;
+        let len = usize::from(h.msg_len);
+        if offset == 0 {
+            if self.answers.len() >= MAX_JOINING
+                && let Some(oldest) = self
+                    .answers
+                    .iter()
+                    .min_by_key(|(_, j)| j.started_ns)
+                    .map(|(k, _)| *k)
+            {
+                self.answers.remove(&oldest);
             }
-            messages.push(buf[2..2 + len].to_vec());
-            buf.drain(..2 + len);
+            self.answers.insert(
+                key,
+                Joining {
+                    started_ns: h.ts_ns,
+                    len,
+                    buf: Vec::with_capacity(len),
+                },
+            );
         }
-        messages
+        let joining = self.answers.get_mut(&key)?;
+        if offset != joining.buf.len() || joining.buf.len() + part.len() > joining.len {
+            self.answers.remove(&key);
+            return None;
+        }
+        joining.buf.extend_from_slice(part);
+        if joining.buf.len() < joining.len {
+            return None;
+        }
+        self.answers.remove(&key).map(|j| j.buf)
     }
 
-    /// Streams and bytes held (the bounds are what the fuzzer checks).
+    /// Answers being joined, and the most bytes one holds (the bounds the fuzzer checks).
     pub fn held(&self) -> (usize, usize) {
         (
-            self.streams.len(),
-            self.streams
+            self.answers.len(),
+            self.answers
                 .values()
-                .map(|s| s.buf.len())
+                .map(|j| j.buf.len())
                 .max()
                 .unwrap_or(0),
         )
@@ -190,14 +184,14 @@ pub fn chain_end(msg: &Message) -> Option<ChainEnd> {
 
 pub struct Learner {
     names: Vec<NamePattern>,
-    tcp: Reassembler,
+    tcp: Joiner,
 }
 
 impl Learner {
     pub fn new(names: Vec<NamePattern>) -> Self {
         Self {
             names,
-            tcp: Reassembler::default(),
+            tcp: Joiner::default(),
         }
     }
 
@@ -219,7 +213,7 @@ impl Learner {
             return;
         };
         match h.kind {
-            dns_kind::UDP => {
+            dns_kind::MESSAGE => {
                 let Ok(msg) = Message::from_vec(payload) else {
                     stats.unparsable.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -231,7 +225,11 @@ impl Learner {
                     self.follow(&msg, &cfg, dp, stats, learn_addresses);
                 }
             }
-            dns_kind::TCP => self.tcp_segment(&h, payload, &cfg, dp, stats),
+            dns_kind::TCP_PART => {
+                if let Some(whole) = self.tcp.push(&h, payload) {
+                    self.tcp_answer(&whole, &cfg, dp, stats);
+                }
+            }
             _ => {}
         }
     }
@@ -319,42 +317,21 @@ impl Learner {
         }
     }
 
-    fn tcp_segment(
-        &mut self,
-        h: &DnsEventHeader,
-        payload: &[u8],
-        cfg: &Config,
-        dp: &mut Datapath,
-        stats: &LearnStats,
-    ) {
-        let messages = self
-            .tcp
-            .push(h.resolver, h.client, h.client_port, h.tcp_seq, payload);
-        for m in messages {
-            let Ok(msg) = Message::from_vec(&m) else {
-                stats.unparsable.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if msg.message_type() != MessageType::Response
-                || msg.response_code() != ResponseCode::NoError
-            {
-                continue;
-            }
-            let Some(q) = msg.queries().first() else {
-                continue;
-            };
-            let allowed = !self.rules(&q.name().to_ascii(), dp, cfg).is_empty();
-            remember(&msg, allowed, dp, stats);
-            if !matches!(
-                q.query_type(),
-                RecordType::A | RecordType::AAAA | RecordType::CNAME | RecordType::HTTPS
-            ) || !allowed
-            {
-                continue;
-            }
-            stats.tcp_answers.fetch_add(1, Ordering::Relaxed);
-            self.follow(&msg, cfg, dp, stats, true);
+    /// A long DNS-over-TCP answer, joined: the kernel vouched for it (a query of its
+    /// connection, an allowed name) but walked none of it.
+    fn tcp_answer(&self, whole: &[u8], cfg: &Config, dp: &mut Datapath, stats: &LearnStats) {
+        let Ok(msg) = Message::from_vec(whole) else {
+            stats.unparsable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if msg.message_type() != MessageType::Response
+            || msg.response_code() != ResponseCode::NoError
+        {
+            return;
         }
+        remember(&msg, true, dp, stats);
+        stats.tcp_answers.fetch_add(1, Ordering::Relaxed);
+        self.follow(&msg, cfg, dp, stats, true);
     }
 }
 

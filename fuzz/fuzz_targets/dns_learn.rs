@@ -1,11 +1,13 @@
 //! The agent's DNS handling: hickory parses any bytes, the CNAME walk yields only addresses
-//! that are in the message and only at the end of the chain from the question, and the
-//! DNS-over-TCP reassembler stays within its bounds and only returns bytes it was given.
+//! that are in the message and only at the end of the chain from the question, and the joiner
+//! of long DNS-over-TCP answers returns exactly the parts it was given, contiguous, within its
+//! bounds.
 #![no_main]
 
 use std::net::IpAddr;
 
-use egress_user::learn::{Reassembler, chain_end};
+use egress_common::maps::DnsEventHeader;
+use egress_user::learn::{Joiner, chain_end};
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 
@@ -23,23 +25,55 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(end.name.len() <= 255 * 4, "names come from the message");
     }
-    // As TCP segments: the first byte of each chunk picks a sequence offset (overlaps, gaps,
-    // retransmissions), the rest is payload.
-    let mut r = Reassembler::default();
-    let mut seq = 1000u32;
-    for chunk in data.chunks(97) {
-        let (ctl, payload) = chunk.split_first().unwrap_or((&0, &[]));
-        seq = seq.wrapping_add(u32::from(*ctl % 16)).wrapping_sub(8);
-        for m in r.push([1; 16], [2; 16], [0, 53], seq, payload) {
-            // A message is at most 65,535 bytes and made of bytes from the input.
-            assert!(m.len() <= usize::from(u16::MAX));
-            assert!(m.iter().all(|b| data.contains(b)));
+    // As parts of long DNS-over-TCP answers, for several connections: the first bytes of
+    // each chunk pick the connection, the part's offset in its answer and the answer's length.
+    // A joined answer is exactly the concatenation of its parts, at most its length long.
+    let mut j = Joiner::default();
+    let mut sent: std::collections::HashMap<(u8, u32), Vec<u8>> = Default::default();
+    for (i, chunk) in data.chunks(301).enumerate() {
+        let [conn, start, skew, l0, l1, payload @ ..] = chunk else {
+            break;
+        };
+        let conn = conn % 4;
+        let msg_seq = u32::from(*start % 3) * 1000;
+        let msg_len = u16::from_le_bytes([*l0, *l1]);
+        let mine = sent.entry((conn, msg_seq)).or_default();
+        // Mostly the part that continues the answer; sometimes a gap or an overlap.
+        let offset = match skew % 8 {
+            0 => 0,
+            1 => mine.len() + 3,
+            2 => mine.len().saturating_sub(5),
+            _ => mine.len(),
+        };
+        if offset == 0 {
+            mine.clear();
         }
-        seq = seq.wrapping_add(payload.len() as u32);
-        let (streams, bytes) = r.held();
+        let h = DnsEventHeader {
+            ts_ns: i as u64,
+            resolver: [conn; 16],
+            client: [2; 16],
+            tcp_seq: msg_seq.wrapping_add(offset as u32),
+            msg_seq,
+            len: payload.len() as u16,
+            msg_len,
+            client_port: [0, 53],
+            kind: egress_common::maps::dns_kind::TCP_PART,
+            ..DnsEventHeader::default()
+        };
+        let contiguous = offset == mine.len();
+        if contiguous {
+            mine.extend_from_slice(payload);
+        }
+        if let Some(whole) = j.push(&h, payload) {
+            assert!(contiguous, "an answer joined across a gap or an overlap");
+            assert_eq!(whole.len(), usize::from(msg_len));
+            assert_eq!(&whole, mine, "a joined answer differs from its parts");
+            mine.clear();
+        }
+        let (answers, bytes) = j.held();
         assert!(
-            streams <= 1 && bytes <= 65_537,
-            "{streams} streams, {bytes} bytes"
+            answers <= 1024 && bytes <= usize::from(u16::MAX),
+            "{answers} answers, {bytes} bytes"
         );
     }
 });

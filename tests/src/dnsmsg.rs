@@ -12,6 +12,8 @@ use hickory_proto::{
 pub enum Rr<'a> {
     Addr(&'a str, &'a str, u32),
     Cname(&'a str, &'a str, u32),
+    /// A TXT record whose data is these bytes (cut into character-strings of 255 bytes).
+    Txt(&'a str, &'a [u8], u32),
 }
 
 pub fn query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
@@ -57,6 +59,11 @@ pub fn response_with(
                 Name::from_str(owner).unwrap(),
                 *ttl,
                 RData::CNAME(rdata::CNAME(Name::from_str(target).unwrap())),
+            ),
+            Rr::Txt(owner, data, ttl) => Record::from_rdata(
+                Name::from_str(owner).unwrap(),
+                *ttl,
+                RData::TXT(rdata::TXT::from_bytes(data.chunks(255).collect())),
             ),
         };
         m.add_answer(r);

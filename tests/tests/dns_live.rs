@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use egress_common::counters;
 use egress_tests::{
     Agent, TestPins, echo_once, ip,
     live::{
@@ -110,8 +111,8 @@ fn aaaa_over_ipv6() {
 
 #[test]
 fn dns_over_tcp() {
-    // `use-vc` makes the system resolver ask over TCP; the agent reassembles and learns. This
-    // path is not race-free (see docs/design.md): the first SYN may wait for the agent.
+    // `use-vc` makes the system resolver ask over TCP; the kernel follows the connection and
+    // learns the answer, as over UDP.
     let (w, _p, agent) = start(
         WorldOptions {
             options: "use-vc",
@@ -127,7 +128,11 @@ fn dns_over_tcp() {
     );
     assert!(learned(&agent, WEB_CGR));
     let counts = agent.datapath().counters().unwrap();
-    assert!(counts[egress_common::counters::DNS_TCP_SEGMENT as usize] > 0);
+    assert!(counts[counters::DNS_TCP_SEGMENT as usize] > 0);
+    assert!(
+        counts[counters::DNS_ANSWER_LEARNED as usize] > 0,
+        "the kernel learned nothing"
+    );
 }
 
 #[test]
@@ -228,8 +233,8 @@ fn spoofed_and_unsolicited_answers_teach_nothing() {
     assert!(!learned(&agent, WEB_DENIED));
     assert_eq!(w.curl(&format!("https://{WEB_DENIED}/"), &[], MAX), None);
     let c = agent.datapath().counters().unwrap();
-    assert!(c[egress_common::counters::DNS_UNTRUSTED as usize] >= 1);
-    assert!(c[egress_common::counters::DNS_UNSOLICITED as usize] >= 1);
+    assert!(c[counters::DNS_UNTRUSTED as usize] >= 1);
+    assert!(c[counters::DNS_UNSOLICITED as usize] >= 1);
 }
 
 /// Malformed answers that reach the walker: each answers a query the client really sent (id,
@@ -238,7 +243,6 @@ fn spoofed_and_unsolicited_answers_teach_nothing() {
 /// teaches anything, and learning goes on afterwards.
 #[test]
 fn a_flood_of_malformed_answers_teaches_nothing_and_stalls_nothing() {
-    use egress_common::counters;
     use egress_tests::dnsmsg::{Rr, response};
     const N: u16 = 2_000;
     let w = PlayedResolver::new("app.example");
@@ -288,25 +292,41 @@ fn a_flood_of_malformed_answers_teaches_nothing_and_stalls_nothing() {
 
 #[test]
 fn the_race_resolve_then_connect_at_once_never_waits() {
-    let (w, _p, agent) = start(WorldOptions::default(), "  min_ttl: 5s\n");
+    race(WorldOptions::default(), counters::DNS_ANSWER_LEARNED);
+}
+
+/// The same race over DNS over TCP (glibc's `use-vc`): each lookup opens a connection to the
+/// resolver, and the answer in one segment is learned by the kernel before the socket gets it.
+#[test]
+fn the_race_over_tcp_never_waits_either() {
+    let opts = WorldOptions {
+        options: "use-vc",
+        ..WorldOptions::default()
+    };
+    race(opts, counters::DNS_TCP_SEGMENT);
+}
+
+/// 1,000 fresh names resolved and connected at once: no first SYN dropped, none retransmitted,
+/// none slower than 200 ms; `path` (a counter) must move, proving the path taken.
+fn race(opts: WorldOptions, path: u32) {
+    let (w, _p, agent) = start(opts, "  min_ttl: 5s\n");
     let race = Path::new(env!("CARGO_BIN_EXE_egress-race"));
-    let drops =
-        |a: &Agent| a.datapath().counters().unwrap()[egress_common::counters::DROP_DENIED as usize];
-    let (drops0, retrans0) = (drops(&agent), w.client().tcp_ext("TCPSynRetrans"));
+    let count = |a: &Agent, c: u32| a.datapath().counters().unwrap()[c as usize];
+    let (drops0, path0) = (count(&agent, counters::DROP_DENIED), count(&agent, path));
+    let retrans0 = w.client().tcp_ext("TCPSynRetrans");
     let out = w
         .run_in_client(race, &["1000", "race.test", "200", RACE_FIRST])
         .unwrap();
     // What the claim says: no first SYN was dropped, so none was sent again. The timings are
     // information (a dropped SYN costs a 1 s retransmission).
     assert_eq!(
-        drops(&agent) - drops0,
+        count(&agent, counters::DROP_DENIED) - drops0,
         0,
         "the NIC dropped packets of allowed names"
     );
-    assert_eq!(
-        w.client().tcp_ext("TCPSynRetrans") - retrans0,
-        0,
-        "SYNs were retransmitted"
+    assert!(
+        count(&agent, path) - path0 >= 1000,
+        "the answers took another path"
     );
     eprintln!("race: {out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -316,6 +336,11 @@ fn the_race_resolve_then_connect_at_once_never_waits() {
     assert_eq!(v["connected"], 1000, "{out}");
     assert_eq!(v["failed"], 0, "{out}\n{}", agent.log_text());
     assert_eq!(v["slow"], 0, "connects slower than 200 ms: {out}");
+    assert_eq!(
+        w.client().tcp_ext("TCPSynRetrans") - retrans0,
+        0,
+        "SYNs were retransmitted"
+    );
     let _ = RESOLVER_V6;
 }
 
@@ -469,12 +494,12 @@ fn a_burst_of_answers_the_agent_only_records_does_not_crowd_out_a_dangling_cname
     let counters = w.agent.datapath().counters().unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     assert_eq!(
-        counters[egress_common::counters::DNS_EVENT_LOST as usize],
+        counters[counters::DNS_EVENT_LOST as usize],
         0,
         "copies lost to a full ring"
     );
     assert!(
-        counters[egress_common::counters::DNS_NOT_ALLOWED as usize] >= 2000,
+        counters[counters::DNS_NOT_ALLOWED as usize] >= 2000,
         "the burst was not matched: {counters:?}"
     );
     w.wait_for_cname_target();
