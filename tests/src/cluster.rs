@@ -471,11 +471,16 @@ impl Cluster {
 
     /// Points pod `pod` at another resolver (a test's own).
     pub fn set_resolver(&mut self, pod: usize, server: &str) -> anyhow::Result<()> {
+        self.set_resolv_conf(
+            pod,
+            &format!("nameserver {server}\noptions timeout:1 attempts:1\n"),
+        )
+    }
+
+    /// Replaces pod `pod`'s resolv.conf (e.g. `options use-vc` to ask over TCP).
+    pub fn set_resolv_conf(&mut self, pod: usize, text: &str) -> anyhow::Result<()> {
         let etc = PathBuf::from("/etc/netns").join(&self.pods[pod].ns.name);
-        std::fs::write(
-            etc.join("resolv.conf"),
-            format!("nameserver {server}\noptions timeout:1 attempts:1\n"),
-        )?;
+        std::fs::write(etc.join("resolv.conf"), text)?;
         Ok(())
     }
 

@@ -147,6 +147,32 @@ fn a_pod_on_the_node_of_coredns_learns_through_the_service() {
     });
 }
 
+/// A pod whose resolver asks over TCP (glibc's `use-vc`) through the Service, answered by
+/// CoreDNS on the other node: the socket programs follow each connection (by socket cookie,
+/// across the Service's DNAT) and learn every answer before the pod reads it.
+#[test]
+fn a_pod_asking_over_tcp_through_the_service_never_waits() {
+    let mut c = Cluster::new(ClusterOptions::default()).unwrap();
+    c.set_resolv_conf(
+        0,
+        &format!("nameserver {CLUSTER_DNS}\noptions use-vc timeout:2\n"),
+    )
+    .unwrap();
+    let pins = [TestPins::new(), TestPins::new()];
+    let agents = agents(&c, &pins, &[]);
+    let pod = &c.pods[0];
+    assert_ne!(pod.node, c.coredns().node, "CoreDNS is on the other node");
+    let segments = |a: &Agent| a.datapath().counters().unwrap()[counters::DNS_TCP_SEGMENT as usize];
+    let before = segments(&agents[0]);
+    race(&c, &agents[0], &pod.ns, 300, |cmd| {
+        c.run_in_pod(pod, cmd).unwrap()
+    });
+    assert!(
+        segments(&agents[0]) - before >= 300,
+        "the answers did not come over TCP"
+    );
+}
+
 #[test]
 fn native_routing_instead_of_an_overlay() {
     let c = Cluster::new(ClusterOptions {
