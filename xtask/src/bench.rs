@@ -390,6 +390,14 @@ fn side_by_side(o: &mut String, r: &Value, opts: &Options) {
             .and_then(|row| row["race"]["resolve_p50_us"].as_i64())
             .unwrap_or(0)
     };
+    let find = |setup: &str| {
+        c["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|row| row["setup"].as_str() == Some(setup))
+            .and_then(|row| row["race"]["resolve_p50_us"].as_i64())
+    };
     let base = p50("none");
     let _ = writeln!(
         o,
@@ -398,9 +406,27 @@ fn side_by_side(o: &mut String, r: &Value, opts: &Options) {
         p50("dnsmasq forwarder") - base,
         p50("dnsmasq --nftset") - base
     );
+    if let (Some(tcp_base), Some(tcp_egress)) =
+        (find("none, DNS over TCP"), find("egress, DNS over TCP"))
+    {
+        let _ = writeln!(
+            o,
+            "Over TCP (glibc's `use-vc`, one connection per lookup), against querying the resolver directly over TCP: egress **{}**, dnsmasq `--nftset` {} µs. egress follows the connection in the kernel and learns each answer that arrives whole in one segment before the socket gets it, as over UDP (`docs/design.md`).\n",
+            if tcp_egress > tcp_base {
+                format!("{} µs", tcp_egress - tcp_base)
+            } else {
+                format!(
+                    "{} µs, that is nothing measurable (a TCP lookup costs about {tcp_base} µs here and varies by more between runs)",
+                    tcp_egress - tcp_base
+                )
+            },
+            find("dnsmasq --nftset + nftables, DNS over TCP")
+                .map_or_else(|| "–".to_owned(), |v| (v - tcp_base).to_string()),
+        );
+    }
     let _ = writeln!(
         o,
-        "**Where the classic setup wins.** dnsmasq adds the addresses before it forwards the answer, so it closes the race too (0 slow connects above), and, being a proxy, it does so for DNS over TCP as well, where egress learns in the agent and loses first SYNs (the TCP row: the same race, learned in userspace). It needs no eBPF, no BTF and no recent kernel, and its throughput cost is in the same range as egress's here.\n\n\
+        "**Where the classic setup wins.** It needs no eBPF, no BTF and no recent kernel, and its throughput cost is in the same range as egress's here. dnsmasq adds the addresses before it forwards the answer, so it closes the race too (0 slow connects above), over UDP and TCP alike; so does egress now (the TCP rows).\n\n\
          **Where egress wins.** It is not in the DNS path: no forwarder to run, to make highly available, or to point every resolv.conf (and every pod's DNS) at, and it adds less to each resolution (above). Addresses follow the records' TTLs (plus the configured grace) instead of a fixed set timeout, so an address a name no longer resolves to stops admitting new connections; the classic set keeps allowing it until its timeout. Connections already open keep flowing in both. It also counts every denied destination and reports it with the name that last resolved to it (metrics, logs, `egress suggest`).\n"
     );
 }
