@@ -34,7 +34,8 @@ use crate::{
 /// lookup in one segment).
 const MAX_QUERIES_PER_SEGMENT: usize = 4;
 /// Pieces ([`Step`]) of one answer segment walked: the rest of a message in progress and up to
-/// 15 messages. A segment with more loses the stream (counted), it never skips a boundary.
+/// 15 messages, or 16 messages. A segment with more loses the stream (counted), it never skips
+/// a boundary.
 const MAX_STEPS: usize = 16;
 /// Copies one part of a long answer may take ([`BUF`] bytes each): 64 KiB, the largest
 /// aggregated segment.
@@ -266,7 +267,8 @@ pub(crate) fn follow(
     overflow: impl FnOnce(),
 ) {
     let mut pos = begin();
-    for _ in 0..MAX_STEPS {
+    // One call more than pieces: the last finds the segment's end.
+    for _ in 0..MAX_STEPS + 1 {
         if pos < 0 {
             return;
         }

@@ -121,7 +121,7 @@ fn deliver(m: &mut Model, start: usize, len: usize) {
         Admit::Old | Admit::Gap => return,
     };
     assert!(m.opened, "a stream the node did not open was followed");
-    for _ in 0..MAX_STEPS {
+    for _ in 0..MAX_STEPS + 1 {
         let st = step(&mut m.state, seq, len as u32, &mut pos, MAX_WHOLE, |o| {
             let o = o as usize;
             Some(u16::from_be_bytes([payload[o], payload[o + 1]]))
