@@ -7,11 +7,17 @@
 //! a TXT record in a workload's own zone, present them as an answer. So the stream is followed
 //! from its first byte and only in order:
 //!
-//! - The connection must be one the node opened: its SYN left the node ([`state::SYN_SENT`]).
-//! - The answer stream's first byte is known from the node's own acknowledgment of the
-//!   resolver's SYN: the first non-SYN segment the node sends carries `ack` = the resolver's
-//!   initial sequence number + 1. The node's TCP stack only acknowledged a SYN-ACK that
-//!   acknowledged its own SYN, so a forged SYN-ACK does not move it ([`state::OPEN`]).
+//! - The connection must be one the node opened: its SYN left the node, and its initial
+//!   sequence number is kept ([`state::SYN_SENT`]).
+//! - The answer stream's first byte is the resolver's SYN-ACK's sequence number + 1, taken only
+//!   from the SYN-ACK that acknowledges the node's SYN (`ack` = the node's initial sequence
+//!   number + 1, 32 bits an off-path sender must guess), and only once ([`state::OPEN`]).
+//!   Not from the node's own acknowledgment: at an interface, forwarded traffic passes the same
+//!   hook, and a workload that can send raw packets could forge "the node's" ACK with any
+//!   number and so choose where the kernel starts reading. A SYN it forges on the 4-tuple of a
+//!   live connection only resets the entry to [`state::SYN_SENT`]: the resolver answers such a
+//!   SYN with a plain ACK, never a SYN-ACK, so the stream is not followed again (nothing
+//!   learned, nothing false).
 //! - An answer segment is used only if it continues the stream exactly where the previous one
 //!   ended ([`admit`]). A segment after a gap, or one that is entirely old (a retransmission),
 //!   is not used; the stream waits for the missing bytes in order. Bytes of a partly old
@@ -39,27 +45,32 @@ pub mod state {
 pub const MAX_MESSAGE: u32 = u16::MAX as u32;
 
 impl TcpStream {
-    /// A connection whose SYN the node just sent.
-    pub const fn opened(now_ns: u64) -> Self {
+    /// A connection whose SYN, with initial sequence number `isn`, the node just sent.
+    pub const fn opened(now_ns: u64, isn: u32) -> Self {
         Self {
             opened_ns: now_ns,
+            isn,
             next: 0,
             boundary: 0,
             msg_seq: 0,
             msg_len: 0,
             state: state::SYN_SENT,
             vouched: 0,
+            _pad: [0; 4],
         }
     }
 
-    /// The node acknowledged the resolver's SYN with `ack`: the answer stream starts there.
-    /// Only the first acknowledgment counts.
-    pub fn acknowledged(&mut self, ack: u32) {
-        if self.state == state::SYN_SENT {
-            self.next = ack;
-            self.boundary = ack;
-            self.state = state::OPEN;
+    /// The resolver's SYN-ACK (sequence number `seq`, acknowledgment `ack`) arrived: if it
+    /// acknowledges the node's SYN, the answer stream starts after it. Only the first counts.
+    pub fn syn_acked(&mut self, seq: u32, ack: u32) -> bool {
+        if self.state != state::SYN_SENT || ack != self.isn.wrapping_add(1) {
+            return false;
         }
+        let start = seq.wrapping_add(1);
+        self.next = start;
+        self.boundary = start;
+        self.state = state::OPEN;
+        true
     }
 }
 
@@ -162,6 +173,8 @@ pub fn step(
     let rest = avail - 2;
     if n <= rest && n <= max_whole {
         *pos = off + n;
+        // No message is in progress any more.
+        s.vouched = 0;
         return Step::Whole { off, len: n };
     }
     s.msg_seq = here.wrapping_add(2);
@@ -188,9 +201,10 @@ pub fn finish(s: &mut TcpStream, seq: u32, len: u32) {
 mod tests {
     use super::*;
 
-    fn open(isn: u32) -> TcpStream {
-        let mut s = TcpStream::opened(1);
-        s.acknowledged(isn);
+    /// A stream whose answer bytes start at `start`.
+    fn open(start: u32) -> TcpStream {
+        let mut s = TcpStream::opened(1, 77);
+        assert!(s.syn_acked(start.wrapping_sub(1), 78));
         s
     }
 
@@ -227,15 +241,18 @@ mod tests {
 
     #[test]
     fn a_stream_not_acknowledged_is_not_followed() {
-        let s = TcpStream::opened(1);
+        let s = TcpStream::opened(1, 77);
         assert_eq!(admit(&s, 0, 10), Admit::NotOpen);
         assert_eq!(admit(&TcpStream::default(), 0, 10), Admit::NotOpen);
     }
 
     #[test]
-    fn only_the_first_acknowledgment_sets_the_start() {
-        let mut s = open(100);
-        s.acknowledged(5000);
+    fn only_a_syn_ack_of_the_nodes_syn_sets_the_start_and_only_once() {
+        let mut s = TcpStream::opened(1, u32::MAX);
+        assert!(!s.syn_acked(500, 77), "acknowledges another SYN");
+        assert_eq!(s.state, state::SYN_SENT);
+        assert!(s.syn_acked(99, 0), "isn + 1 wraps to 0");
+        assert!(!s.syn_acked(4999, 0));
         assert_eq!((s.next, s.boundary), (100, 100));
     }
 

@@ -395,6 +395,9 @@ impl TcpStreamKey {
 pub struct TcpStream {
     /// When the node sent the SYN.
     pub opened_ns: u64,
+    /// The node's initial sequence number (its SYN's): the resolver's SYN-ACK must acknowledge
+    /// it.
+    pub isn: u32,
     /// Sequence number of the next answer byte expected in order.
     pub next: u32,
     /// Sequence number of the next message's length prefix.
@@ -408,6 +411,7 @@ pub struct TcpStream {
     /// The message in progress answers a query of this connection for an allowed name: its
     /// parts are copied to the agent.
     pub vouched: u8,
+    pub _pad: [u8; 4],
 }
 
 /// Value of [`names::DNS_PENDING`] and [`names::SOCK_PENDING`].
@@ -809,7 +813,7 @@ const _: () = assert!(size_of::<LearnedByKey>() == 16 + 16);
 const _: () =
     assert!(size_of::<DnsPacket>() == 16 + 16 + 4 + 4 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 4 + 4);
 const _: () = assert!(size_of::<TcpStreamKey>() == 16 + 16 + 8 + 2 + 1 + 5);
-const _: () = assert!(size_of::<TcpStream>() == 8 + 4 + 4 + 4 + 2 + 1 + 1);
+const _: () = assert!(size_of::<TcpStream>() == 8 + 4 + 4 + 4 + 4 + 2 + 1 + 1 + 4);
 const _: () = assert!(size_of::<DnsParsed>() == 8 + 4 + 2 + 2 + 1 + 1 + 6 + 8);
 const _: () = assert!(size_of::<SockPendingKey>() == 16);
 const _: () = assert!(size_of::<PendingKey>() == 40);

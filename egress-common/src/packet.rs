@@ -61,6 +61,7 @@ const _: () = assert!(MAX_VLAN_TAGS == 2 && MAX_IPV6_EXT_HEADERS == 8);
 
 /// TCP flag bits in byte 13 of the TCP header.
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// How far the transport part of an IP packet could be parsed.

@@ -19,7 +19,7 @@ use egress_common::{
     mode,
     packet::{
         DNS_PORT, Frame, IPPROTO_TCP, IPPROTO_UDP, IpPacket, Kind, TCP_ACK_OFF, TCP_DOFF_OFF,
-        TCP_SEQ_OFF, parse_frame,
+        TCP_SEQ_OFF, TCP_SYN, parse_frame,
     },
 };
 
@@ -179,6 +179,20 @@ pub(crate) fn stash_segment(ctx: &TcContext, slot: u32, p: &IpPacket) -> bool {
     ) else {
         return false;
     };
+    let frame = ctx.len() as usize;
+    // A header shorter than 20 bytes, or an IP packet longer than the frame: the TCP stack
+    // drops it, so it is not followed either.
+    if doff >> 4 < 5 || p.end > frame {
+        return false;
+    }
+    let payload_off = p.l4_off + usize::from(doff >> 4) * 4;
+    let payload_end = if p.end == 0 { frame } else { p.end };
+    // A segment without payload matters only with SYN (opening) or, arriving, SYN-ACK; bare
+    // ACKs are not stashed (at the sockets they may be sent from a softirq that interrupts
+    // this program on the same CPU, and would overwrite the slot it is using).
+    if payload_off >= payload_end && p.transport.tcp_flags & TCP_SYN == 0 {
+        return false;
+    }
     if !stash_packet(slot, p) {
         return false;
     }
@@ -187,9 +201,8 @@ pub(crate) fn stash_segment(ctx: &TcContext, slot: u32, p: &IpPacket) -> bool {
     };
     // SAFETY: as in `stash_packet`.
     let pkt = unsafe { &mut (*scratch).packet };
-    pkt.payload_off = (p.l4_off + usize::from(doff >> 4) * 4) as u32;
-    let frame = ctx.len() as usize;
-    pkt.payload_end = (if p.end == 0 { frame } else { p.end.min(frame) }) as u32;
+    pkt.payload_off = payload_off as u32;
+    pkt.payload_end = payload_end as u32;
     pkt.seq = u32::from_be_bytes(seq);
     pkt.ack = u32::from_be_bytes(ack);
     pkt.tcp_flags = p.transport.tcp_flags;
@@ -708,10 +721,13 @@ pub(crate) fn send_copy(slot: u32, kind: u8, flags: u8, len: usize, tcp_seq: u32
         h.ts_ns = now();
         h.resolver = p.saddr;
         h.client = p.daddr;
+        // A part carries its answer's start and length; a whole message none (the slot may
+        // still hold those of a part copied earlier in the same segment).
+        let part = kind == dns_kind::TCP_PART;
         h.tcp_seq = tcp_seq;
-        h.msg_seq = p.msg_seq;
+        h.msg_seq = if part { p.msg_seq } else { 0 };
         h.len = n as u16;
-        h.msg_len = p.msg_len;
+        h.msg_len = if part { p.msg_len } else { 0 };
         h.client_port = p.dport;
         h.kind = kind;
         h.flags = flags;

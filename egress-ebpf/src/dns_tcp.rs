@@ -18,7 +18,7 @@ use egress_common::{
         DnsPacket, PendingKey, PendingValue, SockPendingKey, TcpStream, TcpStreamKey, dns_flag,
         dns_kind,
     },
-    packet::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    packet::{IPPROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN},
 };
 
 use crate::{
@@ -66,19 +66,18 @@ pub(crate) fn outgoing_segment(ctx: &TcContext, slot: u32, cookie: u64) {
     let key = stream_key(&p, cookie, true);
     let now = now();
     if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        // A connection opens (or a port is reused): follow it from scratch. Opening counts
-        // against the client's query budget, so one client cannot flush the table.
+        // A connection opens (or a port is reused): follow it from scratch, from the SYN-ACK
+        // that acknowledges this SYN. Opening counts against the client's query budget, so one
+        // client cannot flush the table; refused, an older entry of the 4-tuple goes too.
         if query_budget(&p.saddr, now) {
-            let _ = DNS_TCP.insert(&key, &TcpStream::opened(now), 0);
+            let _ = DNS_TCP.insert(&key, &TcpStream::opened(now, p.seq), 0);
+        } else {
+            let _ = DNS_TCP.remove(&key);
         }
         return;
     }
-    let Some(s) = DNS_TCP.get_ptr_mut(&key) else {
+    if DNS_TCP.get_ptr_mut(&key).is_none() {
         return;
-    };
-    if p.tcp_flags & TCP_ACK != 0 {
-        // SAFETY: a value pointer from a successful lookup, valid for this program run.
-        unsafe { (*s).acknowledged(p.ack) };
     }
     let end = p.payload_end as usize;
     let mut pos = p.payload_off as usize;
@@ -162,11 +161,26 @@ pub(crate) fn begin(slot: u32, cookie: u64) -> i64 {
     let Some(p) = stashed_packet(slot) else {
         return STOP;
     };
+    let key = stream_key(&p, cookie, false);
+    if p.tcp_flags & TCP_RST != 0 {
+        return STOP;
+    }
+    if p.tcp_flags & TCP_SYN != 0 {
+        // The resolver's SYN-ACK: the answer stream starts after it if it acknowledges the
+        // node's SYN. Data it carries is not read (the next segment then leaves a gap).
+        if p.tcp_flags & TCP_ACK != 0
+            && let Some(s) = DNS_TCP.get_ptr_mut(&key)
+        {
+            // SAFETY: a value pointer from a successful lookup, valid for this program run.
+            unsafe { (*s).syn_acked(p.seq, p.ack) };
+        }
+        return STOP;
+    }
     let (off, end) = (p.payload_off, p.payload_end);
     if off >= end {
-        return STOP; // no payload: a bare ACK, the SYN-ACK, a FIN
+        return STOP; // no payload: a bare ACK, a FIN
     }
-    let Some(s) = DNS_TCP.get_ptr_mut(&stream_key(&p, cookie, false)) else {
+    let Some(s) = DNS_TCP.get_ptr_mut(&key) else {
         count(counters::DNS_TCP_UNOPENED);
         return STOP;
     };

@@ -28,6 +28,9 @@ use crate::{clock, datapath::Datapath, events::read_record, name::NamePattern};
 const MAX_CHAIN: usize = 16;
 /// Long DNS-over-TCP answers joined at once.
 const MAX_JOINING: usize = 1024;
+/// An answer whose parts have not all arrived this long after its first is dropped (the same
+/// bound as an answer's wait for its query, `DNS_QUERY_TIMEOUT_NS`).
+const JOIN_TIMEOUT_NS: u64 = egress_common::maps::DNS_QUERY_TIMEOUT_NS;
 
 #[derive(Debug, Default)]
 pub struct LearnStats {
@@ -68,7 +71,8 @@ struct Joining {
 /// matched each to a query of its connection and found its name allowed, and copies parts only
 /// in stream order from the answer's first byte, so joining is appending: a part that does not
 /// continue the answer exactly (a copy lost to a full ring) abandons it. Bounded:
-/// [`MAX_JOINING`] answers of at most 65,535 bytes; the oldest is dropped for a new one.
+/// [`MAX_JOINING`] answers of at most 65,535 bytes, each for at most [`JOIN_TIMEOUT_NS`]; the
+/// oldest is dropped for a new one.
 #[derive(Default)]
 pub struct Joiner {
     answers: HashMap<PartKey, Joining>,
@@ -86,6 +90,9 @@ impl Joiner {
         let offset = h.tcp_seq.wrapping_sub(h.msg_seq) as usize;
         let len = usize::from(h.msg_len);
         if offset == 0 {
+            // Answers whose parts stopped coming (a lost copy, a closed connection) go first.
+            self.answers
+                .retain(|_, j| h.ts_ns.saturating_sub(j.started_ns) < JOIN_TIMEOUT_NS);
             if self.answers.len() >= MAX_JOINING
                 && let Some(oldest) = self
                     .answers
@@ -100,7 +107,8 @@ impl Joiner {
                 Joining {
                     started_ns: h.ts_ns,
                     len,
-                    buf: Vec::with_capacity(len),
+                    // Grown as parts arrive: the length is the resolver's word, not yet bytes.
+                    buf: Vec::new(),
                 },
             );
         }

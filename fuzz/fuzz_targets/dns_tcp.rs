@@ -62,9 +62,9 @@ fuzz_target!(|data: &[u8]| {
             bytes.extend((0..len).map(|j| fill.wrapping_add(j as u8)));
         }
         let opened = i != STREAMS - 1 || next().unwrap_or(0) % 2 == 0;
-        let mut state = TcpStream::opened(1);
+        let mut state = TcpStream::opened(1, 1000);
         if opened {
-            state.acknowledged(isn);
+            assert!(state.syn_acked(isn.wrapping_sub(1), 1001));
         }
         models.push(Model {
             isn,

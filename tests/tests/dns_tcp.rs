@@ -17,6 +17,7 @@ use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use egress_common::{
     counters,
     maps::{TcpStream as StreamState, TcpStreamKey, names},
+    packet::{TCP_ACK, TCP_SYN},
 };
 use egress_tests::{
     Agent, TestPins, Topology,
@@ -321,12 +322,95 @@ fn a_forged_segment_without_a_handshake_teaches_nothing() {
     assert_eq!(s.counter(counters::DNS_TCP_UNOPENED) - unopened0, 3);
 }
 
+/// A workload on the node that can send raw packets (a pod with `CAP_NET_RAW` behind an
+/// interface) forges, on the 4-tuple of its own live connection, a SYN and then an ACK whose
+/// acknowledgment number points at the framed fake answer inside the TXT record it is about to
+/// receive. Were the stream's start taken from "the node's" acknowledgment, the kernel would
+/// start reading there and learn the fake; it is taken from the resolver's SYN-ACK to the
+/// node's SYN, which a forged SYN on a live connection never gets: nothing is learned from the
+/// connection.
+#[test]
+fn a_forged_syn_and_ack_from_the_node_cannot_move_the_stream_start() {
+    let s = setup();
+    let txt = txt_answer(&framed(&fake()));
+    let fake_at = txt
+        .windows(2)
+        .position(|w| w == (fake().len() as u16).to_be_bytes())
+        .expect("the embedded prefix");
+    let mut stream = txt.clone();
+    stream.extend(real_answer());
+    s.exchange(both_queries(), vec![stream], |s, port| {
+        let at = s.stream(port).expect("the kernel follows the connection");
+        let (client, resolver) = (egress_tests::CLIENT_V4, RESOLVER_V4);
+        raw_tcp(
+            &s.topo.client,
+            client,
+            resolver,
+            port,
+            53,
+            TCP_SYN,
+            12_345,
+            0,
+            &[],
+        );
+        let ack = at.next.wrapping_add(fake_at as u32);
+        raw_tcp(
+            &s.topo.client,
+            client,
+            resolver,
+            port,
+            53,
+            TCP_ACK,
+            12_346,
+            ack,
+            // With a byte of data: bare ACKs are not even looked at.
+            &[0],
+        );
+    });
+    assert!(
+        !s.learned(WEB_DENIED),
+        "the forged start taught the embedded answer"
+    );
+}
+
 /// Sends a TCP segment (ACK|PSH) from the resolver's address and port 53 to the client's
 /// `port`, with sequence number `seq`, through a raw socket in the server namespace.
 fn inject_tcp(s: &Setup, port: u16, seq: u32, payload: &[u8]) {
+    let client = egress_tests::CLIENT_V4;
+    raw_tcp(
+        &s.topo.server,
+        RESOLVER_V4,
+        client,
+        53,
+        port,
+        TCP_ACK | TCP_PSH,
+        seq,
+        0,
+        payload,
+    );
+}
+
+const TCP_PSH: u8 = 0x08;
+
+/// Sends one TCP segment with these fields through a raw socket in `ns` (the kernel adds the
+/// IP header; the TCP checksum is left 0: the programs look before the stack checks it, and
+/// the stack then drops the segment).
+#[expect(clippy::too_many_arguments, reason = "one field per TCP header field")]
+fn raw_tcp(
+    ns: &egress_tests::NetNs,
+    src: &str,
+    dst: &str,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) {
     let payload = payload.to_vec();
-    let src: Ipv4Addr = RESOLVER_V4.parse().unwrap();
-    s.topo.server.run(move || {
+    let src: Ipv4Addr = src.parse().unwrap();
+    let dst: SocketAddr = format!("{dst}:0").parse().unwrap();
+    ns.run(move || {
         let sock = socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::RAW,
@@ -335,15 +419,14 @@ fn inject_tcp(s: &Setup, port: u16, seq: u32, payload: &[u8]) {
         .unwrap();
         sock.bind(&SocketAddr::new(src.into(), 0).into()).unwrap();
         let mut tcp = Vec::new();
-        tcp.extend_from_slice(&53u16.to_be_bytes());
-        tcp.extend_from_slice(&port.to_be_bytes());
+        tcp.extend_from_slice(&sport.to_be_bytes());
+        tcp.extend_from_slice(&dport.to_be_bytes());
         tcp.extend_from_slice(&seq.to_be_bytes());
-        tcp.extend_from_slice(&0u32.to_be_bytes()); // ack
-        tcp.extend_from_slice(&[5 << 4, 0x18]); // 20-byte header; ACK|PSH
+        tcp.extend_from_slice(&ack.to_be_bytes());
+        tcp.extend_from_slice(&[5 << 4, flags]); // 20-byte header
         tcp.extend_from_slice(&65_535u16.to_be_bytes()); // window
-        tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum (not checked before the stack), urgent
+        tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
         tcp.extend_from_slice(&payload);
-        let dst: SocketAddr = format!("{}:0", egress_tests::CLIENT_V4).parse().unwrap();
         sock.send_to(&tcp, &dst.into()).unwrap();
     });
 }
