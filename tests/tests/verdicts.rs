@@ -280,13 +280,27 @@ fn events_are_rate_limited_per_cpu() {
     cfg.events_per_sec = 5;
     h.dp.set_config(&cfg).unwrap();
     let frame = tcp(CLIENT_V4, DENIED_V4, 443).build();
+    // BPF_PROG_TEST_RUN runs the program on the calling thread's CPU: pinned to one CPU (this
+    // test's own thread), every run shares that CPU's budget of 5 per second.
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).expect("pin to CPU 0");
     for _ in 0..20 {
         assert_eq!(h.run(&frame), DROP);
     }
-    // The test runs may land on either CPU; each has its own budget of 5.
-    let sent = h.counter(counters::EVENT_SENT);
-    assert!((5..=10).contains(&sent), "sent {sent}");
-    assert_eq!(sent + h.counter(counters::EVENT_RATE_LIMITED), 20);
+    assert_eq!(h.counter(counters::EVENT_SENT), 5);
+    assert_eq!(h.counter(counters::EVENT_RATE_LIMITED), 15);
+    // The budget is per CPU: runs on another CPU have a budget of their own.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        let mut other = nix::sched::CpuSet::new();
+        other.set(1).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &other).expect("pin to CPU 1");
+        for _ in 0..20 {
+            assert_eq!(h.run(&frame), DROP);
+        }
+        assert_eq!(h.counter(counters::EVENT_SENT), 10);
+        assert_eq!(h.counter(counters::EVENT_RATE_LIMITED), 30);
+    }
 }
 
 #[test]
