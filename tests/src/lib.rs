@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod dnsmsg;
 pub mod harness;
 pub mod live;
+pub mod raw;
 
 mod agent;
 mod netns;

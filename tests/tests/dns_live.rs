@@ -191,23 +191,16 @@ fn inject(w: &World, src: &str, dst_port: u16, payload: Vec<u8>) {
 }
 
 fn inject_from(server: &egress_tests::NetNs, src: &str, dst_port: u16, payload: Vec<u8>) {
-    let src: std::net::Ipv4Addr = src.parse().unwrap();
+    let src = src.to_owned();
     server.run(move || {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.bind(&SocketAddr::new(src.into(), 0).into()).unwrap();
+        let s = egress_tests::raw::socket(&src, socket2::Protocol::UDP);
         let mut udp = Vec::new();
         udp.extend_from_slice(&53u16.to_be_bytes());
         udp.extend_from_slice(&dst_port.to_be_bytes());
         udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         udp.extend_from_slice(&[0, 0]); // no checksum (allowed for IPv4)
         udp.extend_from_slice(&payload);
-        let dst: SocketAddr = format!("{}:0", egress_tests::CLIENT_V4).parse().unwrap();
-        s.send_to(&udp, &dst.into()).unwrap();
+        egress_tests::raw::send(&s, egress_tests::CLIENT_V4, &udp);
     });
 }
 

@@ -9,7 +9,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -172,6 +172,21 @@ fn txt_answer(embedded: &[u8]) -> Vec<u8> {
     ))
 }
 
+/// The answer stream of the TXT attack: the TXT answer embedding a framed fake answer, then
+/// the real answer for `cgr.dev`; with the TXT answer's length and the offset of the embedded
+/// answer's prefix.
+fn txt_then_real_answer() -> (Vec<u8>, usize, usize) {
+    let txt = txt_answer(&framed(&fake()));
+    let fake_at = txt
+        .windows(2)
+        .position(|w| w == (fake().len() as u16).to_be_bytes())
+        .expect("the embedded prefix");
+    let txt_len = txt.len();
+    let mut stream = txt;
+    stream.extend(real_answer());
+    (stream, txt_len, fake_at)
+}
+
 fn real_answer() -> Vec<u8> {
     framed(&response(
         CGR_ID,
@@ -209,19 +224,13 @@ fn an_answer_in_one_segment_is_learned_by_the_kernel() {
 #[test]
 fn an_answer_embedded_in_a_txt_record_teaches_nothing_wherever_the_segments_cut() {
     let s = setup();
-    let txt = txt_answer(&framed(&fake()));
-    let fake_at = txt
-        .windows(2)
-        .position(|w| w == (fake().len() as u16).to_be_bytes())
-        .expect("the embedded prefix");
-    let mut stream = txt.clone();
-    stream.extend(real_answer());
+    let (stream, txt_len, fake_at) = txt_then_real_answer();
     let cuts: Vec<Vec<usize>> = vec![
         vec![],        // one segment
         vec![fake_at], // a segment starts at the embedded answer
         vec![1],       // the TXT answer's prefix split
         vec![20, fake_at, fake_at + 2],
-        vec![txt.len()], // the real answer in a segment of its own
+        vec![txt_len], // the real answer in a segment of its own
         (1..stream.len()).step_by(97).collect(),
     ];
     for cut in cuts {
@@ -332,13 +341,7 @@ fn a_forged_segment_without_a_handshake_teaches_nothing() {
 #[test]
 fn a_forged_syn_and_ack_from_the_node_cannot_move_the_stream_start() {
     let s = setup();
-    let txt = txt_answer(&framed(&fake()));
-    let fake_at = txt
-        .windows(2)
-        .position(|w| w == (fake().len() as u16).to_be_bytes())
-        .expect("the embedded prefix");
-    let mut stream = txt.clone();
-    stream.extend(real_answer());
+    let (stream, _, fake_at) = txt_then_real_answer();
     s.exchange(both_queries(), vec![stream], |s, port| {
         let at = s.stream(port).expect("the kernel follows the connection");
         let (client, resolver) = (egress_tests::CLIENT_V4, RESOLVER_V4);
@@ -407,17 +410,9 @@ fn raw_tcp(
     ack: u32,
     payload: &[u8],
 ) {
-    let payload = payload.to_vec();
-    let src: Ipv4Addr = src.parse().unwrap();
-    let dst: SocketAddr = format!("{dst}:0").parse().unwrap();
+    let (src, dst, payload) = (src.to_owned(), dst.to_owned(), payload.to_vec());
     ns.run(move || {
-        let sock = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::TCP),
-        )
-        .unwrap();
-        sock.bind(&SocketAddr::new(src.into(), 0).into()).unwrap();
+        let sock = egress_tests::raw::socket(&src, socket2::Protocol::TCP);
         let mut tcp = Vec::new();
         tcp.extend_from_slice(&sport.to_be_bytes());
         tcp.extend_from_slice(&dport.to_be_bytes());
@@ -427,6 +422,6 @@ fn raw_tcp(
         tcp.extend_from_slice(&65_535u16.to_be_bytes()); // window
         tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
         tcp.extend_from_slice(&payload);
-        sock.send_to(&tcp, &dst.into()).unwrap();
+        egress_tests::raw::send(&sock, &dst, &tcp);
     });
 }

@@ -238,15 +238,9 @@ fn a_full_learned_map_fails_cleanly_and_learns_again_after_garbage_collection() 
 /// Sends `count` UDP datagrams from `src:53` to the client with one raw socket (fast enough for
 /// 100,000 over the veth in a couple of seconds), `payload(i)` each.
 fn flood(server: &NetNs, src: &str, count: u32, payload: impl Fn(u32) -> Vec<u8> + Send + 'static) {
-    let src: Ipv4Addr = src.parse().unwrap();
+    let src = src.to_owned();
     server.run(move || {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        s.bind(&SocketAddr::new(src.into(), 0).into()).unwrap();
+        let s = egress_tests::raw::socket(&src, socket2::Protocol::UDP);
         let dst: SocketAddr = format!("{}:0", egress_tests::CLIENT_V4).parse().unwrap();
         for i in 0..count {
             let body = payload(i);

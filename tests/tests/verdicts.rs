@@ -282,22 +282,20 @@ fn events_are_rate_limited_per_cpu() {
     let frame = tcp(CLIENT_V4, DENIED_V4, 443).build();
     // BPF_PROG_TEST_RUN runs the program on the calling thread's CPU: pinned to one CPU (this
     // test's own thread), every run shares that CPU's budget of 5 per second.
-    let mut one = nix::sched::CpuSet::new();
-    one.set(0).unwrap();
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).expect("pin to CPU 0");
-    for _ in 0..20 {
-        assert_eq!(h.run(&frame), DROP);
-    }
+    let runs_on = |cpu: usize| {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin the test");
+        for _ in 0..20 {
+            assert_eq!(h.run(&frame), DROP);
+        }
+    };
+    runs_on(0);
     assert_eq!(h.counter(counters::EVENT_SENT), 5);
     assert_eq!(h.counter(counters::EVENT_RATE_LIMITED), 15);
     // The budget is per CPU: runs on another CPU have a budget of their own.
     if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
-        let mut other = nix::sched::CpuSet::new();
-        other.set(1).unwrap();
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &other).expect("pin to CPU 1");
-        for _ in 0..20 {
-            assert_eq!(h.run(&frame), DROP);
-        }
+        runs_on(1);
         assert_eq!(h.counter(counters::EVENT_SENT), 10);
         assert_eq!(h.counter(counters::EVENT_RATE_LIMITED), 30);
     }
