@@ -1,9 +1,10 @@
 //! DNS over TCP, learned in the kernel like UDP.
 //!
 //! The query side (egress, or the socket's egress hook) opens a stream entry at the node's SYN
-//! to a trusted resolver's port 53, records where the answer stream starts from the node's own
-//! acknowledgment of the SYN-ACK, and remembers the queries the node writes on the connection.
-//! The answer side follows the answer stream in order (`egress_common::dns_tcp`): a whole
+//! to a trusted resolver's port 53, keeping its initial sequence number, and remembers the
+//! queries the node writes on the connection. The answer side starts the answer stream after
+//! the resolver's SYN-ACK that acknowledges that SYN, then follows it in order
+//! (`egress_common::dns_tcp`; why not from the node's own ACK is said there): a whole
 //! message in a segment (the common case) is matched to its query and learned before the
 //! segment reaches the socket, exactly like a UDP answer; an answer that spans segments is
 //! matched at its first segment and its parts are copied to the agent, which joins and learns
