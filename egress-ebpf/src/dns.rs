@@ -146,10 +146,8 @@ pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32, head: u32) -> i32
 /// Leaves the addressing of a UDP DNS packet in scratch `slot`, for the separately verified
 /// function that handles it next.
 #[inline(always)]
-pub(crate) fn stash_packet(slot: u32, p: &IpPacket) -> bool {
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
-        return false;
-    };
+pub(crate) fn stash_packet(slot: u32, p: &IpPacket) -> Option<&'static mut DnsPacket> {
+    let scratch = DNS_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a per-CPU map slot from a successful lookup, used only by this program run.
     let pkt = unsafe { &mut (*scratch).packet };
     pkt.saddr = p.saddr;
@@ -165,7 +163,7 @@ pub(crate) fn stash_packet(slot: u32, p: &IpPacket) -> bool {
     pkt.tcp_flags = 0;
     pkt.payload_end = 0;
     pkt._pad = [0; 4];
-    true
+    Some(pkt)
 }
 
 /// [`stash_packet`] for a TCP segment: also its sequence and acknowledgment numbers and flags,
@@ -193,14 +191,9 @@ pub(crate) fn stash_segment(ctx: &TcContext, slot: u32, p: &IpPacket) -> bool {
     if payload_off >= payload_end && p.transport.tcp_flags & TCP_SYN == 0 {
         return false;
     }
-    if !stash_packet(slot, p) {
-        return false;
-    }
-    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
+    let Some(pkt) = stash_packet(slot, p) else {
         return false;
     };
-    // SAFETY: as in `stash_packet`.
-    let pkt = unsafe { &mut (*scratch).packet };
     pkt.payload_off = payload_off as u32;
     pkt.payload_end = payload_end as u32;
     pkt.seq = u32::from_be_bytes(seq);
@@ -214,7 +207,7 @@ pub(crate) fn stash_segment(ctx: &TcContext, slot: u32, p: &IpPacket) -> bool {
 #[inline(always)]
 pub(crate) fn stash_dns(ctx: &TcContext, slot: u32, p: &IpPacket) -> i32 {
     match p.transport.proto {
-        IPPROTO_UDP if stash_packet(slot, p) => UDP_ANSWER,
+        IPPROTO_UDP if stash_packet(slot, p).is_some() => UDP_ANSWER,
         IPPROTO_TCP if stash_segment(ctx, slot, p) => TCP_ANSWER,
         _ => 0,
     }

@@ -344,31 +344,23 @@ fn a_forged_syn_and_ack_from_the_node_cannot_move_the_stream_start() {
     let (stream, _, fake_at) = txt_then_real_answer();
     s.exchange(both_queries(), vec![stream], |s, port| {
         let at = s.stream(port).expect("the kernel follows the connection");
-        let (client, resolver) = (egress_tests::CLIENT_V4, RESOLVER_V4);
-        raw_tcp(
-            &s.topo.client,
-            client,
-            resolver,
-            port,
-            53,
-            TCP_SYN,
-            12_345,
-            0,
-            &[],
-        );
-        let ack = at.next.wrapping_add(fake_at as u32);
-        raw_tcp(
-            &s.topo.client,
-            client,
-            resolver,
-            port,
-            53,
-            TCP_ACK,
-            12_346,
-            ack,
-            // With a byte of data: bare ACKs are not even looked at.
-            &[0],
-        );
+        let forge = |flags, seq, ack, payload: &[u8]| {
+            let (client, resolver) = (egress_tests::CLIENT_V4, RESOLVER_V4);
+            raw_tcp(
+                &s.topo.client,
+                client,
+                resolver,
+                port,
+                53,
+                flags,
+                seq,
+                ack,
+                payload,
+            );
+        };
+        forge(TCP_SYN, 12_345, 0, &[]);
+        // With a byte of data: bare ACKs are not even looked at.
+        forge(TCP_ACK, 12_346, at.next.wrapping_add(fake_at as u32), &[0]);
     });
     assert!(
         !s.learned(WEB_DENIED),
