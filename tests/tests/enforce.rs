@@ -371,19 +371,23 @@ fn a_released_link_is_attached_again_and_readiness_fails_while_the_interface_is_
         .join(format!("link_{}_{}", Hook::Egress.name(), topo.iface));
     if link.exists() {
         // Another tool (or a mistake) removes the attachment: with no pin and no agent handle
-        // left, the kernel releases the link. The agent attaches again.
+        // left, the kernel releases the link. The agent attaches again at its next check.
+        // The link's kernel id shows both, whatever the agent's timing (probing with
+        // connections raced the agent's check, which can repair the hook within milliseconds;
+        // the chain's revision restarts when the chain empties).
+        let before = link_id(&link);
         std::fs::remove_file(&link).unwrap();
-        // The kernel releases the link after an RCU grace period (on 6.5+ from a workqueue).
-        let released = std::time::Instant::now() + Duration::from_secs(3);
-        while topo
-            .connect(DENIED_V4, 443, Duration::from_millis(300))
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < released,
-                "the link was not released; the test proves nothing"
-            );
-        }
+        egress_tests::wait_for("the removed link to be attached again", || {
+            reattached(&topo) >= 1.0
+        });
+        let after = link_id(&link);
+        assert_ne!(before, after, "the same link is pinned: never released");
+        assert!(
+            aya::programs::loaded_links().all(|l| l.map(|l| l.id()).ok() != Some(before)),
+            "the removed link {before} was not released"
+        );
+        let (_, programs) = tcx_chain(&topo);
+        assert_eq!(programs, vec![Hook::Egress.name().to_owned()]);
         wait_until_enforced(&topo, &agent, "the released link to be attached again");
         assert!(link.exists());
     } else {
@@ -579,19 +583,46 @@ fn without_an_attachment_record_detach_keeps_the_pins_and_detach_all_still_finds
         .expect("still enforcing after detach --all");
 }
 
-/// Waits (generously, the agent checks every 5 s) until a connection to `DENIED_V4` is refused
-/// again.
-/// `egress_reattached_total` for the egress hook of the topology's interface.
-fn reattached(topo: &Topology) -> f64 {
-    egress_tests::metric(
-        &topo.client,
-        &format!(
-            "egress_reattached_total{{iface=\"{}\",hook=\"egress\"}}",
-            topo.iface
-        ),
-    )
+/// The kernel's id of the link pinned at `pin` (the handle is closed again at once: holding
+/// it would keep the link alive).
+fn link_id(pin: &std::path::Path) -> u32 {
+    let link = aya::programs::links::FdLink::from(
+        aya::programs::links::PinnedLink::from_pin(pin).unwrap(),
+    );
+    link.info().unwrap().id()
 }
 
+/// The revision of the TCX egress chain of the topology's interface and the names of the
+/// programs in it, in order.
+fn tcx_chain(topo: &Topology) -> (u64, Vec<String>) {
+    let iface = topo.iface.clone();
+    topo.client.run(move || {
+        let (revision, programs) =
+            aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Egress)
+                .unwrap();
+        let names = programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect();
+        (revision, names)
+    })
+}
+
+/// `egress_reattached_total` for the egress hook of the topology's interface.
+fn reattached(topo: &Topology) -> f64 {
+    let sample = format!(
+        "egress_reattached_total{{iface=\"{}\",hook=\"egress\"}} ",
+        topo.iface
+    );
+    // The labelled sample appears with the first repair.
+    let (_, body) = http_get(&topo.client, "/metrics").expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&sample)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits (generously, the agent checks every 5 s) until a connection to `DENIED_V4` is refused
+/// again.
 fn wait_until_enforced(topo: &Topology, agent: &Agent, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while topo.connect(DENIED_V4, 443, CONNECT).is_ok() {
