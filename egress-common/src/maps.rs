@@ -8,13 +8,19 @@ use core::mem::size_of;
 
 /// Names of the maps, which are also their pin file names under the pin directory.
 pub mod names {
-    /// `Array<Config>`, one slot: mode and timeouts.
+    /// `Array<u32>`, one slot: the policy generation in force (see [`super::generation`]).
+    /// The agent writes a whole policy into the other generation, then switches with this
+    /// one write; the programs read it first.
+    pub const ACTIVE: &str = "ACTIVE";
+    /// `Array<Config>`, one slot per generation: mode and timeouts.
     pub const CONFIG: &str = "CONFIG";
-    /// `Array<u32>`: bitmap of enforced destination ports.
+    /// `Array<u32>`, one bitmap of enforced destination ports per generation
+    /// ([`super::PORT_WORDS`] words each, generation 0 first).
     pub const PORTS: &str = "PORTS";
-    /// `LpmTrie<[u8; 4], StaticValue>`: static IPv4 CIDRs from the policy.
+    /// `LpmTrie<[u8; 5], StaticValue>`: static IPv4 CIDRs from the policy, keyed by the
+    /// generation byte then the address ([`super::static_v4`]).
     pub const STATIC_V4: &str = "STATIC_V4";
-    /// `LpmTrie<[u8; 16], StaticValue>`: static IPv6 CIDRs from the policy.
+    /// `LpmTrie<[u8; 17], StaticValue>`: static IPv6 CIDRs, keyed like [`STATIC_V4`].
     pub const STATIC_V6: &str = "STATIC_V6";
     /// `HashMap<[u8; 4], LearnedValue>`: IPv4 addresses learned from DNS, with expiry. A hash
     /// map, not a trie: learned entries are single addresses, and a hash map offers the
@@ -48,7 +54,8 @@ pub mod names {
     pub const EVENT_RATE: &str = "EVENT_RATE";
     /// `RingBuf` of [`super::DenyEvent`].
     pub const EVENTS: &str = "EVENTS";
-    /// `HashMap<[u8; 16], u32>`: trusted resolvers (IPv4-mapped for IPv4).
+    /// `HashMap<[u8; 16], u32>`: trusted resolvers (IPv4-mapped for IPv4); the value is the set
+    /// of generations that trust it ([`super::generation::bit`]).
     pub const RESOLVERS: &str = "RESOLVERS";
     /// `HashMap<u64, NameValue>`: hashes of allowed exact names (policy names never expire;
     /// CNAME targets learned by the agent carry an expiry).
@@ -81,7 +88,8 @@ pub mod names {
     pub const ATTACHED: &str = "ATTACHED";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
+        ACTIVE,
         CONFIG,
         PORTS,
         STATIC_V4,
@@ -113,8 +121,57 @@ pub mod names {
 
 /// Nanoseconds in a second (`CLOCK_BOOTTIME` stamps in the maps are nanoseconds).
 pub const NS_PER_S: u64 = 1_000_000_000;
-/// Capacity of each static CIDR map (per family).
+/// Static CIDRs a policy may have, per family.
 pub const STATIC_CAPACITY: u32 = 16_384;
+/// Capacity of each static CIDR map: room for the policy in force and the one being written.
+pub const STATIC_MAP_CAPACITY: u32 = generation::COUNT * STATIC_CAPACITY;
+
+/// Policy generations: the policy maps hold two policies, the one in force
+/// ([`names::ACTIVE`]) and the one being written. A reload writes the whole new policy into the
+/// other generation and then switches with one write, so a program run, and an agent killed at
+/// any instant, sees one whole policy, the old or the new, never a mix. Keys carry the
+/// generation where an entry's value differs between policies (CONFIG slot, PORTS words, the
+/// static CIDR tries); the hash maps whose entries are the same in both (resolvers, names)
+/// carry the set of generations that hold them in the value.
+pub mod generation {
+    /// Generations (0 and 1).
+    pub const COUNT: u32 = 2;
+    /// Both generations: a CNAME target learned from DNS is state, not policy; it stands for
+    /// a rule and goes when that rule leaves the policy.
+    pub const ALL: u32 = 0b11;
+
+    /// The bit of generation `g` in a set of generations.
+    #[inline(always)]
+    pub const fn bit(g: u32) -> u32 {
+        1 << (g & 1)
+    }
+
+    /// The generation a reload writes while `g` is in force.
+    #[inline(always)]
+    pub const fn other(g: u32) -> u32 {
+        (g & 1) ^ 1
+    }
+}
+
+/// Data of a [`names::STATIC_V4`] key: the generation byte, then the address. Its prefix
+/// length is the CIDR's plus 8, so a lookup matches only CIDRs of the generation it asks for.
+#[inline(always)]
+pub const fn static_v4(generation: u32, a: [u8; 4]) -> [u8; 5] {
+    [generation as u8, a[0], a[1], a[2], a[3]]
+}
+
+/// Data of a [`names::STATIC_V6`] key, as [`static_v4`].
+#[inline(always)]
+pub const fn static_v6(generation: u32, a: [u8; 16]) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = generation as u8;
+    let mut i = 0;
+    while i < 16 {
+        k[i + 1] = a[i];
+        i += 1;
+    }
+    k
+}
 /// Capacity of each learned-address map (per family).
 pub const LEARNED_CAPACITY: u32 = 262_144;
 /// Capacity of [`names::LEARNED_BY`] (allocated as used): two rules per learned address.
@@ -203,7 +260,8 @@ pub const fn port_bit(port: u16) -> (u32, u32) {
     ((port as u32) >> 5, 1 << (port as u32 & 31))
 }
 
-/// Mode and timeouts, written by the agent into the single slot of [`names::CONFIG`].
+/// Mode and timeouts, written by the agent into the slot of [`names::CONFIG`] of its
+/// generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -227,6 +285,9 @@ pub struct Config {
     /// DNS queries per second one client address may have remembered (see
     /// [`DNS_QUERIES_PER_CLIENT_PER_SEC`], the default).
     pub client_query_rate: u32,
+    /// The generation of the policy this configuration belongs to (its slot): the programs
+    /// read the other policy maps of this generation.
+    pub generation: u32,
 }
 
 impl Config {
@@ -294,6 +355,18 @@ pub struct NameValue {
     /// The policy rule the entry stands for: itself for policy names, the rule of the question
     /// whose CNAME chain ended at it for a CNAME target.
     pub rule: Rule,
+    /// The generations whose policy holds the name ([`generation::bit`]);
+    /// [`generation::ALL`] for CNAME targets.
+    pub generations: u32,
+    pub _pad: u32,
+}
+
+impl NameValue {
+    /// Whether the entry matches under the policy of generation `g` at `now_ns`.
+    #[inline(always)]
+    pub const fn matches(&self, g: u32, now_ns: u64) -> bool {
+        self.generations & generation::bit(g) != 0 && self.expires_ns > now_ns
+    }
 }
 
 /// Key of [`names::LEARNED_BY`]: an address (IPv4-mapped for IPv4) and a rule that allowed it.
@@ -806,8 +879,8 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 }
 
 // No implicit padding: sizes equal the sum of the fields.
-const _: () = assert!(size_of::<Config>() == 56);
-const _: () = assert!(size_of::<NameValue>() == 8 + 16);
+const _: () = assert!(size_of::<Config>() == 64);
+const _: () = assert!(size_of::<NameValue>() == 8 + 16 + 4 + 4);
 const _: () = assert!(size_of::<Rule>() == 16);
 const _: () = assert!(size_of::<LearnedByKey>() == 16 + 16);
 const _: () =

@@ -24,10 +24,8 @@ use egress_common::{
 };
 
 use crate::{
-    maps::{
-        CONFIG, DNS_CLIENTS, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_BY, LEARNED_V4,
-        LEARNED_V6, NAMES_EXACT, NAMES_WILD, RESOLVERS,
-    },
+    maps::{DNS_CLIENTS, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_BY, LEARNED_V4, LEARNED_V6},
+    policy,
     skb::{Skb, count, now},
 };
 
@@ -54,7 +52,7 @@ pub(crate) const TCP_ANSWER: i32 = 2;
 #[inline(never)]
 pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = policy::config() else {
         return 0;
     };
     // With learning at the sockets, the socket programs see every answer this one would.
@@ -68,8 +66,7 @@ pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
     if t.kind != Kind::Ports || t.sport != DNS_PORT {
         return 0;
     }
-    // SAFETY: a read-only lookup of a plain value.
-    if unsafe { RESOLVERS.get(&p.saddr) }.is_none() {
+    if !policy::resolver(cfg, &p.saddr) {
         count(counters::DNS_UNTRUSTED);
         return 0;
     }
@@ -87,7 +84,7 @@ pub(crate) extern "C" fn ingress_classify(skb: *mut __sk_buff) -> i32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = policy::config() else {
         return -1;
     };
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
@@ -117,7 +114,7 @@ pub(crate) extern "C" fn dns_parse_query(slot: u32, len: u32) -> i32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32, head: u32) -> i32 {
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = policy::config() else {
         return -1;
     };
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
@@ -125,8 +122,7 @@ pub(crate) extern "C" fn dns_parse_answer(slot: u32, len: u32, head: u32) -> i32
     };
     // SAFETY: a per-CPU slot the caller filled during this same program run.
     let s = unsafe { &mut *scratch };
-    // SAFETY (closure): read-only lookups of plain values.
-    let wild = |h: u64| unsafe { NAMES_WILD.get(&h) }.is_some();
+    let wild = |h: u64| policy::wild_name(cfg, h);
     match dns::question_head(
         &s.bytes,
         len as usize,
@@ -278,11 +274,13 @@ pub(crate) const TCP_QUERY: i32 = TCP_ANSWER;
 #[inline(never)]
 pub(crate) extern "C" fn egress_track(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
+    let Some(cfg) = policy::config() else {
+        return 0;
+    };
     let Ok(Frame::Ip(p)) = parse_frame(&Skb(&ctx)) else {
         return 0;
     };
-    // SAFETY: a read-only lookup of a plain value.
-    if unsafe { RESOLVERS.get(&p.daddr) }.is_none() {
+    if !policy::resolver(cfg, &p.daddr) {
         return 0;
     }
     stash_dns(&ctx, SCRATCH_EGRESS, &p)
@@ -340,9 +338,7 @@ pub(crate) fn query_budget(client: &[u8; 16], now: u64) -> bool {
         state.window_start_ns = now;
         state.sent = 0;
     }
-    let limit = CONFIG
-        .get(0)
-        .map_or(DNS_QUERIES_PER_CLIENT_PER_SEC, |c| c.client_query_rate);
+    let limit = policy::config().map_or(DNS_QUERIES_PER_CLIENT_PER_SEC, |c| c.client_query_rate);
     if state.sent >= u64::from(limit) {
         count(counters::DNS_QUERY_RATE_LIMITED);
         return false;
@@ -555,7 +551,7 @@ const WALK_INCOMPLETE: i64 = 1;
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, ancount: u32) -> i64 {
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = policy::config() else {
         return -1;
     };
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(slot) else {
@@ -620,10 +616,10 @@ fn allowing_rules(q: &DnsParsed, slot: u32) -> bool {
     let rules = unsafe { &mut (*scratch).rules };
     rules[0] = Rule::NONE;
     rules[1] = Rule::NONE;
-    // SAFETY: a read-only lookup of a plain value.
-    if let Some(v) = unsafe { NAMES_EXACT.get(&q.full) }
-        && v.expires_ns > now()
-    {
+    let Some(cfg) = policy::config() else {
+        return false;
+    };
+    if let Some(v) = policy::exact_name(cfg, q.full, now()) {
         rules[0] = v.rule;
     }
     if q.suffix_matched != 0 {

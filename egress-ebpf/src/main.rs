@@ -17,6 +17,7 @@
 mod dns;
 mod dns_tcp;
 mod maps;
+mod policy;
 mod skb;
 mod sockets;
 
@@ -24,14 +25,14 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_get_socket_cookie, bpf_sk_fullsock},
     macros::{cgroup_skb, classifier},
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::HashMap,
     programs::{SkBuffContext, TcContext},
 };
 use egress_common::{
     counters,
     maps::{
         Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, LearnedValue, NS_PER_S,
-        StaticValue, action, family, learn, port_bit, reason, v4_of_mapped,
+        action, family, learn, reason, v4_of_mapped,
     },
     mode,
     packet::{
@@ -39,10 +40,7 @@ use egress_common::{
     },
     tc_action::{DROP, PASS},
 };
-use maps::{
-    ADMITTED, CONFIG, EVENT_RATE, EVENTS, FLOWS, FLOWS_UDP, LEARNED_V4, LEARNED_V6, PORTS, REVOKED,
-    STATIC_V4, STATIC_V6,
-};
+use maps::{ADMITTED, EVENT_RATE, EVENTS, FLOWS, FLOWS_UDP, LEARNED_V4, LEARNED_V6, REVOKED};
 use skb::{Skb, count, now};
 
 /// A program that only passes: the baseline `cargo xtask bench` measures the datapath against.
@@ -153,8 +151,8 @@ pub(crate) fn egress(ctx: TcContext) -> i32 {
 #[inline(never)]
 pub(crate) extern "C" fn egress_verdict(skb: *mut __sk_buff) -> i32 {
     let ctx = TcContext::new(skb);
-    // The single-slot array always has index 0; `None` cannot happen but must be handled.
-    let Some(cfg) = CONFIG.get(0) else {
+    // `None` cannot happen (see `policy::config`) but must be handled: fail-open, as below.
+    let Some(cfg) = policy::config() else {
         return 0;
     };
     if cfg.mode == mode::UNSET {
@@ -206,7 +204,7 @@ fn classify(
         }
         // Fail-closed: the ports are unknown (tiny first fragment, truncated transport header,
         // IPv6 extension headers past the walk bound), so only an allowed destination passes.
-        Kind::Unparsed => match allowed(&p, now()) {
+        Kind::Unparsed => match allowed(cfg, &p, now()) {
             Some(counter) => {
                 count(counter);
                 PASS
@@ -228,7 +226,7 @@ fn enforce(
     dport: [u8; 2],
     tcp_flags: u8,
 ) -> i32 {
-    if !port_enforced(u16::from_be_bytes(dport)) {
+    if !policy::port_enforced(cfg, u16::from_be_bytes(dport)) {
         count(counters::PASS_NOT_ENFORCED);
         return PASS;
     }
@@ -258,7 +256,7 @@ fn enforce(
             return PASS;
         }
     }
-    let counter = match allowed(p, now) {
+    let counter = match allowed(cfg, p, now) {
         Some(counter) => {
             if syn {
                 admit_socket(ctx, now);
@@ -354,35 +352,27 @@ fn revoked(daddr: &[u8; 16]) -> bool {
     unsafe { REVOKED.get(daddr) }.is_some()
 }
 
-/// The counter to bump if the destination is allowed now, `None` if it is not.
+/// The counter to bump if the destination is allowed now under `cfg`'s policy, `None` if it is
+/// not.
 #[inline(always)]
-fn allowed(p: &IpPacket, now: u64) -> Option<u32> {
+fn allowed(cfg: &Config, p: &IpPacket, now: u64) -> Option<u32> {
     if p.family == family::V4 {
         let a = v4_of_mapped(&p.daddr);
-        allowed_in(&STATIC_V4, &LEARNED_V4, &Key::new(32, a), &a, now)
+        if policy::static_v4_allows(cfg, a) {
+            return Some(counters::PASS_STATIC);
+        }
+        learned_in(&LEARNED_V4, &a, now)
     } else {
-        allowed_in(
-            &STATIC_V6,
-            &LEARNED_V6,
-            &Key::new(128, p.daddr),
-            &p.daddr,
-            now,
-        )
+        if policy::static_v6_allows(cfg, p.daddr) {
+            return Some(counters::PASS_STATIC);
+        }
+        learned_in(&LEARNED_V6, &p.daddr, now)
     }
 }
 
-/// [`allowed`] for one family's maps: a static CIDR, or an unexpired learned address.
+/// [`allowed`] for one family's learned map: an unexpired learned address.
 #[inline(always)]
-fn allowed_in<K>(
-    statics: &LpmTrie<K, StaticValue>,
-    learned: &HashMap<K, LearnedValue>,
-    prefix: &Key<K>,
-    addr: &K,
-    now: u64,
-) -> Option<u32> {
-    if statics.get(prefix).is_some() {
-        return Some(counters::PASS_STATIC);
-    }
+fn learned_in<K>(learned: &HashMap<K, LearnedValue>, addr: &K, now: u64) -> Option<u32> {
     match learned.get_ptr_mut(addr) {
         // SAFETY: a non-null value pointer from the lookup.
         Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
@@ -456,12 +446,6 @@ fn report(cfg: &Config, event: &DenyEvent) {
         Ok(()) => count(counters::EVENT_SENT),
         Err(_) => count(counters::EVENT_RINGBUF_FULL),
     }
-}
-
-#[inline(always)]
-fn port_enforced(port: u16) -> bool {
-    let (word, bit) = port_bit(port);
-    matches!(PORTS.get(word), Some(w) if w & bit != 0)
 }
 
 #[panic_handler]

@@ -13,19 +13,24 @@ use egress_common::{
         DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue, IFACE_BYTES,
         LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey, LearnedValue, NAMES_EXACT_CAPACITY,
         NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue,
-        RESOLVERS_CAPACITY, REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_CAPACITY,
-        SockPendingKey, StaticValue, TcpStream, TcpStreamKey,
+        RESOLVERS_CAPACITY, REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_MAP_CAPACITY,
+        SockPendingKey, StaticValue, TcpStream, TcpStreamKey, generation,
     },
 };
 
+// The policy maps: read only through `crate::policy`, which looks at the generation in force.
 #[map]
-pub(crate) static CONFIG: Array<Config> = Array::pinned(1, 0);
+pub(crate) static ACTIVE: Array<u32> = Array::pinned(1, 0);
 #[map]
-pub(crate) static PORTS: Array<u32> = Array::pinned(PORT_WORDS, 0);
+pub(crate) static CONFIG: Array<Config> = Array::pinned(generation::COUNT, 0);
 #[map]
-pub(crate) static STATIC_V4: LpmTrie<[u8; 4], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
+pub(crate) static PORTS: Array<u32> = Array::pinned(generation::COUNT * PORT_WORDS, 0);
 #[map]
-pub(crate) static STATIC_V6: LpmTrie<[u8; 16], StaticValue> = LpmTrie::pinned(STATIC_CAPACITY, 0);
+pub(crate) static STATIC_V4: LpmTrie<[u8; 5], StaticValue> =
+    LpmTrie::pinned(STATIC_MAP_CAPACITY, 0);
+#[map]
+pub(crate) static STATIC_V6: LpmTrie<[u8; 17], StaticValue> =
+    LpmTrie::pinned(STATIC_MAP_CAPACITY, 0);
 #[map]
 pub(crate) static LEARNED_V4: HashMap<[u8; 4], LearnedValue> =
     HashMap::pinned(LEARNED_CAPACITY, NO_PREALLOC);

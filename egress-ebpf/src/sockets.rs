@@ -34,7 +34,8 @@ use crate::{
         TCP_ANSWER, UDP_ANSWER, consume_pending, dns_parse_query, learn_udp, load_payload,
         query_budget, stash_dns, stashed_packet,
     },
-    maps::{CONFIG, RESOLVERS, SOCK_PENDING},
+    maps::SOCK_PENDING,
+    policy,
     skb::{Skb, count, now},
 };
 
@@ -48,7 +49,7 @@ const LOOPBACK_IFINDEX: u32 = 1;
 /// Whether learning at the sockets is on (and the agent has configured the maps).
 #[inline(always)]
 fn enabled() -> bool {
-    matches!(CONFIG.get(0), Some(cfg) if cfg.mode != mode::UNSET && cfg.learn == learn::SOCKETS)
+    matches!(policy::config(), Some(cfg) if cfg.mode != mode::UNSET && cfg.learn == learn::SOCKETS)
 }
 
 /// The socket that sent or receives `skb` (the hook sets `skb->sk`).
@@ -163,7 +164,10 @@ pub(crate) extern "C" fn remember_query(skb: *mut __sk_buff) -> i32 {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub(crate) extern "C" fn classify_answer(skb: *mut __sk_buff) -> i32 {
-    if !enabled() {
+    let Some(cfg) = policy::config() else {
+        return 0;
+    };
+    if cfg.mode == mode::UNSET || cfg.learn != learn::SOCKETS {
         return 0;
     }
     let ctx = TcContext::new(skb);
@@ -174,8 +178,7 @@ pub(crate) extern "C" fn classify_answer(skb: *mut __sk_buff) -> i32 {
     if t.kind != Kind::Ports || t.sport != DNS_PORT {
         return 0;
     }
-    // SAFETY: a read-only lookup of a plain value.
-    let trusted = unsafe { RESOLVERS.get(&p.saddr) }.is_some();
+    let trusted = policy::resolver(cfg, &p.saddr);
     // SAFETY: `skb` is the program's context; `ingress_ifindex` is a plain field.
     let loopback = unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX;
     if !trusted || loopback {

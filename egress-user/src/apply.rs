@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, time::Duration};
 
 use egress_common::{
     hash::name_hashes,
-    maps::{Config, learn, names},
+    maps::{Config, generation, learn, names},
 };
 use ipnet::IpNet;
 use thiserror::Error;
@@ -81,6 +81,8 @@ pub fn kernel_config(policy: &Policy, overrides: &Overrides, key: (u64, u64)) ->
             learn::INTERFACE
         },
         client_query_rate: policy.dns.client_query_rate,
+        // Set by `apply_with_key`: the generation it writes.
+        generation: 0,
     }
 }
 
@@ -183,10 +185,11 @@ pub fn drift(dp: &Datapath, written: &Written) -> Result<Vec<&'static str>, Data
     Ok(changed)
 }
 
-/// Writes a policy into the maps. Additions go in before removals and the mode and ports come
-/// last, so what both the old and the new policy allow is never denied in between. Then what
-/// only removed rules allowed is revoked at once (not at its TTL), and with
-/// `revoked_connections: cut` the flows to destinations no longer allowed are forgotten.
+/// Writes a policy into the maps: whole, into the generation not in force, then put in force
+/// with one write, so the programs (and the maps, if the agent is killed at any step) hold the
+/// old policy or the new one, never a mix. Then what only removed rules allowed is revoked at
+/// once (not at its TTL), and with `revoked_connections: cut` the flows to destinations no
+/// longer allowed are forgotten.
 pub fn apply(
     dp: &mut Datapath,
     policy: &Policy,
@@ -222,18 +225,26 @@ pub fn apply_with_key(
             tracing::warn!(resolver = %r, "a loopback resolver's answers never cross the interface; list the upstream servers the local stub forwards to in `resolvers:`");
         }
     }
-    let config = kernel_config(policy, overrides, key);
+    // The new policy goes into the generation not in force, whole, before one write switches
+    // to it (see `egress_common::maps::generation`).
+    let target = generation::other(dp.active()?);
+    let config = Config {
+        generation: target,
+        ..kernel_config(policy, overrides, key)
+    };
     let new_cidrs: BTreeSet<IpNet> = policy.allow.cidrs.iter().map(IpNet::trunc).collect();
     let removed_cidrs: Vec<IpNet> = dp
         .static_cidrs()?
         .into_iter()
         .filter(|n| !new_cidrs.contains(n))
         .collect();
-    dp.sync_static(&policy.allow.cidrs)?;
-    dp.sync_resolvers(&resolvers)?;
-    dp.sync_names(&exact, &wild)?;
-    dp.set_ports(&policy.ports)?;
-    dp.set_config(&config)?;
+    dp.write_static(target, &policy.allow.cidrs)?;
+    dp.write_resolvers(target, &resolvers)?;
+    dp.write_names(target, &exact, &wild)?;
+    dp.write_ports(target, &policy.ports)?;
+    dp.write_config(&config)?;
+    dp.activate(target)?;
+    dp.retire(generation::other(target))?;
     let mut ports = policy.ports.clone();
     ports.sort_unstable();
     ports.dedup();

@@ -647,8 +647,10 @@ fn policy_maps_rewritten_by_someone_else_are_restored_from_the_policy() {
     // What a root process with the host's bpffs could do: audit mode, and allow everything.
     let mut cfg = dp.config().unwrap();
     cfg.mode = mode::AUDIT;
-    dp.set_config(&cfg).unwrap();
-    dp.sync_static(&["0.0.0.0/0".parse().unwrap()]).unwrap();
+    dp.write_config(&cfg).unwrap();
+    let active = dp.active().unwrap();
+    dp.write_static(active, &["0.0.0.0/0".parse().unwrap()])
+        .unwrap();
     assert!(
         topo.connect(DENIED_V4, 443, CONNECT).is_ok(),
         "the tampering had no effect; the test proves nothing"

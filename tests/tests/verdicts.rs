@@ -268,7 +268,7 @@ fn unconfigured_maps_fail_open() {
     let mut h = Harness::enforce();
     let mut cfg = h.dp.config().unwrap();
     cfg.mode = mode::UNSET;
-    h.dp.set_config(&cfg).unwrap();
+    h.dp.write_config(&cfg).unwrap();
     assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), PASS);
     assert_eq!(h.counter(counters::PASS_UNCONFIGURED), 1);
 }
@@ -278,7 +278,7 @@ fn events_are_rate_limited_per_cpu() {
     let mut h = Harness::enforce();
     let mut cfg = h.dp.config().unwrap();
     cfg.events_per_sec = 5;
-    h.dp.set_config(&cfg).unwrap();
+    h.dp.write_config(&cfg).unwrap();
     let frame = tcp(CLIENT_V4, DENIED_V4, 443).build();
     // BPF_PROG_TEST_RUN runs the program on the calling thread's CPU: pinned to one CPU (this
     // test's own thread), every run shares that CPU's budget of 5 per second.

@@ -8,46 +8,44 @@ use aya::{
     Pod,
     maps::{HashMap, IterableMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
+use egress_common::maps::{static_v4, static_v6};
 use ipnet::IpNet;
 
 use super::{Result, op};
 
-/// An IPv4 and an IPv6 longest-prefix-match map with the same value type.
-pub(crate) struct FamilyLpm<V> {
-    v4: LpmTrie<MapData, [u8; 4], V>,
-    v6: LpmTrie<MapData, [u8; 16], V>,
+/// The IPv4 and IPv6 static CIDR tries, whose keys start with the policy generation
+/// (`egress_common::maps::static_v4`): one set of prefixes per generation.
+pub(crate) struct StaticTries<V> {
+    v4: LpmTrie<MapData, [u8; 5], V>,
+    v6: LpmTrie<MapData, [u8; 17], V>,
     /// The maps' names, IPv4 first, for errors.
     names: [&'static str; 2],
 }
 
-impl<V: Pod> FamilyLpm<V> {
+impl<V: Pod> StaticTries<V> {
     pub(crate) fn new(
-        v4: LpmTrie<MapData, [u8; 4], V>,
-        v6: LpmTrie<MapData, [u8; 16], V>,
+        v4: LpmTrie<MapData, [u8; 5], V>,
+        v6: LpmTrie<MapData, [u8; 17], V>,
         names: [&'static str; 2],
     ) -> Self {
         Self { v4, v6, names }
     }
 
-    pub(crate) fn insert(&mut self, net: IpNet, value: V) -> Result<()> {
+    pub(crate) fn insert(&mut self, generation: u32, net: IpNet, value: V) -> Result<()> {
         let name = self.name(net);
         match net.trunc() {
-            IpNet::V4(n) => self
-                .v4
-                .insert(&key(n.prefix_len(), n.network().octets()), value, 0),
-            IpNet::V6(n) => self
-                .v6
-                .insert(&key(n.prefix_len(), n.network().octets()), value, 0),
+            IpNet::V4(n) => self.v4.insert(&v4_key(generation, n), value, 0),
+            IpNet::V6(n) => self.v6.insert(&v6_key(generation, n), value, 0),
         }
         .map_err(op(name, "insert"))
     }
 
-    /// Removes `net`; `Ok(false)` if it was not there (a concurrent removal, say).
-    pub(crate) fn remove(&mut self, net: IpNet) -> Result<bool> {
+    /// Removes `net` of `generation`; `Ok(false)` if it was not there.
+    pub(crate) fn remove(&mut self, generation: u32, net: IpNet) -> Result<bool> {
         let name = self.name(net);
         let removed = match net.trunc() {
-            IpNet::V4(n) => self.v4.remove(&key(n.prefix_len(), n.network().octets())),
-            IpNet::V6(n) => self.v6.remove(&key(n.prefix_len(), n.network().octets())),
+            IpNet::V4(n) => self.v4.remove(&v4_key(generation, n)),
+            IpNet::V6(n) => self.v6.remove(&v6_key(generation, n)),
         };
         match removed {
             Ok(()) => Ok(true),
@@ -56,21 +54,29 @@ impl<V: Pod> FamilyLpm<V> {
         }
     }
 
-    /// Every prefix and its value, IPv4 first.
-    pub(crate) fn entries(&self) -> Result<Vec<(IpNet, V)>> {
+    /// Every prefix with its generation and value, IPv4 first.
+    pub(crate) fn entries(&self) -> Result<Vec<(u32, IpNet, V)>> {
         let mut out = Vec::new();
         for entry in self.v4.iter() {
             let (k, v) = entry.map_err(op(self.names[0], "iterate"))?;
-            out.push((net(IpAddr::V4(Ipv4Addr::from(k.data())), k.prefix_len()), v));
+            let d = k.data();
+            let a = Ipv4Addr::new(d[1], d[2], d[3], d[4]);
+            out.push((u32::from(d[0]), net(IpAddr::V4(a), k.prefix_len() - 8), v));
         }
         for entry in self.v6.iter() {
             let (k, v) = entry.map_err(op(self.names[1], "iterate"))?;
-            out.push((net(IpAddr::V6(Ipv6Addr::from(k.data())), k.prefix_len()), v));
+            let d = k.data();
+            let a: [u8; 16] = d[1..].try_into().expect("16 bytes");
+            out.push((
+                u32::from(d[0]),
+                net(IpAddr::V6(Ipv6Addr::from(a)), k.prefix_len() - 8),
+                v,
+            ));
         }
         Ok(out)
     }
 
-    /// Entries of each map, by map name.
+    /// Entries of each map (both generations), by map name.
     pub(crate) fn lens(&self) -> Result<[(&'static str, usize); 2]> {
         Ok([
             (self.names[0], count(self.v4.keys(), self.names[0])?),
@@ -84,6 +90,21 @@ impl<V: Pod> FamilyLpm<V> {
             IpNet::V6(_) => self.names[1],
         }
     }
+}
+
+/// The trie key of an IPv4 CIDR of `generation`: the generation byte is part of the prefix.
+fn v4_key(generation: u32, n: ipnet::Ipv4Net) -> Key<[u8; 5]> {
+    Key::new(
+        8 + u32::from(n.prefix_len()),
+        static_v4(generation, n.network().octets()),
+    )
+}
+
+fn v6_key(generation: u32, n: ipnet::Ipv6Net) -> Key<[u8; 17]> {
+    Key::new(
+        8 + u32::from(n.prefix_len()),
+        static_v6(generation, n.network().octets()),
+    )
 }
 
 /// An IPv4 and an IPv6 hash map of single addresses with the same value type.
@@ -188,10 +209,6 @@ pub(crate) fn count<K>(
         n += 1;
     }
     Ok(n)
-}
-
-fn key<const N: usize>(prefix_len: u8, octets: [u8; N]) -> Key<[u8; N]> {
-    Key::new(u32::from(prefix_len), octets)
 }
 
 fn net(addr: IpAddr, prefix_len: u32) -> IpNet {

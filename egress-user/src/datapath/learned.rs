@@ -24,7 +24,7 @@ use std::{
 
 use aya::maps::MapError;
 use egress_common::{
-    maps::{FlowKey, FlowValue, LearnedByKey, LearnedValue, NAME_PERMANENT, Rule, names},
+    maps::{FlowKey, FlowValue, LearnedByKey, LearnedValue, Rule, names},
     packet::IPPROTO_TCP,
 };
 
@@ -117,19 +117,15 @@ impl Datapath {
             .collect()
     }
 
-    /// The rules in force: the permanent exact names and the wildcard suffixes of the name
-    /// maps (what the last applied policy wrote).
+    /// The rules in force: the policy's exact names and wildcard suffixes in the generation in
+    /// force (what the last applied policy wrote).
     pub fn rules(&self) -> Result<BTreeSet<Rule>> {
-        let mut rules: BTreeSet<Rule> = self
-            .exact_names()?
+        let (exact, wild) = self.policy_names()?;
+        Ok(exact
             .into_iter()
-            .filter(|(_, v)| v.expires_ns == NAME_PERMANENT)
-            .map(|(_, v)| v.rule)
-            .collect();
-        for h in self.names_wild.keys() {
-            rules.insert(Rule::wild(h.map_err(op(names::NAMES_WILD, "iterate"))?));
-        }
-        Ok(rules)
+            .map(Rule::exact)
+            .chain(wild.into_iter().map(Rule::wild))
+            .collect())
     }
 
     /// Makes the learned state true to the rules in force at `now_ns`: CNAME targets and

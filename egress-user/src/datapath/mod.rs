@@ -3,7 +3,8 @@
 //! - this module: opening the maps (from a fresh object or from the pins), the configuration
 //!   slot, the counters and the fill of every bounded map;
 //! - [`family`]: one IPv4 + IPv6 map pair seen as one prefix set keyed by `IpNet`;
-//! - `policy`: writing a policy into the maps (static CIDRs, resolvers, names, ports);
+//! - `policy`: writing a policy into the maps, one generation at a time (configuration, static
+//!   CIDRs, resolvers, names, ports), and reading the one in force;
 //! - `learned`: learned addresses, flows and garbage collection;
 //! - `crate::records`: the agent's records (`ANSWERS`, `DENIED`).
 
@@ -26,7 +27,7 @@ use egress_common::{
     },
 };
 pub(crate) use family::count;
-use family::{FamilyHash, FamilyLpm};
+use family::{FamilyHash, StaticTries};
 pub use learned::{Learned, Reconciled};
 use thiserror::Error;
 
@@ -65,9 +66,10 @@ type Result<T> = std::result::Result<T, DatapathError>;
 
 /// The datapath's maps, typed.
 pub struct Datapath {
+    active: Array<MapData, u32>,
     config: Array<MapData, Config>,
     ports: Array<MapData, u32>,
-    statics: FamilyLpm<StaticValue>,
+    statics: StaticTries<StaticValue>,
     learned: FamilyHash<LearnedValue>,
     learned_by: HashMap<MapData, LearnedByKey, u64>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -111,12 +113,13 @@ impl Datapath {
         fn lpm<V: aya::Pod>(
             get: &mut dyn FnMut(&'static str) -> Result<Map>,
             names: [&'static str; 2],
-        ) -> Result<FamilyLpm<V>> {
-            let v4: LpmTrie<MapData, [u8; 4], V> = typed(get, names[0])?;
-            let v6: LpmTrie<MapData, [u8; 16], V> = typed(get, names[1])?;
-            Ok(FamilyLpm::new(v4, v6, names))
+        ) -> Result<StaticTries<V>> {
+            let v4: LpmTrie<MapData, [u8; 5], V> = typed(get, names[0])?;
+            let v6: LpmTrie<MapData, [u8; 17], V> = typed(get, names[1])?;
+            Ok(StaticTries::new(v4, v6, names))
         }
         Ok(Self {
+            active: typed(get, names::ACTIVE)?,
             config: typed(get, names::CONFIG)?,
             ports: typed(get, names::PORTS)?,
             statics: lpm(get, [names::STATIC_V4, names::STATIC_V6])?,
@@ -139,13 +142,34 @@ impl Datapath {
         })
     }
 
-    pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).map_err(op(names::CONFIG, "read"))
+    /// The policy generation in force (`egress_common::maps::generation`).
+    pub fn active(&self) -> Result<u32> {
+        Ok(self.active.get(&0, 0).map_err(op(names::ACTIVE, "read"))? & 1)
     }
 
-    pub fn set_config(&mut self, config: &Config) -> Result<()> {
+    /// Puts the policy of `generation` in force: the one write that switches every program
+    /// from the old policy to the new one.
+    pub fn activate(&mut self, generation: u32) -> Result<()> {
+        self.active
+            .set(0, generation & 1, 0)
+            .map_err(op(names::ACTIVE, "write"))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Result<Config> {
+        self.config_of(self.active()?)
+    }
+
+    pub fn config_of(&self, generation: u32) -> Result<Config> {
         self.config
-            .set(0, config, 0)
+            .get(&(generation & 1), 0)
+            .map_err(op(names::CONFIG, "read"))
+    }
+
+    /// Writes the configuration slot of `config.generation`.
+    pub fn write_config(&mut self, config: &Config) -> Result<()> {
+        self.config
+            .set(config.generation & 1, config, 0)
             .map_err(op(names::CONFIG, "write"))
     }
 
@@ -153,7 +177,7 @@ impl Datapath {
     pub fn fill(&self) -> Result<Vec<(&'static str, usize, u32)>> {
         use egress_common::maps::{
             ANSWERS_CAPACITY, DENIED_CAPACITY, FLOW_CAPACITY, LEARNED_BY_CAPACITY,
-            LEARNED_CAPACITY, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, STATIC_CAPACITY,
+            LEARNED_CAPACITY, NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, STATIC_MAP_CAPACITY,
         };
         let mut out = Vec::new();
         for (name, n) in self.learned.lens()? {
@@ -165,7 +189,7 @@ impl Datapath {
             LEARNED_BY_CAPACITY,
         ));
         for (name, n) in self.statics.lens()? {
-            out.push((name, n, STATIC_CAPACITY));
+            out.push((name, n, STATIC_MAP_CAPACITY));
         }
         out.push((
             names::FLOWS,

@@ -1,27 +1,44 @@
-//! Writing a policy into the maps: enforced ports, static CIDRs, trusted resolvers and the
-//! name maps. Every `sync_*` inserts additions before it removes what is stale, so what both
-//! the old and the new policy allow is never denied in between.
+//! Writing a policy into the maps, one generation at a time, and reading the policy in force.
+//!
+//! A reload writes the whole new policy into the generation not in force (configuration slot,
+//! port bitmap, static CIDRs, resolvers, names), switches with one write
+//! ([`Datapath::activate`]), then retires the old generation's entries. The programs read only
+//! the generation in force, so neither a program run nor an agent killed at any step sees a
+//! mix of two policies (see `egress_common::maps::generation`).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use egress_common::maps::{
-    NAME_PERMANENT, NameValue, PORT_WORDS, Rule, StaticValue, names, port_bit,
+    NAME_PERMANENT, NameValue, PORT_WORDS, Rule, StaticValue, generation, names, port_bit,
 };
 use ipnet::IpNet;
 
-use super::{Datapath, Result, count, mapped, op, unmapped};
+use super::{Datapath, Result, mapped, op, unmapped};
+
+/// A generation set with `g`'s bit set to `member`; `None` when no generation is left.
+fn with(bits: u32, g: u32, member: bool) -> Option<u32> {
+    let bits = if member {
+        bits | generation::bit(g)
+    } else {
+        bits & !generation::bit(g)
+    };
+    (bits != 0).then_some(bits)
+}
 
 impl Datapath {
-    /// Replaces the enforced-port bitmap. Words are written one by one: a port being added is
-    /// enforced a moment later, never a moment earlier, and unchanged words are not touched.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<()> {
+    /// Writes the enforced-port bitmap of `generation`.
+    pub fn write_ports(&mut self, generation: u32, ports: &[u16]) -> Result<()> {
         let mut words = vec![0u32; PORT_WORDS as usize];
         for &port in ports {
             let (word, bit) = port_bit(port);
             words[word as usize] |= bit;
         }
+        let base = (generation & 1) * PORT_WORDS;
         for (i, want) in words.into_iter().enumerate() {
-            let i = i as u32;
+            let i = base + i as u32;
             let have = self.ports.get(&i, 0).map_err(op(names::PORTS, "read"))?;
             if have != want {
                 self.ports
@@ -32,11 +49,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Enforced ports, read back from the bitmap.
+    /// Enforced ports in force, read back from the bitmap.
     pub fn ports(&self) -> Result<Vec<u16>> {
+        let base = self.active()? * PORT_WORDS;
         let mut ports = Vec::new();
         for i in 0..PORT_WORDS {
-            let w = self.ports.get(&i, 0).map_err(op(names::PORTS, "read"))?;
+            let w = self
+                .ports
+                .get(&(base + i), 0)
+                .map_err(op(names::PORTS, "read"))?;
             for bit in 0..32 {
                 if w & (1 << bit) != 0 {
                     ports.push((i * 32 + bit) as u16);
@@ -46,102 +67,136 @@ impl Datapath {
         Ok(ports)
     }
 
-    /// Makes the static CIDR maps hold exactly `cidrs` (additions first).
-    pub fn sync_static(&mut self, cidrs: &[IpNet]) -> Result<()> {
+    /// Makes the static CIDRs of `generation` exactly `cidrs` (stale ones of that generation,
+    /// left by an agent killed while writing it, go too).
+    pub fn write_static(&mut self, generation: u32, cidrs: &[IpNet]) -> Result<()> {
         let want: BTreeSet<IpNet> = cidrs.iter().map(IpNet::trunc).collect();
-        let have: BTreeSet<IpNet> = self.static_cidrs()?.into_iter().collect();
-        for (rule, net) in cidrs.iter().enumerate() {
-            self.statics.insert(net.trunc(), StaticValue::new(rule))?;
+        for (g, stale, _) in self.statics.entries()? {
+            if g == generation && !want.contains(&stale) {
+                self.statics.remove(g, stale)?;
+            }
         }
-        for stale in have.difference(&want) {
-            self.statics.remove(*stale)?;
+        for (rule, net) in cidrs.iter().enumerate() {
+            self.statics
+                .insert(generation, net.trunc(), StaticValue::new(rule))?;
         }
         Ok(())
     }
 
+    /// The static CIDRs in force.
     pub fn static_cidrs(&self) -> Result<Vec<IpNet>> {
+        let active = self.active()?;
         Ok(self
             .statics
             .entries()?
             .into_iter()
-            .map(|(net, _)| net)
+            .filter(|(g, _, _)| *g == active)
+            .map(|(_, net, _)| net)
             .collect())
     }
 
-    /// Makes the resolver map hold exactly `resolvers` (additions first).
-    pub fn sync_resolvers(&mut self, resolvers: &[IpAddr]) -> Result<()> {
+    /// Makes the resolvers trusted by `generation` exactly `resolvers`.
+    pub fn write_resolvers(&mut self, generation: u32, resolvers: &[IpAddr]) -> Result<()> {
         let want: BTreeSet<[u8; 16]> = resolvers.iter().map(|a| mapped(*a)).collect();
-        for key in &want {
-            self.resolvers
-                .insert(key, 1, 0)
-                .map_err(op(names::RESOLVERS, "insert"))?;
+        let mut have: BTreeMap<[u8; 16], u32> = BTreeMap::new();
+        for e in self.resolvers.iter() {
+            let (k, v) = e.map_err(op(names::RESOLVERS, "iterate"))?;
+            have.insert(k, v);
         }
-        let have = self.resolver_keys()?;
-        for key in have.iter().filter(|k| !want.contains(*k)) {
-            self.resolvers
-                .remove(key)
-                .map_err(op(names::RESOLVERS, "remove"))?;
-        }
-        Ok(())
-    }
-
-    pub fn resolvers(&self) -> Result<Vec<IpAddr>> {
-        Ok(self.resolver_keys()?.into_iter().map(unmapped).collect())
-    }
-
-    fn resolver_keys(&self) -> Result<Vec<[u8; 16]>> {
-        self.resolvers
-            .keys()
-            .map(|k| k.map_err(op(names::RESOLVERS, "iterate")))
-            .collect()
-    }
-
-    /// Makes the policy part of the name maps hold exactly `exact` and `wild` (hashes). Names
-    /// learned as CNAME targets (with an expiry) are left to [`Self::reconcile`], which removes
-    /// those of removed rules; additions go first.
-    pub fn sync_names(&mut self, exact: &BTreeSet<u64>, wild: &BTreeSet<u64>) -> Result<()> {
-        for &h in exact {
-            let permanent = NameValue {
-                expires_ns: NAME_PERMANENT,
-                rule: Rule::exact(h),
-            };
-            self.names_exact
-                .insert(h, permanent, 0)
-                .map_err(op(names::NAMES_EXACT, "insert"))?;
-        }
-        for &h in wild {
-            let permanent = NameValue {
-                expires_ns: NAME_PERMANENT,
-                rule: Rule::wild(h),
-            };
-            self.names_wild
-                .insert(h, permanent, 0)
-                .map_err(op(names::NAMES_WILD, "insert"))?;
-        }
-        let stale: Vec<u64> = self
-            .exact_names()?
-            .into_iter()
-            .filter(|(h, v)| v.expires_ns == NAME_PERMANENT && !exact.contains(h))
-            .map(|(h, _)| h)
-            .collect();
-        for h in stale {
-            self.names_exact
-                .remove(&h)
-                .map_err(op(names::NAMES_EXACT, "remove"))?;
-        }
-        let mut stale = Vec::new();
-        for h in self.names_wild.keys() {
-            let h = h.map_err(op(names::NAMES_WILD, "iterate"))?;
-            if !wild.contains(&h) {
-                stale.push(h);
+        for key in want.iter().chain(have.keys()) {
+            let bits = have.get(key).copied().unwrap_or(0);
+            match with(bits, generation, want.contains(key)) {
+                Some(b) if b == bits => {}
+                Some(b) => self
+                    .resolvers
+                    .insert(key, b, 0)
+                    .map_err(op(names::RESOLVERS, "insert"))?,
+                None => self
+                    .resolvers
+                    .remove(key)
+                    .map_err(op(names::RESOLVERS, "remove"))?,
             }
         }
-        for h in stale {
-            self.names_wild
-                .remove(&h)
-                .map_err(op(names::NAMES_WILD, "remove"))?;
+        Ok(())
+    }
+
+    /// The trusted resolvers in force.
+    pub fn resolvers(&self) -> Result<Vec<IpAddr>> {
+        let bit = generation::bit(self.active()?);
+        let mut out = Vec::new();
+        for e in self.resolvers.iter() {
+            let (k, v) = e.map_err(op(names::RESOLVERS, "iterate"))?;
+            if v & bit != 0 {
+                out.push(unmapped(k));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the policy names of `generation` exactly `exact` and `wild` (hashes). Names
+    /// learned as CNAME targets (with an expiry, in every generation) are left to
+    /// [`Self::reconcile`], which removes those of removed rules; a CNAME target that becomes a
+    /// policy name is a policy name from then on.
+    pub fn write_names(
+        &mut self,
+        generation: u32,
+        exact: &BTreeSet<u64>,
+        wild: &BTreeSet<u64>,
+    ) -> Result<()> {
+        let permanent = self
+            .exact_names()?
+            .into_iter()
+            .filter(|(_, v)| v.expires_ns == NAME_PERMANENT)
+            .map(|(h, v)| (h, v.generations));
+        let have: BTreeMap<u64, u32> = permanent.collect();
+        for &h in exact.iter().chain(have.keys()) {
+            let bits = have.get(&h).copied().unwrap_or(0);
+            match with(bits, generation, exact.contains(&h)) {
+                Some(b) if b == bits => {}
+                Some(b) => self
+                    .names_exact
+                    .insert(h, policy_name(Rule::exact(h), b), 0)
+                    .map_err(op(names::NAMES_EXACT, "insert"))?,
+                None => self
+                    .names_exact
+                    .remove(&h)
+                    .map_err(op(names::NAMES_EXACT, "remove"))?,
+            }
+        }
+        let mut have: BTreeMap<u64, u32> = BTreeMap::new();
+        for e in self.names_wild.iter() {
+            let (h, v) = e.map_err(op(names::NAMES_WILD, "iterate"))?;
+            have.insert(h, v.generations);
+        }
+        for &h in wild.iter().chain(have.keys()) {
+            let bits = have.get(&h).copied().unwrap_or(0);
+            match with(bits, generation, wild.contains(&h)) {
+                Some(b) if b == bits => {}
+                Some(b) => self
+                    .names_wild
+                    .insert(h, policy_name(Rule::wild(h), b), 0)
+                    .map_err(op(names::NAMES_WILD, "insert"))?,
+                None => self
+                    .names_wild
+                    .remove(&h)
+                    .map_err(op(names::NAMES_WILD, "remove"))?,
+            }
         }
         Ok(())
+    }
+
+    /// Removes `generation` from the policy maps after the other one was put in force: its
+    /// static CIDRs, and its membership of resolvers and policy names (entries left in no
+    /// generation go). Its configuration slot and port bitmap stay until the next reload
+    /// overwrites them; nothing reads them meanwhile.
+    pub fn retire(&mut self, generation: u32) -> Result<()> {
+        for (g, net, _) in self.statics.entries()? {
+            if g == generation {
+                self.statics.remove(g, net)?;
+            }
+        }
+        self.write_resolvers(generation, &[])?;
+        self.write_names(generation, &BTreeSet::new(), &BTreeSet::new())
     }
 
     pub(crate) fn exact_names(&self) -> Result<Vec<(u64, NameValue)>> {
@@ -151,21 +206,29 @@ impl Datapath {
             .collect()
     }
 
-    /// Allows an exact name (a CNAME target) until `expires_ns`, standing for `rule` (the rule
-    /// of the question whose chain ended at it); a policy name or a later expiry already there
-    /// is kept. Only the agent writes CNAME targets, under its datapath lock, so this read and
-    /// write race with nothing but a policy write, which takes the same lock.
+    /// Allows an exact name (a CNAME target) until `expires_ns` in every generation, standing
+    /// for `rule` (the rule of the question whose chain ended at it); a policy name in force or
+    /// a later expiry already there is kept. Only the agent writes CNAME targets, under its
+    /// datapath lock, so this read and write race with nothing but a policy write, which takes
+    /// the same lock.
     pub fn allow_name_until(&mut self, hash: u64, expires_ns: u64, rule: Rule) -> Result<()> {
-        let old = self
-            .names_exact
-            .get(&hash, 0)
-            .map(|v| v.expires_ns)
-            .unwrap_or(0);
-        if old >= expires_ns {
-            return Ok(());
+        let in_force = generation::bit(self.active()?);
+        if let Ok(old) = self.names_exact.get(&hash, 0) {
+            let policy_name = old.expires_ns == NAME_PERMANENT;
+            if (policy_name && old.generations & in_force != 0)
+                || (!policy_name && old.expires_ns >= expires_ns)
+            {
+                return Ok(());
+            }
         }
+        let target = NameValue {
+            expires_ns,
+            rule,
+            generations: generation::ALL,
+            _pad: 0,
+        };
         self.names_exact
-            .insert(hash, NameValue { expires_ns, rule }, 0)
+            .insert(hash, target, 0)
             .map_err(op(names::NAMES_EXACT, "insert"))
     }
 
@@ -191,18 +254,22 @@ impl Datapath {
         Ok(removed)
     }
 
-    /// The policy's part of the name maps: the permanent exact-name hashes and the wildcard
-    /// suffix hashes.
+    /// The policy's part of the name maps in force: the permanent exact-name hashes and the
+    /// wildcard suffix hashes.
     pub fn policy_names(&self) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
+        let bit = generation::bit(self.active()?);
         let exact = self
             .exact_names()?
             .into_iter()
-            .filter(|(_, v)| v.expires_ns == NAME_PERMANENT)
+            .filter(|(_, v)| v.expires_ns == NAME_PERMANENT && v.generations & bit != 0)
             .map(|(h, _)| h)
             .collect();
         let mut wild = BTreeSet::new();
-        for h in self.names_wild.keys() {
-            wild.insert(h.map_err(op(names::NAMES_WILD, "iterate"))?);
+        for e in self.names_wild.iter() {
+            let (h, v) = e.map_err(op(names::NAMES_WILD, "iterate"))?;
+            if v.generations & bit != 0 {
+                wild.insert(h);
+            }
         }
         Ok((exact, wild))
     }
@@ -213,17 +280,24 @@ impl Datapath {
         self.names_exact.get(&hash, 0).ok()
     }
 
-    /// Entries of the name maps: (exact permanent, exact expiring, wildcard).
+    /// Entries of the name maps in force: (exact permanent, exact expiring, wildcard).
     pub fn name_counts(&self) -> Result<(usize, usize, usize)> {
-        let (mut permanent, mut expiring) = (0, 0);
-        for (_, v) in self.exact_names()? {
-            if v.expires_ns == NAME_PERMANENT {
-                permanent += 1;
-            } else {
-                expiring += 1;
-            }
-        }
-        let wild = count(self.names_wild.keys(), names::NAMES_WILD)?;
-        Ok((permanent, expiring, wild))
+        let (exact, wild) = self.policy_names()?;
+        let expiring = self
+            .exact_names()?
+            .into_iter()
+            .filter(|(_, v)| v.expires_ns != NAME_PERMANENT)
+            .count();
+        Ok((exact.len(), expiring, wild.len()))
+    }
+}
+
+/// The name-map value of a policy name in the generations `bits`.
+fn policy_name(rule: Rule, generations: u32) -> NameValue {
+    NameValue {
+        expires_ns: NAME_PERMANENT,
+        rule,
+        generations,
+        _pad: 0,
     }
 }

@@ -1,0 +1,67 @@
+//! The policy in force, as the programs read it: the configuration of the generation in
+//! [`ACTIVE`], and lookups in the other policy maps under that generation (see
+//! `egress_common::maps::generation`). Every program reads the policy through this module, so a
+//! reload that is half written (or whose agent was killed) is never seen: its entries belong to
+//! the other generation until the one write that switches.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use egress_common::maps::{
+    Config, NameValue, PORT_WORDS, generation, port_bit, static_v4, static_v6,
+};
+
+use crate::maps::{
+    ACTIVE, CONFIG, NAMES_EXACT, NAMES_WILD, PORTS, RESOLVERS, STATIC_V4, STATIC_V6,
+};
+
+/// The configuration in force. `None` cannot happen (both arrays have the slots) but must be
+/// handled; callers fail as they do on an unconfigured datapath.
+#[inline(always)]
+pub(crate) fn config() -> Option<&'static Config> {
+    let g = ACTIVE.get(0)?;
+    CONFIG.get(*g & 1)
+}
+
+/// Whether `port` is enforced under `cfg`'s policy.
+#[inline(always)]
+pub(crate) fn port_enforced(cfg: &Config, port: u16) -> bool {
+    let (word, bit) = port_bit(port);
+    matches!(PORTS.get((cfg.generation & 1) * PORT_WORDS + word), Some(w) if w & bit != 0)
+}
+
+/// Whether `addr` (IPv4-mapped for IPv4) is a trusted resolver under `cfg`'s policy.
+#[inline(always)]
+pub(crate) fn resolver(cfg: &Config, addr: &[u8; 16]) -> bool {
+    // SAFETY: a read-only lookup of a plain value.
+    matches!(unsafe { RESOLVERS.get(addr) }, Some(g) if g & generation::bit(cfg.generation) != 0)
+}
+
+/// The exact-name entry of `hash` if it matches under `cfg`'s policy at `now`.
+#[inline(always)]
+pub(crate) fn exact_name(cfg: &Config, hash: u64, now: u64) -> Option<&'static NameValue> {
+    // SAFETY: a read-only lookup of a plain value.
+    let v = unsafe { NAMES_EXACT.get(&hash) }?;
+    v.matches(cfg.generation, now).then_some(v)
+}
+
+/// Whether `hash` is an allowed wildcard suffix under `cfg`'s policy.
+#[inline(always)]
+pub(crate) fn wild_name(cfg: &Config, hash: u64) -> bool {
+    // SAFETY: a read-only lookup of a plain value.
+    matches!(unsafe { NAMES_WILD.get(&hash) }, Some(v) if v.generations & generation::bit(cfg.generation) != 0)
+}
+
+/// Whether an IPv4 address is in a static CIDR of `cfg`'s policy.
+#[inline(always)]
+pub(crate) fn static_v4_allows(cfg: &Config, a: [u8; 4]) -> bool {
+    STATIC_V4
+        .get(&Key::new(8 + 32, static_v4(cfg.generation, a)))
+        .is_some()
+}
+
+/// Whether an IPv6 address is in a static CIDR of `cfg`'s policy.
+#[inline(always)]
+pub(crate) fn static_v6_allows(cfg: &Config, a: [u8; 16]) -> bool {
+    STATIC_V6
+        .get(&Key::new(8 + 128, static_v6(cfg.generation, a)))
+        .is_some()
+}
