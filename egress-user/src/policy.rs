@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use egress_common::{MAX_PORTS, maps::RESOLVERS_CAPACITY};
+use egress_common::{
+    MAX_PORTS,
+    maps::{RESOLVERS_CAPACITY, STATIC_CAPACITY},
+};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de};
 use thiserror::Error;
@@ -221,7 +224,7 @@ struct RawAllow {
     #[serde(default)]
     names: Vec<Validated<NamePattern>>,
     #[serde(default)]
-    cidrs: Vec<Validated<Cidr>>,
+    cidrs: Cidrs,
     #[serde(default)]
     presets: Vec<Preset>,
 }
@@ -348,6 +351,29 @@ impl<'de> Deserialize<'de> for Resolvers {
     }
 }
 
+/// Static CIDRs: at most [`STATIC_CAPACITY`] per address family, what the kernel's maps hold
+/// for one policy (they hold two: the one in force and the one being written).
+#[derive(Default)]
+struct Cidrs(Vec<IpNet>);
+
+impl<'de> Deserialize<'de> for Cidrs {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list: Vec<IpNet> = Vec::<Validated<Cidr>>::deserialize(d)?
+            .into_iter()
+            .map(|v| v.0.0)
+            .collect();
+        let v4 = list.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        for (family, n) in [("IPv4", v4), ("IPv6", list.len() - v4)] {
+            if n > STATIC_CAPACITY as usize {
+                return Err(de::Error::custom(format!(
+                    "cidrs lists {n} {family} prefixes; at most {STATIC_CAPACITY} per family are supported"
+                )));
+            }
+        }
+        Ok(Self(list))
+    }
+}
+
 /// Enforced ports: 1 to [`MAX_PORTS`] distinct ports, none of them 0.
 struct Ports(Vec<u16>);
 
@@ -457,7 +483,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     }
     names.sort();
     names.dedup();
-    let mut cidrs: Vec<IpNet> = cidrs.into_iter().map(|v| v.0.0).collect();
+    let mut cidrs = cidrs.0;
     cidrs.sort();
     cidrs.dedup();
     let mut ports = ports.map_or_else(|| vec![443], |p| p.0);

@@ -678,3 +678,61 @@ fn one_clients_query_flood_cannot_evict_another_clients_pending_query() {
     );
     assert!(h.counter(counters::DNS_QUERY_RATE_LIMITED) >= 4_000);
 }
+
+#[test]
+fn names_and_resolvers_of_the_policy_not_in_force_teach_nothing_until_it_is_switched_to() {
+    let mut h = harness();
+    let other = egress_common::maps::generation::other(h.dp.active().unwrap());
+    let cfg = h.dp.config().unwrap();
+    let hash = |n: &str| egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, n).0;
+    // A whole other policy written beside the one in force: another resolver, another exact
+    // name and another wildcard, and not cgr.dev.
+    h.dp.write_config(&egress_common::maps::Config {
+        generation: other,
+        ..cfg
+    })
+    .unwrap();
+    h.dp.write_ports(other, &[443]).unwrap();
+    h.dp.write_resolvers(other, &[ip(RESOLVER), ip("192.0.2.54")])
+        .unwrap();
+    h.dp.write_names(
+        other,
+        &[hash("other.example")].into(),
+        &[hash("wild.example")].into(),
+    )
+    .unwrap();
+    let learn_from = |h: &Harness, resolver: &str, id: u16, name: &str, addr: &str| {
+        ask(h, CLIENT, resolver, id, name, RecordType::A);
+        answer(
+            h,
+            resolver,
+            CLIENT,
+            id,
+            name,
+            RecordType::A,
+            &[Rr::Addr(name, addr, 60)],
+        );
+    };
+    // Not in force: its resolver is not trusted, its names are not allowed.
+    learn_from(&h, "192.0.2.54", 1, "cgr.dev.", "198.51.100.1");
+    assert_eq!(h.counter(counters::DNS_UNTRUSTED), 1);
+    learn_from(&h, RESOLVER, 2, "other.example.", "198.51.100.2");
+    learn_from(&h, RESOLVER, 3, "a.wild.example.", "198.51.100.3");
+    assert_eq!(h.counter(counters::DNS_NOT_ALLOWED), 2);
+    learn_from(&h, RESOLVER, 4, "cgr.dev.", "198.51.100.4");
+    assert_eq!(h.counter(counters::DNS_ANSWER_LEARNED), 1);
+    for a in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        assert_eq!(learned(&h, a), None, "{a}");
+    }
+    // One write puts all of it in force.
+    h.dp.activate(other).unwrap();
+    learn_from(&h, "192.0.2.54", 5, "other.example.", "198.51.100.5");
+    learn_from(&h, RESOLVER, 6, "b.wild.example.", "198.51.100.6");
+    learn_from(&h, RESOLVER, 7, "cgr.dev.", "198.51.100.7");
+    assert_eq!(h.counter(counters::DNS_UNTRUSTED), 1);
+    assert_eq!(h.counter(counters::DNS_NOT_ALLOWED), 3);
+    assert_eq!(h.counter(counters::DNS_ANSWER_LEARNED), 3);
+    assert!(learned(&h, "198.51.100.5").is_some());
+    assert!(learned(&h, "198.51.100.6").is_some());
+    assert_eq!(learned(&h, "198.51.100.7"), None);
+}

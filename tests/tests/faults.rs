@@ -4,6 +4,7 @@
 //! lost, and the agent's memory bounded (its peak is printed and checked).
 
 use std::{
+    collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
     path::Path,
     sync::{
@@ -15,7 +16,7 @@ use std::{
 
 use egress_common::{counters, testing::Packet};
 use egress_tests::{
-    ALLOWED_V4, Agent, DENIED_V4, NetNs, Servers, TestPins, Topology,
+    ALLOWED_V4, Agent, NetNs, Servers, TestPins, Topology,
     dnsmsg::{Rr, query, response},
     harness::Harness,
     http_get, ip, learn_by_hand,
@@ -117,41 +118,178 @@ fn kill_9_while_learning_loses_nothing_and_a_restart_adopts_the_pins() {
     assert_eq!(w.curl("https://cgr.dev/", &[], MAX), Some(200));
 }
 
+/// One of two disjoint policies for the mid-reload kill: every part differs (mode, ports,
+/// resolvers, CIDRs, exact and wildcard names), so a mix of the two shows in any part. Large
+/// enough that writing one takes the agent tens of milliseconds, so kills land inside it.
+struct Whole {
+    text: String,
+    mode: u32,
+    ports: Vec<u16>,
+    resolvers: BTreeSet<std::net::IpAddr>,
+    cidrs: BTreeSet<ipnet::IpNet>,
+    exact: Vec<String>,
+    wild: Vec<String>,
+}
+
+impl Whole {
+    const SIZE: u32 = 2_000;
+
+    fn new(which: u8) -> Self {
+        let (mode, ports) = if which == 0 {
+            ("enforce", vec![443])
+        } else {
+            ("audit", vec![443, 8443])
+        };
+        let resolver: std::net::IpAddr = format!("192.0.2.{}", 53 + which).parse().unwrap();
+        let cidrs: BTreeSet<ipnet::IpNet> = (0..Self::SIZE)
+            .map(|i| {
+                format!("10.{}.{}.{}/32", 100 + which, i / 250, i % 250)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let exact: Vec<String> = (0..Self::SIZE)
+            .map(|i| format!("n{i}.p{which}.example"))
+            .collect();
+        let wild: Vec<String> = (0..Self::SIZE / 10)
+            .map(|i| format!("w{i}.p{which}.example"))
+            .collect();
+        let list = |v: Vec<String>| v.join(", ");
+        let text = format!(
+            "mode: {mode}\nports: {ports:?}\nresolvers: [{resolver}]\nallow:\n  cidrs: [{}]\n  names: [{}, {}]\n",
+            list(cidrs.iter().map(|c| c.to_string()).collect()),
+            list(exact.clone()),
+            list(wild.iter().map(|w| format!("\"*.{w}\"")).collect()),
+        );
+        Self {
+            text,
+            mode: if which == 0 {
+                egress_common::mode::ENFORCE
+            } else {
+                egress_common::mode::AUDIT
+            },
+            ports,
+            resolvers: [resolver].into(),
+            cidrs,
+            exact,
+            wild,
+        }
+    }
+
+    /// Whether the policy in force in the pinned maps is exactly this one.
+    fn in_force(&self, dp: &egress_user::datapath::Datapath) -> bool {
+        let cfg = dp.config().unwrap();
+        let hash = |n: &str| egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, n).0;
+        let (exact, wild) = dp.policy_names().unwrap();
+        cfg.mode == self.mode
+            && dp.ports().unwrap() == self.ports
+            && dp.resolvers().unwrap().into_iter().collect::<BTreeSet<_>>() == self.resolvers
+            && dp
+                .static_cidrs()
+                .unwrap()
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                == self.cidrs
+            && exact == self.exact.iter().map(|n| hash(n)).collect()
+            && wild == self.wild.iter().map(|n| hash(n)).collect()
+    }
+}
+
 #[test]
 fn kill_9_in_the_middle_of_a_reload_keeps_one_whole_policy() {
     let topo = Topology::new().unwrap();
-    let _servers = Servers::start(&topo.server, &[443]);
     let pins = TestPins::new();
-    let mut agent = Agent::start(
-        &topo,
-        &pins,
-        &format!("allow:\n  cidrs: [{ALLOWED_V4}]\n"),
-        &[],
-    )
-    .unwrap();
-    std::fs::write(
-        &agent.policy,
-        format!("allow:\n  cidrs: [{ALLOWED_V4}, {DENIED_V4}]\n"),
-    )
-    .unwrap();
+    let policies = [Whole::new(0), Whole::new(1)];
+    let mut agent = Agent::start(&topo, &pins, &policies[0].text, &[]).unwrap();
+    assert!(policies[0].in_force(&agent.datapath()));
+    // How long a whole reload takes here, from the signal to the reload counted: the kills
+    // below are spread over that window and a little past it.
+    std::fs::write(&agent.policy, &policies[1].text).unwrap();
+    let reloads = || egress_tests::metric(&topo.client, "egress_reloads_total");
+    let before = reloads();
+    let start = Instant::now();
     send(&agent, signal::Signal::SIGHUP);
-    agent.kill9();
-    // Whatever the reload reached, the address both policies allow was never denied, and with
-    // no agent the programs keep enforcing.
-    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
-    // A restart applies the file as it is now.
-    agent.spawn(&[]).unwrap();
-    agent.wait_ready(&topo.client).unwrap();
-    assert!(topo.connect(DENIED_V4, 443, MAX).is_ok());
-    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
-    // And a restart with the narrower policy takes the extra CIDR out again.
-    agent.kill9();
-    std::fs::write(&agent.policy, format!("allow:\n  cidrs: [{ALLOWED_V4}]\n")).unwrap();
-    agent.spawn(&[]).unwrap();
-    agent.wait_ready(&topo.client).unwrap();
+    while reloads() == before {
+        assert!(start.elapsed() < Duration::from_secs(60), "no reload");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let window = start.elapsed();
+    assert!(policies[1].in_force(&agent.datapath()));
+    eprintln!("a whole reload takes {window:?}");
+    // The first CIDR of each policy, as the static trie keys it in the generation not in
+    // force: it appears when a reload starts writing (its first write), long after the signal
+    // (the policy is read and checked first).
+    let statics = aya::maps::LpmTrie::<_, [u8; 5], egress_common::maps::StaticValue>::try_from(
+        aya::maps::Map::LpmTrie(
+            aya::maps::MapData::from_pin(pins.pins.map(egress_common::maps::names::STATIC_V4))
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    let first_written = |which: usize, g: u32| {
+        let ipnet::IpNet::V4(first) = policies[which].cidrs.first().unwrap() else {
+            unreachable!()
+        };
+        let data = egress_common::maps::static_v4(g, first.network().octets());
+        statics
+            .get(&aya::maps::lpm_trie::Key::new(40, data), 0)
+            .is_ok()
+    };
+    // Kills alternate: at delays spread over the whole reload (reading, checking, writing,
+    // switching, retiring), and at delays spread over the write once it is seen to start.
+    const KILLS: u32 = 16;
+    let (mut old, mut new, mut inside) = (0, 0, 0);
+    let mut current = 1;
+    for k in 0..KILLS {
+        let next = 1 - current;
+        std::fs::write(&agent.policy, &policies[next].text).unwrap();
+        let other = egress_common::maps::generation::other(agent.datapath().active().unwrap());
+        let signalled = Instant::now();
+        send(&agent, signal::Signal::SIGHUP);
+        let delay = if k % 2 == 0 {
+            window * 5 * k / (4 * KILLS)
+        } else {
+            while !first_written(next, other) && signalled.elapsed() < window * 2 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            window * k / (8 * KILLS)
+        };
+        std::thread::sleep(delay);
+        agent.kill9();
+        let dp = agent.datapath();
+        let seen = signalled.elapsed();
+        if policies[current].in_force(&dp) {
+            eprintln!("kill {k} at {seen:?} (delay {delay:?}): old");
+            old += 1;
+            // Killed while writing the new policy: some of it is in the maps, not in force (a
+            // completed reload retires the other generation's CIDRs).
+            let g = egress_common::maps::generation::other(dp.active().unwrap());
+            if !dp.static_cidrs_of(g).unwrap().is_empty() {
+                inside += 1;
+            }
+        } else {
+            assert!(
+                policies[next].in_force(&dp),
+                "kill {k} ({delay:?} after {}): the maps hold neither the old nor the new policy whole",
+                if k % 2 == 0 {
+                    "the signal"
+                } else {
+                    "the write began"
+                }
+            );
+            eprintln!("kill {k} at {seen:?} (delay {delay:?}): new");
+            new += 1;
+        }
+        // A restart applies the file as it is now.
+        agent.spawn(&[]).unwrap();
+        agent.wait_ready(&topo.client).unwrap();
+        assert!(policies[next].in_force(&agent.datapath()));
+        current = next;
+    }
+    eprintln!("{KILLS} kills: old policy whole {old} ({inside} inside the write), new whole {new}");
     assert!(
-        topo.connect(DENIED_V4, 443, Duration::from_millis(700))
-            .is_err()
+        inside > 0,
+        "no kill landed inside a reload's write; the test proves nothing"
     );
     check_memory(&agent, "kill -9 during a reload");
 }

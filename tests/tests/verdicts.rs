@@ -3,7 +3,9 @@
 use std::{net::IpAddr, time::Duration};
 
 use egress_common::{
-    counters, mode,
+    counters,
+    maps::generation,
+    mode,
     packet::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
     tc_action::{DROP, PASS},
     testing::Packet,
@@ -320,4 +322,45 @@ fn every_map_name_exists_in_the_object() {
         assert!(pins.pins.map(name).exists(), "{name} not pinned");
     }
     let _ = IpAddr::from([0u8; 4]);
+}
+
+#[test]
+fn the_policy_not_in_force_never_decides_until_it_is_switched_to() {
+    let mut h = Harness::enforce();
+    let other = generation::other(h.dp.active().unwrap());
+    // A whole other policy written beside the one in force, as a reload writes it (or leaves
+    // it, killed before the switch): audit mode, only port 80, the denied addresses allowed.
+    let mut cfg = h.dp.config().unwrap();
+    cfg.generation = other;
+    cfg.mode = mode::AUDIT;
+    h.dp.write_config(&cfg).unwrap();
+    h.dp.write_ports(other, &[80]).unwrap();
+    h.dp.write_static(
+        other,
+        &[
+            format!("{DENIED_V4}/32").parse().unwrap(),
+            format!("{DENIED_V6}/128").parse().unwrap(),
+        ],
+    )
+    .unwrap();
+    // Not in force: its CIDRs, ports and mode count for nothing.
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), DROP);
+    assert_eq!(h.run(&tcp(CLIENT_V6, DENIED_V6, 443).build()), DROP);
+    assert_eq!(h.run(&tcp(CLIENT_V4, ALLOWED_V4, 443).build()), PASS);
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 80).build()), PASS);
+    assert_eq!(h.counter(counters::DROP_DENIED), 2);
+    assert_eq!(h.counter(counters::PASS_STATIC), 1);
+    assert_eq!(h.counter(counters::PASS_NOT_ENFORCED), 1);
+    assert_eq!(h.counter(counters::AUDIT_DENIED), 0);
+    // One write puts all of it in force.
+    h.dp.activate(other).unwrap();
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 443).build()), PASS);
+    assert_eq!(h.counter(counters::PASS_NOT_ENFORCED), 2);
+    assert_eq!(h.run(&tcp(CLIENT_V4, DENIED_V4, 80).build()), PASS);
+    assert_eq!(h.run(&tcp(CLIENT_V6, DENIED_V6, 80).build()), PASS);
+    assert_eq!(h.counter(counters::PASS_STATIC), 3);
+    // The old policy's CIDR is not in the new one: audited, not dropped.
+    assert_eq!(h.run(&tcp(CLIENT_V4, ALLOWED_V4, 80).build()), PASS);
+    assert_eq!(h.counter(counters::AUDIT_DENIED), 1);
+    assert_eq!(h.counter(counters::DROP_DENIED), 2);
 }

@@ -85,12 +85,17 @@ impl Datapath {
 
     /// The static CIDRs in force.
     pub fn static_cidrs(&self) -> Result<Vec<IpNet>> {
-        let active = self.active()?;
+        self.static_cidrs_of(self.active()?)
+    }
+
+    /// The static CIDRs of `generation`, in force or not (a reload being written, or one an
+    /// agent was killed while writing).
+    pub fn static_cidrs_of(&self, generation: u32) -> Result<Vec<IpNet>> {
         Ok(self
             .statics
             .entries()?
             .into_iter()
-            .filter(|(g, _, _)| *g == active)
+            .filter(|(g, _, _)| *g == generation)
             .map(|(_, net, _)| net)
             .collect())
     }

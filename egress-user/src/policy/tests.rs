@@ -104,6 +104,39 @@ fn invalid_values_are_errors() {
 }
 
 #[test]
+fn more_static_cidrs_than_the_maps_hold_for_one_policy_are_rejected() {
+    use egress_common::maps::STATIC_CAPACITY;
+    let cidrs = |n: u32, v6: bool| {
+        (0..n)
+            .map(|i| {
+                if v6 {
+                    format!("\"2001:db8::{:x}:{:x}/128\"", i >> 16, i & 0xffff)
+                } else {
+                    std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    ok(&format!(
+        "allow:\n  cidrs: [{}, {}]\n",
+        cidrs(STATIC_CAPACITY, false),
+        cidrs(STATIC_CAPACITY, true)
+    ));
+    for v6 in [false, true] {
+        let e = err(&format!(
+            "allow:\n  cidrs: [{}]\n",
+            cidrs(STATIC_CAPACITY + 1, v6)
+        ));
+        assert!(e.starts_with("p.yaml:2:"), "{e}");
+        assert!(
+            e.contains(&format!("at most {STATIC_CAPACITY} per family")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn long_names_and_labels_are_rejected() {
     let label = "a".repeat(64);
     assert!(format!("{label}.com").parse::<NamePattern>().is_err());
