@@ -60,7 +60,10 @@ pub mod names {
     /// `HashMap<u64, NameValue>`: hashes of allowed exact names (policy names never expire;
     /// CNAME targets learned by the agent carry an expiry).
     pub const NAMES_EXACT: &str = "NAMES_EXACT";
-    /// `HashMap<u64, NameValue>`: hashes of the suffixes of allowed `*.suffix` names.
+    /// `HashMap<WildKey, u32>`: hashes of the suffixes of allowed `*.suffix` names, each with
+    /// the generation whose policy holds it (the value is unused). The generation is in the
+    /// key, not the value: the kernel looks a suffix up at every label of every answer, and a
+    /// plain presence test keeps that walk as cheap to verify as before generations.
     pub const NAMES_WILD: &str = "NAMES_WILD";
     /// `LruHashMap<PendingKey, PendingValue>`: DNS queries that left the node (learning at
     /// the interface).
@@ -191,12 +194,16 @@ pub const DNS_CLIENTS_CAPACITY: u32 = 16_384;
 pub const DNS_QUERIES_PER_CLIENT_PER_SEC: u32 = 50_000;
 /// Size of the denied-destination ring buffer in bytes (a power of two, multiple of the page).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
-/// Capacity of the exact-name map (policy names plus CNAME targets).
-pub const NAMES_EXACT_CAPACITY: u32 = 65_536;
-/// Capacity of the wildcard-suffix map.
-pub const NAMES_WILD_CAPACITY: u32 = 16_384;
-/// Capacity of the resolver map.
+/// Capacity of the exact-name map (policy names plus CNAME targets; allocated as used): room
+/// for two policies' names while a reload writes one beside the other, and the targets.
+pub const NAMES_EXACT_CAPACITY: u32 = 131_072;
+/// Capacity of the wildcard-suffix map (allocated as used), two policies' worth.
+pub const NAMES_WILD_CAPACITY: u32 = 32_768;
+/// Trusted resolvers a policy may list.
 pub const RESOLVERS_CAPACITY: u32 = 64;
+/// Capacity of the resolver map: two policies' resolvers (the one in force and the one being
+/// written).
+pub const RESOLVERS_MAP_CAPACITY: u32 = generation::COUNT * RESOLVERS_CAPACITY;
 /// Addresses whose question name is remembered ([`names::ANSWERS`]; allocated as used).
 pub const ANSWERS_CAPACITY: u32 = 65_536;
 /// Denied destinations remembered for `egress suggest` ([`names::DENIED`]; allocated as used).
@@ -366,6 +373,26 @@ impl NameValue {
     #[inline(always)]
     pub const fn matches(&self, g: u32, now_ns: u64) -> bool {
         self.generations & generation::bit(g) != 0 && self.expires_ns > now_ns
+    }
+}
+
+/// Key of [`names::NAMES_WILD`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WildKey {
+    pub hash: u64,
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+impl WildKey {
+    #[inline(always)]
+    pub const fn new(hash: u64, generation: u32) -> Self {
+        Self {
+            hash,
+            generation,
+            _pad: 0,
+        }
     }
 }
 
@@ -882,6 +909,7 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 const _: () = assert!(size_of::<Config>() == 64);
 const _: () = assert!(size_of::<NameValue>() == 8 + 16 + 4 + 4);
 const _: () = assert!(size_of::<Rule>() == 16);
+const _: () = assert!(size_of::<WildKey>() == 16);
 const _: () = assert!(size_of::<LearnedByKey>() == 16 + 16);
 const _: () =
     assert!(size_of::<DnsPacket>() == 16 + 16 + 4 + 4 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 4 + 4);
@@ -910,6 +938,7 @@ const _: () = assert!(size_of::<DenyEvent>() == 8 + 16 + 2 + 1 + 1 + 1 + 1 + 2);
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and has
     // no padding (asserted above), so every bit pattern is valid and no byte is uninitialized.
+    unsafe impl aya::Pod for super::WildKey {}
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StaticValue {}

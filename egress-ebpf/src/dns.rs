@@ -616,12 +616,7 @@ fn allowing_rules(q: &DnsParsed, slot: u32) -> bool {
     let rules = unsafe { &mut (*scratch).rules };
     rules[0] = Rule::NONE;
     rules[1] = Rule::NONE;
-    let Some(cfg) = policy::config() else {
-        return false;
-    };
-    if let Some(v) = policy::exact_name(cfg, q.full, now()) {
-        rules[0] = v.rule;
-    }
+    rules[0] = policy::exact_rule(q.full, policy::active(), now());
     if q.suffix_matched != 0 {
         rules[1] = Rule::wild(q.suffix);
     }

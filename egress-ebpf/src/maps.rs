@@ -13,8 +13,8 @@ use egress_common::{
         DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue, IFACE_BYTES,
         LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey, LearnedValue, NAMES_EXACT_CAPACITY,
         NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue,
-        RESOLVERS_CAPACITY, REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_MAP_CAPACITY,
-        SockPendingKey, StaticValue, TcpStream, TcpStreamKey, generation,
+        RESOLVERS_MAP_CAPACITY, REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_MAP_CAPACITY,
+        SockPendingKey, StaticValue, TcpStream, TcpStreamKey, WildKey, generation,
     },
 };
 
@@ -58,11 +58,13 @@ pub(crate) static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0)
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map]
-pub(crate) static RESOLVERS: HashMap<[u8; 16], u32> = HashMap::pinned(RESOLVERS_CAPACITY, 0);
+pub(crate) static RESOLVERS: HashMap<[u8; 16], u32> = HashMap::pinned(RESOLVERS_MAP_CAPACITY, 0);
 #[map]
-pub(crate) static NAMES_EXACT: HashMap<u64, NameValue> = HashMap::pinned(NAMES_EXACT_CAPACITY, 0);
+pub(crate) static NAMES_EXACT: HashMap<u64, NameValue> =
+    HashMap::pinned(NAMES_EXACT_CAPACITY, NO_PREALLOC);
 #[map]
-pub(crate) static NAMES_WILD: HashMap<u64, NameValue> = HashMap::pinned(NAMES_WILD_CAPACITY, 0);
+pub(crate) static NAMES_WILD: HashMap<WildKey, u32> =
+    HashMap::pinned(NAMES_WILD_CAPACITY, NO_PREALLOC);
 #[map]
 pub(crate) static DNS_PENDING: LruHashMap<PendingKey, PendingValue> =
     LruHashMap::pinned(DNS_PENDING_CAPACITY, 0);

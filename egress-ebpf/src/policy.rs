@@ -6,7 +6,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::maps::{
-    Config, NameValue, PORT_WORDS, generation, port_bit, static_v4, static_v6,
+    Config, PORT_WORDS, Rule, WildKey, generation, port_bit, static_v4, static_v6,
 };
 
 use crate::maps::{
@@ -35,19 +35,28 @@ pub(crate) fn resolver(cfg: &Config, addr: &[u8; 16]) -> bool {
     matches!(unsafe { RESOLVERS.get(addr) }, Some(g) if g & generation::bit(cfg.generation) != 0)
 }
 
-/// The exact-name entry of `hash` if it matches under `cfg`'s policy at `now`.
+/// The generation in force (`None` cannot happen: the array has the slot).
 #[inline(always)]
-pub(crate) fn exact_name(cfg: &Config, hash: u64, now: u64) -> Option<&'static NameValue> {
+pub(crate) fn active() -> u32 {
+    ACTIVE.get(0).map_or(0, |g| *g & 1)
+}
+
+/// The rule of `hash`'s exact-name entry if it matches under generation `g` at `now`,
+/// [`Rule::NONE`] if not.
+#[inline(always)]
+pub(crate) fn exact_rule(hash: u64, g: u32, now: u64) -> Rule {
     // SAFETY: a read-only lookup of a plain value.
-    let v = unsafe { NAMES_EXACT.get(&hash) }?;
-    v.matches(cfg.generation, now).then_some(v)
+    match unsafe { NAMES_EXACT.get(&hash) } {
+        Some(v) if v.matches(g, now) => v.rule,
+        _ => Rule::NONE,
+    }
 }
 
 /// Whether `hash` is an allowed wildcard suffix under `cfg`'s policy.
 #[inline(always)]
 pub(crate) fn wild_name(cfg: &Config, hash: u64) -> bool {
     // SAFETY: a read-only lookup of a plain value.
-    matches!(unsafe { NAMES_WILD.get(&hash) }, Some(v) if v.generations & generation::bit(cfg.generation) != 0)
+    unsafe { NAMES_WILD.get(&WildKey::new(hash, cfg.generation)) }.is_some()
 }
 
 /// Whether an IPv4 address is in a static CIDR of `cfg`'s policy.

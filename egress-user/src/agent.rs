@@ -519,13 +519,18 @@ impl Agent {
                 Err(e) => {
                     self.metrics.reload_failures.inc();
                     tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
-                    if let Err(e) = crate::apply::apply_with_key(
+                    // A failure before the switch left the previous policy in force, whole; this
+                    // makes it so after a failure past it too (revocation, flow cuts).
+                    match crate::apply::apply_with_key(
                         &mut dp,
                         &self.policy,
                         &self.overrides,
                         self.key(),
                     ) {
-                        tracing::error!(error = %error_chain(&e), "cannot restore the previous policy");
+                        Ok(restored) => self.written = restored.written,
+                        Err(e) => {
+                            tracing::error!(error = %error_chain(&e), "cannot restore the previous policy")
+                        }
                     }
                     false
                 }

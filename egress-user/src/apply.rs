@@ -164,7 +164,7 @@ pub fn drift(dp: &Datapath, written: &Written) -> Result<Vec<&'static str>, Data
         changed.push(names::PORTS);
     }
     let cidrs: BTreeSet<IpNet> = dp.static_cidrs()?.into_iter().collect();
-    if cidrs != written.cidrs {
+    if cidrs != written.cidrs || dp.foreign_static_keys()? > 0 {
         changed.push(names::STATIC_V4);
     }
     // Compared in the kernel's form: `::ffff:a.b.c.d` and `a.b.c.d` are one key there.
@@ -244,7 +244,8 @@ pub fn apply_with_key(
     dp.write_ports(target, &policy.ports)?;
     dp.write_config(&config)?;
     dp.activate(target)?;
-    dp.retire(generation::other(target))?;
+    // The old generation is retired later (`Datapath::retire_due`), not now: a program run
+    // that read the old configuration just before the switch still looks up its entries.
     let mut ports = policy.ports.clone();
     ports.sort_unstable();
     ports.dedup();

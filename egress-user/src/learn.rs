@@ -250,7 +250,7 @@ impl Learner {
         let hash = |n: &str| name_hashes(cfg.hash_k0, cfg.hash_k1, n).0;
         let mut rules = Vec::new();
         if let Some(v) = dp.exact_name(hash(&name))
-            && v.expires_ns > clock::boot_ns()
+            && v.matches(cfg.generation, clock::boot_ns())
         {
             rules.push(v.rule);
         }

@@ -332,8 +332,8 @@ impl FromStr for Grace {
     }
 }
 
-/// Trusted resolvers: at most [`RESOLVERS_CAPACITY`], the size of the kernel's map (more
-/// would fail half-way through writing them).
+/// Trusted resolvers: at most [`RESOLVERS_CAPACITY`], what the kernel's map holds for one
+/// policy (more could not be written).
 struct Resolvers(Vec<IpAddr>);
 
 impl<'de> Deserialize<'de> for Resolvers {

@@ -252,7 +252,12 @@ impl Agent {
     }
 
     pub fn datapath(&self) -> Datapath {
-        Datapath::open_pinned(&PinDir::new(&self.pins)).expect("pinned maps")
+        Datapath::open_pinned(&self.pin_dir()).expect("pinned maps")
+    }
+
+    /// The agent's pin directory.
+    pub fn pin_dir(&self) -> PinDir {
+        PinDir::new(&self.pins)
     }
 }
 
@@ -291,12 +296,12 @@ pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 pub fn http_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
     let path = path.to_owned();
     ns.run(move || {
-        let mut s = TcpStream::connect_timeout(
-            &"127.0.0.1:9090".parse().unwrap(),
-            Duration::from_millis(500),
-        )
-        .ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        // Generous: an agent under emulation, or walking a million entries for a scrape,
+        // answers late; a refused connection (no agent) still fails at once.
+        let mut s =
+            TcpStream::connect_timeout(&"127.0.0.1:9090".parse().unwrap(), Duration::from_secs(5))
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -332,4 +337,23 @@ pub fn learn_by_hand(dp: &mut Datapath, addr: IpAddr, until: u64) {
     let rule = Rule::exact(egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, BY_HAND).0);
     dp.learn(addr, rule, egress_user::clock::boot_ns(), until)
         .expect("learn");
+}
+
+/// Makes a learned address expired now, as the passing of its TTL would (the kernel compares
+/// the expiry with its clock on every lookup), without a test waiting for the clock.
+pub fn expire_by_hand(pins: &PinDir, addr: IpAddr) {
+    use aya::maps::{HashMap, Map, MapData};
+    use egress_common::maps::{LearnedValue, names};
+    fn expire<const N: usize>(pins: &PinDir, name: &str, key: [u8; N]) {
+        let data = MapData::from_pin(pins.map(name)).expect("pinned learned map");
+        let mut map: HashMap<MapData, [u8; N], LearnedValue> =
+            HashMap::try_from(Map::HashMap(data)).expect("learned map");
+        let mut v = map.get(&key, 0).expect("a learned entry to expire");
+        v.expires_ns = egress_user::clock::boot_ns() - 1;
+        map.insert(key, v, 0).expect("expire");
+    }
+    match addr {
+        IpAddr::V4(a) => expire(pins, names::LEARNED_V4, a.octets()),
+        IpAddr::V6(a) => expire(pins, names::LEARNED_V6, a.octets()),
+    }
 }

@@ -218,16 +218,25 @@ fn spoofed_and_unsolicited_answers_teach_nothing() {
         RecordType::A,
         &[egress_tests::dnsmsg::Rr::Addr("cgr.dev.", WEB_DENIED, 300)],
     );
+    let judged = || {
+        let c = agent.datapath().counters().unwrap();
+        (
+            c[counters::DNS_UNTRUSTED as usize],
+            c[counters::DNS_UNSOLICITED as usize],
+        )
+    };
+    let before = judged();
     // From an address that is not a resolver.
     inject(&w, WEB_R2, port.0, answer.clone());
     // From the resolver's address, but answering no query the node sent.
     inject(&w, RESOLVER_V4, port.0, answer);
-    std::thread::sleep(Duration::from_millis(300));
+    // Judged (and refused) in the same program run that would have learned them.
+    egress_tests::wait_for("both forged answers to be judged", || {
+        let now = judged();
+        now.0 > before.0 && now.1 > before.1
+    });
     assert!(!learned(&agent, WEB_DENIED));
     assert_eq!(w.curl(&format!("https://{WEB_DENIED}/"), &[], MAX), None);
-    let c = agent.datapath().counters().unwrap();
-    assert!(c[counters::DNS_UNTRUSTED as usize] >= 1);
-    assert!(c[counters::DNS_UNSOLICITED as usize] >= 1);
 }
 
 /// Malformed answers that reach the walker: each answers a query the client really sent (id,
@@ -408,6 +417,7 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
     let ask = |id: u16, name: &str| w.ask(id, name);
 
     // Before: an answer for the target teaches nothing.
+    let not_allowed0 = agent.datapath().counters().unwrap()[counters::DNS_NOT_ALLOWED as usize];
     ask(0x1000, "edge.other.test.");
     inject_from(
         &topo.server,
@@ -420,7 +430,9 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
             &[Rr::Addr("edge.other.test.", WEB_DENIED, 60)],
         ),
     );
-    std::thread::sleep(Duration::from_millis(200));
+    egress_tests::wait_for("the answer for the target to be judged", || {
+        agent.datapath().counters().unwrap()[counters::DNS_NOT_ALLOWED as usize] > not_allowed0
+    });
     assert!(!learned(agent, WEB_DENIED));
 
     // The allowed name's answer ends in a CNAME without addresses.
@@ -450,8 +462,9 @@ fn a_chain_ending_in_a_cname_allows_the_target_for_the_follow_up_query() {
             &[Rr::Addr("edge.other.test.", WEB_DENIED, 60)],
         ),
     );
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(learned(agent, WEB_DENIED));
+    egress_tests::wait_for("the target's address to be learned", || {
+        learned(agent, WEB_DENIED)
+    });
     topo.connect(WEB_DENIED, 443, MAX)
         .expect("the CNAME target's address connects");
 }

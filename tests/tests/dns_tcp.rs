@@ -299,7 +299,9 @@ fn a_forged_segment_past_the_stream_teaches_nothing() {
     s.exchange(q, vec![real_answer()], |s, port| {
         let at = s.stream(port).expect("the kernel follows the connection");
         inject_tcp(s, port, at.next.wrapping_add(1_000), &framed(&fake()));
-        std::thread::sleep(Duration::from_millis(200));
+        egress_tests::wait_for("the forged segment to be judged", || {
+            s.counter(counters::DNS_TCP_GAP) > gaps0
+        });
         assert!(!s.learned(WEB_DENIED), "the forged segment taught");
     });
     assert_eq!(s.counter(counters::DNS_TCP_GAP) - gaps0, 1);
@@ -326,7 +328,9 @@ fn a_forged_segment_without_a_handshake_teaches_nothing() {
     for seq in [0, 1, 0x8000_0000] {
         inject_tcp(&s, port, seq, &framed(&fake()));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    egress_tests::wait_for("the forged segments to be judged", || {
+        s.counter(counters::DNS_TCP_UNOPENED) - unopened0 >= 3
+    });
     assert!(!s.learned(WEB_DENIED), "a forged segment taught");
     assert_eq!(s.counter(counters::DNS_TCP_UNOPENED) - unopened0, 3);
 }

@@ -9,7 +9,7 @@ use egress_common::{
 };
 use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
-    egress, http_get, ip, learn_by_hand, static_policy,
+    egress, expire_by_hand, http_get, ip, learn_by_hand, static_policy,
 };
 use egress_user::{clock, pins::Hook};
 
@@ -74,12 +74,12 @@ fn port_80_is_untouched() {
 fn long_lived_connection_survives_its_ip_expiry() {
     let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
     let mut dp = agent.datapath();
-    learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 1_500_000_000);
+    learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 60_000_000_000);
     let mut conn = topo
         .connect(DENIED_V4, 443, CONNECT)
         .expect("learned address connects");
     echo_once(&mut conn, b"before expiry").unwrap();
-    std::thread::sleep(Duration::from_millis(2000));
+    expire_by_hand(&agent.pin_dir(), ip(DENIED_V4));
     echo_once(&mut conn, b"after expiry").expect("established connection cut by expiry");
     assert!(
         topo.connect(DENIED_V4, 443, CONNECT).is_err(),
@@ -129,6 +129,58 @@ fn kill_9_keeps_enforcing_and_restart_adopts_the_pins() {
         }
         None => eprintln!("no TCX on this kernel: link and program ids not compared"),
     }
+}
+
+#[test]
+fn a_restart_on_the_clsact_path_replaces_the_filter_in_place() {
+    // The path of kernels before 6.6 (Linux 6.1), forced here on any kernel.
+    let (topo, _s, _p, mut agent) = setup(&static_policy("enforce"), &["--attach", "netlink"]);
+    let before = our_filters(&topo);
+    assert_eq!(before.len(), 1, "one filter of ours: {before:?}");
+    let mut conn = topo.connect(ALLOWED_V4, 443, CONNECT).unwrap();
+    agent.kill9();
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
+    agent.spawn(&["--attach", "netlink"]).unwrap();
+    agent.wait_ready(&topo.client).unwrap();
+    // Replaced in place: still one filter of ours, at the same priority and handle, running
+    // the restarted agent's program (a new program id). A second filter would leave the old
+    // program in front of the new one, with the old agent's maps.
+    let after = our_filters(&topo);
+    assert_eq!(after.len(), 1, "filters added, not replaced: {after:?}");
+    assert_eq!(
+        (before[0].0, &before[0].1),
+        (after[0].0, &after[0].1),
+        "priority or handle changed"
+    );
+    assert_ne!(before[0].2, after[0].2, "the old program still runs");
+    echo_once(&mut conn, b"after restart").expect("connection cut by restart");
+    assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
+}
+
+/// The BPF filters on the egress hook of the topology's interface that run a program named
+/// like egress's: (priority, handle, program id), as `tc` lists them.
+fn our_filters(topo: &Topology) -> Vec<(u64, String, u64)> {
+    let iface = topo.iface.clone();
+    let json = topo.client.run(move || {
+        egress_tests::sh(&["tc", "-j", "filter", "show", "dev", &iface, "egress"]).unwrap()
+    });
+    let filters: serde_json::Value = serde_json::from_str(&json).expect("tc -j output");
+    filters
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|f| {
+            let options = f.get("options")?;
+            let prog = options.get("prog")?;
+            (prog.get("name")?.as_str()? == Hook::Egress.name()).then(|| {
+                (
+                    f["pref"].as_u64().unwrap(),
+                    options["handle"].as_str().unwrap().to_owned(),
+                    prog["id"].as_u64().unwrap(),
+                )
+            })
+        })
+        .collect()
 }
 
 /// (link id, program id) of the pinned TCX link.
@@ -657,6 +709,26 @@ fn policy_maps_rewritten_by_someone_else_are_restored_from_the_policy() {
     );
     wait_until_enforced(&topo, &agent, "the policy maps to be restored");
     assert_eq!(dp.config().unwrap().mode, mode::ENFORCE);
+    // A key the agent never writes: prefix 0 covers the generation byte too, so it matches
+    // every address under every generation.
+    let mut trie = aya::maps::LpmTrie::<_, [u8; 5], egress_common::maps::StaticValue>::try_from(
+        aya::maps::Map::LpmTrie(
+            aya::maps::MapData::from_pin(agent.pin_dir().map(names::STATIC_V4)).unwrap(),
+        ),
+    )
+    .unwrap();
+    trie.insert(
+        &aya::maps::lpm_trie::Key::new(0, [0; 5]),
+        egress_common::maps::StaticValue::default(),
+        0,
+    )
+    .unwrap();
+    assert!(
+        topo.connect(DENIED_V4, 443, CONNECT).is_ok(),
+        "the foreign key had no effect; the test proves nothing"
+    );
+    wait_until_enforced(&topo, &agent, "the foreign key to be removed");
+    assert_eq!(dp.foreign_static_keys().unwrap(), 0);
     for map in ["CONFIG", "STATIC_V4"] {
         assert!(
             egress_tests::metric(
@@ -753,11 +825,11 @@ fn flood_flows(topo: &Topology, proto: u8, dst: &str, count: u32) {
 fn another_workloads_flood_of_flows_cannot_cut_an_established_connection() {
     let (topo, _s, pins, agent) = setup(&static_policy("enforce"), &[]);
     let mut dp = agent.datapath();
-    learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 1_000_000_000);
+    learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 60_000_000_000);
     let mut conn = topo.connect(DENIED_V4, 443, CONNECT).unwrap();
     echo_once(&mut conn, b"before").unwrap();
     // The address expires: only the flow keeps the connection going.
-    std::thread::sleep(Duration::from_millis(1500));
+    expire_by_hand(&agent.pin_dir(), ip(DENIED_V4));
     assert!(topo.connect(DENIED_V4, 443, CONNECT).is_err());
     // New UDP and TCP flows to an allowed destination: more than either table holds.
     flood_flows(&topo, 17, ALLOWED_V4, 140_000);

@@ -241,7 +241,8 @@ fn a_pod_that_answers_dns_itself_teaches_nothing() {
         ],
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // dnsmasq writes its pid file once its sockets are bound.
+    egress_tests::wait_for("the fake resolver", || pid.exists());
     c.set_resolver(0, &fake).unwrap();
     let untrusted = |a: &Agent| a.datapath().counters().unwrap()[counters::DNS_UNTRUSTED as usize];
     let before = untrusted(&agents[0]);

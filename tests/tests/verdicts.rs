@@ -1,6 +1,6 @@
 //! Verdicts of the real classifier, run by the kernel on crafted frames (`BPF_PROG_TEST_RUN`).
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use egress_common::{
     counters,
@@ -11,7 +11,8 @@ use egress_common::{
     testing::Packet,
 };
 use egress_tests::{
-    ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, ip, learn_by_hand,
+    ALLOWED_V4, ALLOWED_V6, CLIENT_V4, CLIENT_V6, DENIED_V4, DENIED_V6, TestPins, expire_by_hand,
+    ip, learn_by_hand,
 };
 use egress_user::{clock, ebpf};
 
@@ -120,10 +121,10 @@ fn learned_entries_allow_until_they_expire() {
 #[test]
 fn a_known_flow_keeps_passing_after_its_address_expires() {
     let mut h = Harness::enforce();
-    learn_by_hand(&mut h.dp, ip(DENIED_V4), clock::boot_ns() + 300_000_000);
+    learn_by_hand(&mut h.dp, ip(DENIED_V4), clock::boot_ns() + 60_000_000_000);
     let syn = tcp(CLIENT_V4, DENIED_V4, 443);
     assert_eq!(h.run(&syn.build()), PASS);
-    std::thread::sleep(Duration::from_millis(400));
+    expire_by_hand(h.pins(), ip(DENIED_V4));
     let mut ack = syn.clone();
     ack.tcp_flags = TCP_ACK;
     assert_eq!(
@@ -140,11 +141,16 @@ fn a_known_flow_keeps_passing_after_its_address_expires() {
     assert_eq!(h.run(&other.build()), DROP);
     assert_eq!(h.counter(counters::DENY_NOT_SYN), 1);
     // UDP flows behave the same.
-    learn_by_hand(&mut h.dp, ip(DENIED_V6), clock::boot_ns() + 300_000_000);
+    learn_by_hand(&mut h.dp, ip(DENIED_V6), clock::boot_ns() + 60_000_000_000);
     let quic = udp(CLIENT_V6, DENIED_V6, 443);
     assert_eq!(h.run(&quic.build()), PASS);
-    std::thread::sleep(Duration::from_millis(400));
+    expire_by_hand(h.pins(), ip(DENIED_V6));
     assert_eq!(h.run(&quic.build()), PASS);
+    assert_eq!(h.counter(counters::PASS_FLOW), 2);
+    // Without its flow, the expired address is denied.
+    let mut new_flow = quic.clone();
+    new_flow.sport = 40_002;
+    assert_eq!(h.run(&new_flow.build()), DROP);
 }
 
 #[test]

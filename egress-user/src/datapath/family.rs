@@ -54,26 +54,66 @@ impl<V: Pod> StaticTries<V> {
         }
     }
 
-    /// Every prefix with its generation and value, IPv4 first.
+    /// Every prefix with its generation and value, IPv4 first; keys the agent never writes
+    /// ([`Self::remove_foreign`]) are left out.
     pub(crate) fn entries(&self) -> Result<Vec<(u32, IpNet, V)>> {
         let mut out = Vec::new();
         for entry in self.v4.iter() {
             let (k, v) = entry.map_err(op(self.names[0], "iterate"))?;
             let d = k.data();
-            let a = Ipv4Addr::new(d[1], d[2], d[3], d[4]);
-            out.push((u32::from(d[0]), net(IpAddr::V4(a), k.prefix_len() - 8), v));
+            if let Some(len) = ours(d[0], k.prefix_len()) {
+                let a = Ipv4Addr::new(d[1], d[2], d[3], d[4]);
+                out.push((u32::from(d[0]), net(IpAddr::V4(a), len), v));
+            }
         }
         for entry in self.v6.iter() {
             let (k, v) = entry.map_err(op(self.names[1], "iterate"))?;
             let d = k.data();
-            let a: [u8; 16] = d[1..].try_into().expect("16 bytes");
-            out.push((
-                u32::from(d[0]),
-                net(IpAddr::V6(Ipv6Addr::from(a)), k.prefix_len() - 8),
-                v,
-            ));
+            if let Some(len) = ours(d[0], k.prefix_len()) {
+                let a: [u8; 16] = d[1..].try_into().expect("16 bytes");
+                out.push((u32::from(d[0]), net(IpAddr::V6(Ipv6Addr::from(a)), len), v));
+            }
         }
         Ok(out)
+    }
+
+    /// Removes the keys the agent never writes: a generation byte other than 0 or 1, or a
+    /// prefix shorter than the generation byte (such a key matches every address of every
+    /// generation: someone else's allow-all). Returns how many there were.
+    pub(crate) fn remove_foreign(&mut self) -> Result<usize> {
+        let v4: Vec<Key<[u8; 5]>> = self
+            .v4
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| ours(k.data()[0], k.prefix_len()).is_none())
+            .collect();
+        let v6: Vec<Key<[u8; 17]>> = self
+            .v6
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| ours(k.data()[0], k.prefix_len()).is_none())
+            .collect();
+        for k in &v4 {
+            self.v4.remove(k).map_err(op(self.names[0], "remove"))?;
+        }
+        for k in &v6 {
+            self.v6.remove(k).map_err(op(self.names[1], "remove"))?;
+        }
+        Ok(v4.len() + v6.len())
+    }
+
+    /// How many keys the agent never writes are in the tries ([`Self::remove_foreign`]).
+    pub(crate) fn foreign(&self) -> Result<usize> {
+        let mut n = 0;
+        for k in self.v4.keys() {
+            let k = k.map_err(op(self.names[0], "iterate"))?;
+            n += usize::from(ours(k.data()[0], k.prefix_len()).is_none());
+        }
+        for k in self.v6.keys() {
+            let k = k.map_err(op(self.names[1], "iterate"))?;
+            n += usize::from(ours(k.data()[0], k.prefix_len()).is_none());
+        }
+        Ok(n)
     }
 
     /// Entries of each map (both generations), by map name.
@@ -90,6 +130,13 @@ impl<V: Pod> StaticTries<V> {
             IpNet::V6(_) => self.names[1],
         }
     }
+}
+
+/// The CIDR's own prefix length if a key with this generation byte and prefix length is one
+/// the agent writes (generation 0 or 1, the generation byte inside the prefix).
+fn ours(generation: u8, prefix_len: u32) -> Option<u32> {
+    (generation <= 1).then_some(())?;
+    prefix_len.checked_sub(8)
 }
 
 /// The trie key of an IPv4 CIDR of `generation`: the generation byte is part of the prefix.

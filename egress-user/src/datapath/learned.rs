@@ -247,9 +247,11 @@ impl Datapath {
             .find(|r| rules.contains(r)))
     }
 
+    /// Retires an old policy generation that is due ([`Self::retire_due`]), runs
     /// [`Self::reconcile`], then removes flows idle for longer than their timeout. Returns
     /// what the reconciliation did and how many flows went.
     pub fn collect_garbage(&mut self, now_ns: u64) -> Result<(Reconciled, usize)> {
+        self.retire_due()?;
         let done = self.reconcile(now_ns)?;
         let cfg = self.config()?;
         self.expire_revoked(now_ns.saturating_sub(cfg.tcp_idle_ns))?;

@@ -23,7 +23,7 @@ use egress_common::{
     counters,
     maps::{
         AnswerValue, Config, DeniedValue, FlowKey, FlowValue, IFACE_BYTES, LearnedByKey,
-        LearnedValue, NameKey, NameValue, StaticValue, names, v4_mapped,
+        LearnedValue, NameKey, NameValue, StaticValue, WildKey, names, v4_mapped,
     },
 };
 pub(crate) use family::count;
@@ -78,11 +78,14 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     resolvers: HashMap<MapData, [u8; 16], u32>,
     names_exact: HashMap<MapData, u64, NameValue>,
-    names_wild: HashMap<MapData, u64, NameValue>,
+    names_wild: HashMap<MapData, WildKey, u32>,
     // The agent's records; their methods are in `records.rs`.
     pub(crate) answers: HashMap<MapData, [u8; 16], AnswerValue>,
     pub(crate) denied: HashMap<MapData, NameKey, DeniedValue>,
     pub(crate) attached: HashMap<MapData, [u8; IFACE_BYTES], u32>,
+    /// The generation put out of force by the last switch, and when: retired by
+    /// [`Self::retire_due`] once no program run can still be reading it.
+    retiring: Option<(u32, std::time::Instant)>,
 }
 
 impl Datapath {
@@ -139,6 +142,7 @@ impl Datapath {
             answers: typed(get, names::ANSWERS)?,
             denied: typed(get, names::DENIED)?,
             attached: typed(get, names::ATTACHED)?,
+            retiring: None,
         })
     }
 
@@ -152,7 +156,12 @@ impl Datapath {
     pub fn activate(&mut self, generation: u32) -> Result<()> {
         self.active
             .set(0, generation & 1, 0)
-            .map_err(op(names::ACTIVE, "write"))
+            .map_err(op(names::ACTIVE, "write"))?;
+        self.retiring = Some((
+            egress_common::maps::generation::other(generation),
+            std::time::Instant::now(),
+        ));
+        Ok(())
     }
 
     /// The configuration in force.

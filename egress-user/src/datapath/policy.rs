@@ -12,11 +12,14 @@ use std::{
 };
 
 use egress_common::maps::{
-    NAME_PERMANENT, NameValue, PORT_WORDS, Rule, StaticValue, generation, names, port_bit,
+    NAME_PERMANENT, NameValue, PORT_WORDS, Rule, StaticValue, WildKey, generation, names, port_bit,
 };
 use ipnet::IpNet;
 
 use super::{Datapath, Result, mapped, op, unmapped};
+
+/// How long after a switch the old generation is retired ([`Datapath::retire_due`]).
+pub(super) const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A generation set with `g`'s bit set to `member`; `None` when no generation is left.
 fn with(bits: u32, g: u32, member: bool) -> Option<u32> {
@@ -70,6 +73,7 @@ impl Datapath {
     /// Makes the static CIDRs of `generation` exactly `cidrs` (stale ones of that generation,
     /// left by an agent killed while writing it, go too).
     pub fn write_static(&mut self, generation: u32, cidrs: &[IpNet]) -> Result<()> {
+        self.statics.remove_foreign()?;
         let want: BTreeSet<IpNet> = cidrs.iter().map(IpNet::trunc).collect();
         for (g, stale, _) in self.statics.entries()? {
             if g == generation && !want.contains(&stale) {
@@ -86,6 +90,12 @@ impl Datapath {
     /// The static CIDRs in force.
     pub fn static_cidrs(&self) -> Result<Vec<IpNet>> {
         self.static_cidrs_of(self.active()?)
+    }
+
+    /// Keys of the static CIDR tries that the agent never writes (someone else's, see
+    /// `StaticTries::remove_foreign`); the next policy write removes them.
+    pub fn foreign_static_keys(&self) -> Result<usize> {
+        self.statics.foreign()
     }
 
     /// The static CIDRs of `generation`, in force or not (a reload being written, or one an
@@ -168,23 +178,43 @@ impl Datapath {
                     .map_err(op(names::NAMES_EXACT, "remove"))?,
             }
         }
-        let mut have: BTreeMap<u64, u32> = BTreeMap::new();
-        for e in self.names_wild.iter() {
-            let (h, v) = e.map_err(op(names::NAMES_WILD, "iterate"))?;
-            have.insert(h, v.generations);
+        // Wildcards carry the generation in the key: this generation's exactly `wild`, and
+        // keys of no generation (someone else's) go.
+        let mut stale = Vec::new();
+        let mut have = BTreeSet::new();
+        for k in self.names_wild.keys() {
+            let k = k.map_err(op(names::NAMES_WILD, "iterate"))?;
+            if k.generation > 1 || (k.generation == generation && !wild.contains(&k.hash)) {
+                stale.push(k);
+            } else if k.generation == generation {
+                have.insert(k.hash);
+            }
         }
-        for &h in wild.iter().chain(have.keys()) {
-            let bits = have.get(&h).copied().unwrap_or(0);
-            match with(bits, generation, wild.contains(&h)) {
-                Some(b) if b == bits => {}
-                Some(b) => self
-                    .names_wild
-                    .insert(h, policy_name(Rule::wild(h), b), 0)
-                    .map_err(op(names::NAMES_WILD, "insert"))?,
-                None => self
-                    .names_wild
-                    .remove(&h)
-                    .map_err(op(names::NAMES_WILD, "remove"))?,
+        for &h in wild.difference(&have) {
+            self.names_wild
+                .insert(WildKey::new(h, generation), 1, 0)
+                .map_err(op(names::NAMES_WILD, "insert"))?;
+        }
+        for k in stale {
+            self.names_wild
+                .remove(&k)
+                .map_err(op(names::NAMES_WILD, "remove"))?;
+        }
+        Ok(())
+    }
+
+    /// Retires the generation the last switch put out of force, once [`RETIRE_AFTER`] has
+    /// passed: a program run that read the old configuration just before the switch may still
+    /// be looking up its entries (microseconds; a preempted CPU, longer). Called at every
+    /// garbage collection. Nothing depends on it but tidiness: the next reload makes the
+    /// generation it writes exact whatever is left there.
+    pub fn retire_due(&mut self) -> Result<()> {
+        if let Some((g, at)) = self.retiring
+            && at.elapsed() >= RETIRE_AFTER
+        {
+            self.retiring = None;
+            if g != self.active()? {
+                self.retire(g)?;
             }
         }
         Ok(())
@@ -269,11 +299,12 @@ impl Datapath {
             .filter(|(_, v)| v.expires_ns == NAME_PERMANENT && v.generations & bit != 0)
             .map(|(h, _)| h)
             .collect();
+        let active = self.active()?;
         let mut wild = BTreeSet::new();
-        for e in self.names_wild.iter() {
-            let (h, v) = e.map_err(op(names::NAMES_WILD, "iterate"))?;
-            if v.generations & bit != 0 {
-                wild.insert(h);
+        for k in self.names_wild.keys() {
+            let k = k.map_err(op(names::NAMES_WILD, "iterate"))?;
+            if k.generation == active {
+                wild.insert(k.hash);
             }
         }
         Ok((exact, wild))
