@@ -25,7 +25,7 @@ use hickory_proto::{
 use crate::{clock, datapath::Datapath, events::read_record, name::NamePattern};
 
 /// Longest CNAME chain followed.
-const MAX_CHAIN: usize = 16;
+pub const MAX_CHAIN: usize = 16;
 /// Long DNS-over-TCP answers joined at once.
 const MAX_JOINING: usize = 1024;
 /// An answer whose parts have not all arrived this long after its first is dropped (the same

@@ -4,11 +4,14 @@
 //! bounds.
 #![no_main]
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use egress_common::maps::DnsEventHeader;
-use egress_user::learn::{Joiner, chain_end};
-use hickory_proto::op::Message;
+use egress_user::learn::{Joiner, MAX_CHAIN, chain_end};
+use hickory_proto::{
+    op::Message,
+    rr::{Name, RData},
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +19,48 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = Message::from_vec(data)
         && let Some(end) = chain_end(&msg)
     {
+        // The reference: the chain followed over hickory's own names (case-insensitive
+        // equality), through a table of each owner's first CNAME; the addresses are the A and
+        // AAAA records its last name owns, in the order of the answer section.
+        let mut cnames: HashMap<Name, (Name, u32)> = HashMap::new();
+        for r in msg.answers() {
+            if let RData::CNAME(t) = r.data() {
+                cnames
+                    .entry(r.name().to_lowercase())
+                    .or_insert((t.0.to_lowercase(), r.ttl()));
+            }
+        }
+        let mut at = msg.queries()[0].name().to_lowercase();
+        let mut last_ttl = 0;
+        for _ in 0..MAX_CHAIN {
+            match cnames.get(&at) {
+                Some((next, ttl)) if *next != at => {
+                    at = next.clone();
+                    last_ttl = *ttl;
+                }
+                _ => break,
+            }
+        }
+        let owned: Vec<(IpAddr, u32)> = msg
+            .answers()
+            .iter()
+            .filter(|r| r.name().to_lowercase() == at)
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some((IpAddr::V4(a.0), r.ttl())),
+                RData::AAAA(a) => Some((IpAddr::V6(a.0), r.ttl())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            end.name,
+            at.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+            "the chain ends elsewhere"
+        );
+        assert_eq!(end.last_ttl, last_ttl);
+        assert_eq!(
+            end.addresses, owned,
+            "addresses not only and all of the chain's end"
+        );
         for (addr, _) in &end.addresses {
             let found = match addr {
                 IpAddr::V4(a) => data.windows(4).any(|w| w == a.octets()),

@@ -11,7 +11,13 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use egress_common::{packet::TCP_ACK, testing::Packet};
+use egress_common::{
+    counters,
+    maps::names,
+    packet::TCP_ACK,
+    tc_action::{DROP, PASS},
+    testing::Packet,
+};
 use egress_tests::{
     ALLOWED_V4, Agent, TestPins, Topology, classic,
     dnsmsg::{Rr, query, response},
@@ -29,18 +35,43 @@ const RESOLVER: &str = "192.0.2.53";
 /// The destination the flow cases use; learned before measuring.
 const ALLOWED: &str = "198.51.100.7";
 
-/// Average ns per run of `prog` on `frame`, over `repeat` runs inside the kernel.
-fn per_run(h: &Harness, prog: &str, frame: &[u8], repeat: u32) -> f64 {
+/// Average ns per run of `prog` on `frame`, over `repeat` runs inside the kernel, and the
+/// program's return value.
+fn per_run(h: &Harness, prog: &str, frame: &[u8], repeat: u32) -> (f64, i32) {
     let p: &SchedClassifier = h.program(prog).try_into().unwrap();
     let opts = TestRunOptions {
         data_in: Some(frame),
         repeat,
         ..TestRunOptions::default()
     };
-    p.test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .duration
-        .as_nanos() as f64
+    let run = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    (run.duration.as_nanos() as f64, run.return_value as i32)
+}
+
+/// [`per_run`] of a case that must take one path: the verdict it must return, and the counter
+/// that must rise by one per run (the path's own). A row that timed another path fails the
+/// bench instead of being reported.
+fn timed_path(
+    h: &Harness,
+    case: &str,
+    prog: &str,
+    frame: &[u8],
+    repeat: u32,
+    verdict: i32,
+    counter: Option<u32>,
+) -> f64 {
+    let before = counter.map(|c| h.counter(c));
+    let (ns, ret) = per_run(h, prog, frame, repeat);
+    assert_eq!(ret, verdict, "{case}: the program returned another verdict");
+    if let (Some(c), Some(before)) = (counter, before) {
+        assert_eq!(
+            h.counter(c) - before,
+            u64::from(repeat),
+            "{case}: counter {} did not count every run: another path was timed",
+            counters::NAMES[c as usize]
+        );
+    }
+    ns
 }
 
 /// Fills the learned IPv4 map with `n` addresses (10.0.0.0/8 upwards) plus [`ALLOWED`].
@@ -62,13 +93,27 @@ fn dns_answer_cost(h: &Harness, addresses: usize, answers: usize) -> (f64, f64) 
     let (client, resolver) = (ip(CLIENT), ip(RESOLVER));
     let mut total = 0.0;
     let mut baseline = 0.0;
-    let learned_before = h.counter(egress_common::counters::DNS_ANSWER_LEARNED);
+    let counts = || {
+        [
+            counters::DNS_QUERY_TRACKED,
+            counters::DNS_ANSWER_LEARNED,
+            counters::DNS_ADDR_LEARNED,
+            counters::DNS_LEARN_FAILED,
+        ]
+        .map(|c| h.counter(c))
+    };
+    let before = counts();
     for i in 0..answers {
         let name = format!("a{addresses}x{i}.bench.test.");
         let id = (i % 65_536) as u16;
         let port = 20_000 + (i % 40_000) as u16;
+        // Fresh addresses for every answer (172.16.0.0/12 and up, apart from the filled ones
+        // in 10.0.0.0/8): each answer inserts, as one for a name never seen does.
         let addrs: Vec<String> = (0..addresses)
-            .map(|k| format!("203.0.113.{}", k % 250))
+            .map(|k| {
+                Ipv4Addr::from(0xac10_0000u32 + (addresses * answers + i * addresses + k) as u32)
+                    .to_string()
+            })
             .collect();
         let rrs: Vec<Rr<'_>> = addrs.iter().map(|a| Rr::Addr(&name, a, 300)).collect();
         let q =
@@ -81,15 +126,28 @@ fn dns_answer_cost(h: &Harness, addresses: usize, answers: usize) -> (f64, f64) 
             response(id, &name, RecordType::A, &rrs),
         )
         .build();
-        h.egress(&q);
-        total += per_run(h, "ingress", &a, 1);
-        baseline += per_run(h, "empty", &a, 1);
+        assert_eq!(h.egress(&q), PASS);
+        total += per_run(h, "ingress", &a, 1).0;
+        baseline += per_run(h, "empty", &a, 1).0;
     }
-    // The row is "an answer learned": anything else timed another path.
+    // The row is "an answer matched and all its addresses inserted": anything else timed
+    // another path.
+    let after = counts();
+    let n = answers as u64;
+    assert_eq!(after[0] - before[0], n, "not every query was remembered");
     assert_eq!(
-        h.counter(egress_common::counters::DNS_ANSWER_LEARNED) - learned_before,
-        answers as u64,
+        after[1] - before[1],
+        n,
         "not every timed answer was learned"
+    );
+    assert_eq!(
+        after[2] - before[2],
+        n * addresses as u64,
+        "not every address was learned"
+    );
+    assert_eq!(
+        after[3], before[3],
+        "inserts failed: the learned map is full"
     );
     (total / answers as f64, baseline / answers as f64)
 }
@@ -118,7 +176,7 @@ fn main() {
 fn race(count: u64) -> Value {
     let world = World::new(WorldOptions::default()).expect("world");
     let pins = TestPins::new();
-    let _agent = Agent::start(&world.topo, &pins, &policy("  min_ttl: 5s\n"), &[]).expect("agent");
+    let agent = Agent::start(&world.topo, &pins, &policy("  min_ttl: 5s\n"), &[]).expect("agent");
     let race = std::env::current_exe()
         .unwrap()
         .with_file_name("egress-race");
@@ -133,7 +191,22 @@ fn race(count: u64) -> Value {
             ],
         )
         .expect("race");
-    serde_json::from_str(out.trim()).expect("race JSON")
+    let race: Value = serde_json::from_str(out.trim()).expect("race JSON");
+    assert_learned_path(&agent, &race);
+    race
+}
+
+/// The race's connects went through egress's learned path: each connected name's first SYN
+/// was admitted by an address the kernel learned.
+fn assert_learned_path(agent: &Agent, race: &Value) {
+    let c = agent.datapath().counters().expect("counters");
+    let connected = race["connected"].as_u64().expect("race JSON: connected");
+    assert!(
+        c[counters::PASS_LEARNED as usize] >= connected,
+        "{} connects, {} admitted by learned addresses: the race took another path",
+        connected,
+        c[counters::PASS_LEARNED as usize]
+    );
 }
 
 #[derive(Clone, Copy)]
@@ -144,13 +217,19 @@ enum Enforcer {
     Nft,
 }
 
-/// iperf3 to port 443 over the veth, alternating runs without and with enforcement (the egress
-/// agent, or the classic nftables ruleset).
+/// iperf3 to port 443 over the veth, in rounds of one run without and one with enforcement
+/// (the egress agent, or the classic nftables ruleset), the order within a round alternating so
+/// that neither side always runs first.
 fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
     let topo = Topology::new().expect("topology");
     let mut runs = Vec::new();
     for round in 0..rounds {
-        for with_agent in [false, true] {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for (position, with_agent) in order.into_iter().enumerate() {
             let pins = TestPins::new();
             let agent = (with_agent && matches!(enforcer, Enforcer::Egress)).then(|| {
                 Agent::start(&topo, &pins, &static_policy("enforce"), &[]).expect("agent")
@@ -195,10 +274,32 @@ fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
             .expect("iperf3 client");
             let _ = server.wait();
             let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
+            assert!(v["error"].is_null(), "iperf3 failed: {}", v["error"]);
             let bps = v["end"]["sum_received"]["bits_per_second"]
                 .as_f64()
-                .unwrap_or(0.0);
-            runs.push(json!({"round": round, "agent": with_agent, "gbit_per_s": bps / 1e9}));
+                .expect("iperf3 measured nothing");
+            assert!(bps > 0.0, "iperf3 moved no data");
+            // The run with egress went through it: the connection was admitted by the static
+            // CIDR and its data packets passed as a known flow.
+            if let Some(agent) = &agent {
+                let c = agent.datapath().counters().expect("counters");
+                assert!(
+                    c[counters::PASS_STATIC as usize] > 0,
+                    "egress never judged the connection"
+                );
+                assert!(
+                    c[counters::PASS_FLOW as usize] > 0,
+                    "egress passed no data packet"
+                );
+            }
+            if let Some(rules) = &rules {
+                assert_eq!(
+                    rules.allowed4().expect("set"),
+                    1,
+                    "the nftables set lost its element"
+                );
+            }
+            runs.push(json!({"round": round, "position": position, "agent": with_agent, "gbit_per_s": bps / 1e9}));
             drop(agent);
             drop(rules);
         }
@@ -230,8 +331,11 @@ fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
         n if n % 2 == 1 => paired[n / 2],
         n => (paired[n / 2 - 1] + paired[n / 2]) / 2.0,
     };
-    json!({"runs": runs, "without_gbit_per_s": without, "with_gbit_per_s": with, "ratio": with / without, "median_paired_ratio": median, "paired_ratios": paired, "seconds": seconds})
+    json!({"runs": runs, "without_gbit_per_s": without, "with_gbit_per_s": with, "ratio": with / without, "median_paired_ratio": median, "paired_ratios": paired, "seconds": seconds, "rounds": rounds})
 }
+
+/// Learned addresses in the agent whose memory the control case measures.
+const CONTROL_LEARNED: u32 = 100_000;
 
 /// Policy compile and apply time for 10,000 names and 10,000 CIDRs, a reload of a changed
 /// policy, and the agent's resident memory with 100,000 learned addresses.
@@ -274,9 +378,10 @@ fn control() -> Value {
     let agent = Agent::start(&topo, &apins, &static_policy("enforce"), &[]).expect("agent");
     let mut adp = agent.datapath();
     let until = clock::boot_ns() + 3_600_000_000_000;
-    for i in 0..100_000u32 {
+    for i in 0..CONTROL_LEARNED {
         learn_by_hand(&mut adp, IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)), until);
     }
+    assert!(adp.learned().expect("learned").len() >= CONTROL_LEARNED as usize);
     // Let garbage collection walk them once (every 5 s) and a metrics scrape read the maps.
     std::thread::sleep(std::time::Duration::from_secs(6));
     let _ = egress_tests::http_get(&topo.client, "/metrics");
@@ -288,18 +393,27 @@ fn control() -> Value {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .unwrap_or(0);
-    json!({"names": 10_000, "cidrs": 10_000, "parse_s": parse_s, "load_s": load_s, "reload_s": reload_s, "agent_rss_kib_with_100k_learned": rss_kib})
+    assert!(rss_kib > 0, "no VmRSS for the agent");
+    json!({"names": 10_000, "cidrs": 10_000, "parse_s": parse_s, "load_s": load_s, "reload_s": reload_s, "learned_addresses": CONTROL_LEARNED, "agent_rss_kib": rss_kib})
 }
+
+/// Learned-map room in the per-packet harness: the largest fill, plus a fresh address for every
+/// address of every timed answer (1 + 8 + 32 per answer, 20,000 answers by default).
+const LEARNED_ROOM: u32 = 2_000_000;
 
 fn packet(repeat: u32, dns_answers: usize) -> Value {
     let mut rows = Vec::new();
     for prefixes in [10usize, 100_000, 1_000_000] {
-        let mut h = Harness::with_learned_capacity(
+        let mut h = Harness::with_capacities(
             // One client, far faster than a real one: the per-client query bound is lifted.
             &format!(
                 "resolvers: [{RESOLVER}]\nallow:\n  names: [\"*.bench.test\"]\ndns:\n  client_query_rate: 4000000000\n"
             ),
-            Some(1_100_000),
+            &[
+                (names::LEARNED_V4, LEARNED_ROOM),
+                (names::LEARNED_V6, LEARNED_ROOM),
+                (names::LEARNED_BY, 2 * LEARNED_ROOM),
+            ],
         );
         fill(&mut h, prefixes);
         let (client, dst) = (ip(CLIENT), ip(ALLOWED));
@@ -309,16 +423,22 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         let ack = ack.build();
         let denied = Packet::tcp(client, ip("198.51.100.99"), 443).build();
         let other_port = Packet::tcp(client, ip("198.51.100.99"), 80).build();
-        h.egress(&syn); // creates the flow the ACK case hits
-        let empty = per_run(&h, "empty", &ack, repeat);
-        let mut case = |name: &str, prog: &str, frame: &[u8]| {
-            let ns = per_run(&h, prog, frame, repeat);
-            rows.push(json!({"case": name, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": repeat}));
+        // Creates the flow the ACK case hits.
+        assert_eq!(h.egress(&syn), PASS);
+        let empty = timed_path(&h, "empty", "empty", &ack, repeat, PASS, None);
+        let mut case = |name: &str, frame: &[u8], verdict: i32, counter: u32| {
+            let ns = timed_path(&h, name, "egress", frame, repeat, verdict, Some(counter));
+            rows.push(json!({"case": name, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": repeat, "counter": counters::NAMES[counter as usize]}));
         };
-        case("known flow (ACK)", "egress", &ack);
-        case("new allowed SYN", "egress", &syn);
-        case("denied SYN", "egress", &denied);
-        case("non-enforced port", "egress", &other_port);
+        case("known flow (ACK)", &ack, PASS, counters::PASS_FLOW);
+        case("new allowed SYN", &syn, PASS, counters::PASS_LEARNED);
+        case("denied SYN", &denied, DROP, counters::DROP_DENIED);
+        case(
+            "non-enforced port",
+            &other_port,
+            PASS,
+            counters::PASS_NOT_ENFORCED,
+        );
         for addresses in [1usize, 8, 32] {
             let (ns, base) = dns_answer_cost(&h, addresses, dns_answers);
             rows.push(json!({"case": format!("DNS answer, {addresses} address(es)"), "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": base, "ratio_to_empty": ns / base, "repeat": 1, "runs": dns_answers}));
@@ -371,9 +491,10 @@ fn side_by_side(count: u64) -> Value {
         let pins = TestPins::new();
         let agent = Agent::start(&w.topo, &pins, &policy("  min_ttl: 5s\n"), &[]).expect("agent");
         let race = race_in(&w, count, first);
+        assert_learned_path(&agent, &race);
         let c = agent.datapath().counters().expect("counters");
-        let learned = agent.datapath().learned().map(|l| l.len()).unwrap_or(0);
-        rows.push(json!({"setup": label, "race": race, "dropped": c[egress_common::counters::DROP_DENIED as usize], "allowed_addresses": learned}));
+        let learned = agent.datapath().learned().expect("learned").len();
+        rows.push(json!({"setup": label, "race": race, "dropped": c[counters::DROP_DENIED as usize], "allowed_addresses": learned}));
     }
     // A plain local dnsmasq forwarder (the extra hop the classic setup adds, without sets).
     {
@@ -396,10 +517,19 @@ fn side_by_side(count: u64) -> Value {
         )
         .expect("forwarder");
         let race = race_in(&w, count, first);
-        rows.push(json!({"setup": label, "race": race, "dropped": rules.dropped().expect("counter"), "allowed_addresses": rules.allowed4().expect("set")}));
+        let allowed = rules.allowed4().expect("set");
+        // The race went through the set: dnsmasq added the answered addresses.
+        assert!(
+            allowed as u64 >= race["connected"].as_u64().unwrap_or(0),
+            "the nftables set holds {allowed} addresses: the race took another path"
+        );
+        rows.push(json!({"setup": label, "race": race, "dropped": rules.dropped().expect("counter"), "allowed_addresses": allowed}));
     }
     json!({"count": count, "rows": rows, "expiry": [expiry(false), expiry(true)], "set_timeout": classic::SET_TIMEOUT})
 }
+
+/// How long past the TTL the expiry case waits before trying the address again.
+const WAIT_AFTER_TTL_MS: u64 = 1_500;
 
 /// With records of a 2 s TTL: resolve a name, open a connection, wait until the TTL has passed,
 /// then try a new connection to the same address (without resolving again) and use the old one.
@@ -433,13 +563,17 @@ fn expiry(classic_setup: bool) -> Value {
     }
     let addr = "198.19.200.1";
     let first = race_in(&w, 1, addr);
+    assert_eq!(
+        first["connected"], 1,
+        "the name did not connect before its TTL ran out"
+    );
     let timeout = std::time::Duration::from_millis(1500);
     let mut conn = w
         .topo
         .connect(addr, 443, timeout)
         .expect("connect after resolve");
     std::thread::sleep(std::time::Duration::from_millis(
-        u64::from(TTL) * 1000 + 1500,
+        u64::from(TTL) * 1000 + WAIT_AFTER_TTL_MS,
     ));
     let new_after = w.topo.connect(addr, 443, timeout).is_ok();
     let _ = conn.write_all(b"GET / HTTP/1.0\r\n\r\n");
@@ -449,7 +583,7 @@ fn expiry(classic_setup: bool) -> Value {
     json!({
         "setup": if classic_setup { "dnsmasq --nftset + nftables" } else { "egress (min_ttl 1s, grace 0s)" },
         "ttl_s": TTL,
-        "first_connect_ok": first["connected"] == 1,
+        "wait_after_ttl_s": WAIT_AFTER_TTL_MS as f64 / 1000.0,
         "new_connection_after_ttl": new_after,
         "established_connection_after_ttl": old_after,
     })
