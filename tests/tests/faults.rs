@@ -122,6 +122,50 @@ fn kill_9_while_learning_loses_nothing_and_a_restart_adopts_the_pins() {
     assert_eq!(w.curl("https://cgr.dev/", &[], MAX), Some(200));
 }
 
+/// Connections from the client to [`ALLOWED_V4`]:443, back to back with `pause` between them,
+/// until [`ConnectLoop::finish`]: (connected, failed).
+struct ConnectLoop {
+    stop: Arc<AtomicBool>,
+    counts: Arc<[AtomicU64; 2]>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ConnectLoop {
+    fn start(topo: &Topology, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let addr: SocketAddr = format!("{ALLOWED_V4}:443").parse().unwrap();
+        let thread = topo.client.spawn({
+            let (stop, counts) = (stop.clone(), counts.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // A timeout long enough to outlast a SYN retransmission: the test echo
+                    // server's accept queue overflows at this rate now and then (seen: 8 of
+                    // 1,600 at 500 ms, with no egress drop counted). Egress drops are checked
+                    // by counter.
+                    let ok = std::net::TcpStream::connect_timeout(&addr, MAX).is_ok();
+                    counts[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(pause);
+                }
+            }
+        });
+        Self {
+            stop,
+            counts,
+            thread,
+        }
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        (
+            self.counts[0].load(Ordering::Relaxed),
+            self.counts[1].load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// One of three policies for the mid-reload kill: apart from one CIDR all share (the address
 /// the test connects to throughout), every part differs (mode or ports, resolvers, CIDRs, exact
 /// and wildcard names), so a mix of two shows in some part. Large enough that writing one
@@ -223,21 +267,7 @@ fn kill_9_in_the_middle_of_a_reload_keeps_one_whole_policy() {
     assert!(policies[0].in_force(&agent.datapath()));
     let drops0 = counter(&agent, counters::DROP_DENIED);
     // Connections to the address every policy allows, back to back, through every kill.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let traffic = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let addr: SocketAddr = format!("{ALLOWED_V4}:443").parse().unwrap();
-        topo.client.spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match std::net::TcpStream::connect_timeout(&addr, MAX) {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let traffic = ConnectLoop::start(&topo, Duration::from_millis(5));
     // How long a whole reload takes here, from the signal to the reload counted: the kills
     // below are spread over that window and a little past it.
     std::fs::write(&agent.policy, &policies[1].text).unwrap();
@@ -330,9 +360,7 @@ fn kill_9_in_the_middle_of_a_reload_keeps_one_whole_policy() {
         assert!(policies[next].in_force(&agent.datapath()));
         current = next;
     }
-    stop.store(true, Ordering::Relaxed);
-    traffic.join().unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = traffic.finish();
     eprintln!(
         "{kills} kills: old policy whole {old} ({inside} inside the write), new whole {new}; {ok} connects to the shared address, {failed} failed"
     );
@@ -546,24 +574,7 @@ fn a_reload_storm_never_drops_allowed_traffic_and_ends_on_the_last_valid_policy(
     let agent = Agent::start(&topo, &pins, &valid(0), &[]).unwrap();
     let drops0 = counter(&agent, counters::DROP_DENIED);
     // Connections to the allowed address, back to back, for the whole storm.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let traffic = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let addr: SocketAddr = format!("{ALLOWED_V4}:443").parse().unwrap();
-        topo.client.spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                // A timeout long enough to outlast a SYN retransmission: the test echo server's
-                // accept queue overflows at this rate now and then (seen: 8 of 1,600 at 500 ms,
-                // with no egress drop counted). Egress drops are checked by counter below.
-                match std::net::TcpStream::connect_timeout(&addr, MAX) {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let traffic = ConnectLoop::start(&topo, Duration::from_millis(1));
     let value = |metrics: &str, name: &str| {
         metrics
             .lines()
@@ -612,9 +623,7 @@ fn a_reload_storm_never_drops_allowed_traffic_and_ends_on_the_last_valid_policy(
         }
     }
     let storm = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    traffic.join().unwrap();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = traffic.finish();
     eprintln!("reload storm: 100 changes in {storm:?}; {ok} connects, {failed} failed");
     assert_eq!(
         counter(&agent, counters::DROP_DENIED) - drops0,

@@ -551,11 +551,17 @@ fn side_by_side(o: &mut String, r: &Value) {
         (Some(_), Some(_)) => "adds no less to each resolution than the classic forwarder",
         _ => "was not compared for resolution latency in this run",
     };
+    // What the expiry case saw for one setup, in words.
     let after = |prefix: &str, key: &str| {
+        let (yes, no) = if key == "new_connection_after_ttl" {
+            ("passes", "is dropped")
+        } else {
+            ("keeps flowing", "is cut")
+        };
         expiry
             .iter()
             .find(|e| e["setup"].as_str().is_some_and(|s| s.starts_with(prefix)))
-            .map(|e| e[key] == true)
+            .map_or("–", |e| if e[key] == true { yes } else { no })
     };
     let _ = writeln!(
         o,
@@ -576,25 +582,9 @@ fn side_by_side(o: &mut String, r: &Value) {
         } else {
             "slow connects"
         },
-        after("egress", "new_connection_after_ttl").map_or("–", |p| if p {
-            "passes"
-        } else {
-            "is dropped"
-        }),
-        after("dnsmasq", "new_connection_after_ttl").map_or("–", |p| if p {
-            "passes"
-        } else {
-            "is dropped"
-        }),
-        after("egress", "established_connection_after_ttl").map_or("–", |p| if p {
-            "keeps flowing"
-        } else {
-            "is cut"
-        }),
-        after("dnsmasq", "established_connection_after_ttl").map_or("–", |p| if p {
-            "keeps flowing"
-        } else {
-            "is cut"
-        }),
+        after("egress", "new_connection_after_ttl"),
+        after("dnsmasq", "new_connection_after_ttl"),
+        after("egress", "established_connection_after_ttl"),
+        after("dnsmasq", "established_connection_after_ttl"),
     );
 }
