@@ -318,17 +318,21 @@ fn learning(o: &mut String, r: &Value) {
     let _ = writeln!(o);
 }
 
+/// The lowest and highest Gbit/s of the iperf runs without (`with` false) or with enforcement.
+fn run_range(i: &Value, with: bool) -> (f64, f64) {
+    range(
+        i["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|run| run["agent"] == with)
+            .map(|run| f(&run["gbit_per_s"])),
+    )
+}
+
 /// The spread of single runs against the gap between the means, computed from the runs.
 fn spread_and_gap(i: &Value) -> (f64, f64) {
-    let runs: Vec<&Value> = i["runs"].as_array().into_iter().flatten().collect();
-    let of = |with: bool| {
-        range(
-            runs.iter()
-                .filter(|run| run["agent"] == with)
-                .map(|run| f(&run["gbit_per_s"])),
-        )
-    };
-    let ((lo0, hi0), (lo1, hi1)) = (of(false), of(true));
+    let ((lo0, hi0), (lo1, hi1)) = (run_range(i, false), run_range(i, true));
     let spread = (hi0 - lo0).max(hi1 - lo1);
     let gap = (f(&i["without_gbit_per_s"]) - f(&i["with_gbit_per_s"])).abs();
     (spread, gap)
@@ -372,15 +376,7 @@ fn throughput(o: &mut String, r: &Value) {
 }
 
 fn iperf_summary(o: &mut String, label: &str, i: &Value) {
-    let runs: Vec<&Value> = i["runs"].as_array().into_iter().flatten().collect();
-    let of = |with: bool| {
-        range(
-            runs.iter()
-                .filter(|run| run["agent"] == with)
-                .map(|run| f(&run["gbit_per_s"])),
-        )
-    };
-    let ((lo0, hi0), (lo1, hi1)) = (of(false), of(true));
+    let ((lo0, hi0), (lo1, hi1)) = (run_range(i, false), run_range(i, true));
     let (spread, gap) = spread_and_gap(i);
     let _ = writeln!(
         o,
