@@ -13,12 +13,11 @@ use crate::maps::{
     ACTIVE, CONFIG, NAMES_EXACT, NAMES_WILD, PORTS, RESOLVERS, STATIC_V4, STATIC_V6,
 };
 
-/// The configuration in force. `None` cannot happen (both arrays have the slots) but must be
+/// The configuration in force. `None` cannot happen (the array has both slots) but must be
 /// handled; callers fail as they do on an unconfigured datapath.
 #[inline(always)]
 pub(crate) fn config() -> Option<&'static Config> {
-    let g = ACTIVE.get(0)?;
-    CONFIG.get(*g & 1)
+    CONFIG.get(active())
 }
 
 /// Whether `port` is enforced under `cfg`'s policy.
@@ -35,7 +34,8 @@ pub(crate) fn resolver(cfg: &Config, addr: &[u8; 16]) -> bool {
     matches!(unsafe { RESOLVERS.get(addr) }, Some(g) if g & generation::bit(cfg.generation) != 0)
 }
 
-/// The generation in force (`None` cannot happen: the array has the slot).
+/// The generation in force (0 if `ACTIVE` could not be read, which cannot happen: the array
+/// has the slot).
 #[inline(always)]
 pub(crate) fn active() -> u32 {
     ACTIVE.get(0).map_or(0, |g| *g & 1)

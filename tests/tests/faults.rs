@@ -250,9 +250,10 @@ impl Whole {
     /// How many of this policy's CIDRs generation `g` holds, in force or not.
     fn written_in(&self, dp: &egress_user::datapath::Datapath, g: u32) -> usize {
         let held: BTreeSet<ipnet::IpNet> = dp.static_cidrs_of(g).unwrap().into_iter().collect();
+        let shared: ipnet::IpNet = format!("{ALLOWED_V4}/32").parse().unwrap();
         self.cidrs
             .iter()
-            .filter(|c| c.to_string() != format!("{ALLOWED_V4}/32") && held.contains(c))
+            .filter(|c| **c != shared && held.contains(c))
             .count()
     }
 }

@@ -77,22 +77,32 @@ impl<V: Pod> StaticTries<V> {
         Ok(out)
     }
 
-    /// Removes the keys the agent never writes: a generation byte other than 0 or 1, or a
-    /// prefix shorter than the generation byte (such a key matches every address of every
-    /// generation: someone else's allow-all). Returns how many there were.
+    /// The keys the agent never writes: a generation byte other than 0 or 1, or a prefix
+    /// shorter than the generation byte (such a key matches every address of every generation:
+    /// someone else's allow-all).
+    fn foreign_keys(&self) -> Result<ForeignKeys> {
+        fn of<const N: usize>(
+            keys: impl Iterator<Item = std::result::Result<Key<[u8; N]>, MapError>>,
+            name: &'static str,
+        ) -> Result<Vec<Key<[u8; N]>>> {
+            let mut out = Vec::new();
+            for k in keys {
+                let k = k.map_err(op(name, "iterate"))?;
+                if ours(k.data()[0], k.prefix_len()).is_none() {
+                    out.push(k);
+                }
+            }
+            Ok(out)
+        }
+        Ok((
+            of(self.v4.keys(), self.names[0])?,
+            of(self.v6.keys(), self.names[1])?,
+        ))
+    }
+
+    /// Removes the keys the agent never writes ([`Self::foreign_keys`]); returns how many.
     pub(crate) fn remove_foreign(&mut self) -> Result<usize> {
-        let v4: Vec<Key<[u8; 5]>> = self
-            .v4
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| ours(k.data()[0], k.prefix_len()).is_none())
-            .collect();
-        let v6: Vec<Key<[u8; 17]>> = self
-            .v6
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| ours(k.data()[0], k.prefix_len()).is_none())
-            .collect();
+        let (v4, v6) = self.foreign_keys()?;
         for k in &v4 {
             self.v4.remove(k).map_err(op(self.names[0], "remove"))?;
         }
@@ -102,18 +112,10 @@ impl<V: Pod> StaticTries<V> {
         Ok(v4.len() + v6.len())
     }
 
-    /// How many keys the agent never writes are in the tries ([`Self::remove_foreign`]).
+    /// How many keys the agent never writes are in the tries ([`Self::foreign_keys`]).
     pub(crate) fn foreign(&self) -> Result<usize> {
-        let mut n = 0;
-        for k in self.v4.keys() {
-            let k = k.map_err(op(self.names[0], "iterate"))?;
-            n += usize::from(ours(k.data()[0], k.prefix_len()).is_none());
-        }
-        for k in self.v6.keys() {
-            let k = k.map_err(op(self.names[1], "iterate"))?;
-            n += usize::from(ours(k.data()[0], k.prefix_len()).is_none());
-        }
-        Ok(n)
+        let (v4, v6) = self.foreign_keys()?;
+        Ok(v4.len() + v6.len())
     }
 
     /// Entries of each map (both generations), by map name.
@@ -131,6 +133,9 @@ impl<V: Pod> StaticTries<V> {
         }
     }
 }
+
+/// Static trie keys the agent never writes, IPv4 and IPv6 ([`StaticTries::foreign_keys`]).
+type ForeignKeys = (Vec<Key<[u8; 5]>>, Vec<Key<[u8; 17]>>);
 
 /// The CIDR's own prefix length if a key with this generation byte and prefix length is one
 /// the agent writes (generation 0 or 1, the generation byte inside the prefix).

@@ -166,12 +166,8 @@ impl Datapath {
 
     /// The configuration in force.
     pub fn config(&self) -> Result<Config> {
-        self.config_of(self.active()?)
-    }
-
-    pub fn config_of(&self, generation: u32) -> Result<Config> {
         self.config
-            .get(&(generation & 1), 0)
+            .get(&self.active()?, 0)
             .map_err(op(names::CONFIG, "read"))
     }
 

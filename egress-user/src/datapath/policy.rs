@@ -21,14 +21,26 @@ use super::{Datapath, Result, mapped, op, unmapped};
 /// How long after a switch the old generation is retired ([`Datapath::retire_due`]).
 pub(super) const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A generation set with `g`'s bit set to `member`; `None` when no generation is left.
-fn with(bits: u32, g: u32, member: bool) -> Option<u32> {
-    let bits = if member {
-        bits | generation::bit(g)
-    } else {
-        bits & !generation::bit(g)
-    };
-    (bits != 0).then_some(bits)
+/// The writes that make `g`'s membership exactly `want`, given each key's current set of
+/// generations (`have`): `(key, Some(set))` to write, `(key, None)` to remove (left in no
+/// generation). Keys whose set does not change are left out, and each key comes once.
+fn membership<K: Ord + Copy>(
+    have: &BTreeMap<K, u32>,
+    want: &BTreeSet<K>,
+    g: u32,
+) -> Vec<(K, Option<u32>)> {
+    let keys: BTreeSet<K> = have.keys().chain(want).copied().collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let bits = have.get(&k).copied().unwrap_or(0);
+            let set = if want.contains(&k) {
+                bits | generation::bit(g)
+            } else {
+                bits & !generation::bit(g)
+            };
+            (set != bits).then_some((k, (set != 0).then_some(set)))
+        })
+        .collect()
 }
 
 impl Datapath {
@@ -118,17 +130,15 @@ impl Datapath {
             let (k, v) = e.map_err(op(names::RESOLVERS, "iterate"))?;
             have.insert(k, v);
         }
-        for key in want.iter().chain(have.keys()) {
-            let bits = have.get(key).copied().unwrap_or(0);
-            match with(bits, generation, want.contains(key)) {
-                Some(b) if b == bits => {}
+        for (key, set) in membership(&have, &want, generation) {
+            match set {
                 Some(b) => self
                     .resolvers
                     .insert(key, b, 0)
                     .map_err(op(names::RESOLVERS, "insert"))?,
                 None => self
                     .resolvers
-                    .remove(key)
+                    .remove(&key)
                     .map_err(op(names::RESOLVERS, "remove"))?,
             }
         }
@@ -164,10 +174,8 @@ impl Datapath {
             .filter(|(_, v)| v.expires_ns == NAME_PERMANENT)
             .map(|(h, v)| (h, v.generations));
         let have: BTreeMap<u64, u32> = permanent.collect();
-        for &h in exact.iter().chain(have.keys()) {
-            let bits = have.get(&h).copied().unwrap_or(0);
-            match with(bits, generation, exact.contains(&h)) {
-                Some(b) if b == bits => {}
+        for (h, set) in membership(&have, exact, generation) {
+            match set {
                 Some(b) => self
                     .names_exact
                     .insert(h, policy_name(Rule::exact(h), b), 0)
@@ -292,22 +300,27 @@ impl Datapath {
     /// The policy's part of the name maps in force: the permanent exact-name hashes and the
     /// wildcard suffix hashes.
     pub fn policy_names(&self) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
-        let bit = generation::bit(self.active()?);
+        let active = self.active()?;
+        let bit = generation::bit(active);
         let exact = self
             .exact_names()?
             .into_iter()
             .filter(|(_, v)| v.expires_ns == NAME_PERMANENT && v.generations & bit != 0)
             .map(|(h, _)| h)
             .collect();
-        let active = self.active()?;
+        Ok((exact, self.wild_names(active)?))
+    }
+
+    /// The wildcard suffix hashes of `generation`.
+    fn wild_names(&self, generation: u32) -> Result<BTreeSet<u64>> {
         let mut wild = BTreeSet::new();
         for k in self.names_wild.keys() {
             let k = k.map_err(op(names::NAMES_WILD, "iterate"))?;
-            if k.generation == active {
+            if k.generation == generation {
                 wild.insert(k.hash);
             }
         }
-        Ok((exact, wild))
+        Ok(wild)
     }
 
     /// The exact-name entry of a hash, if there is one: until when it is allowed, and for
@@ -318,13 +331,17 @@ impl Datapath {
 
     /// Entries of the name maps in force: (exact permanent, exact expiring, wildcard).
     pub fn name_counts(&self) -> Result<(usize, usize, usize)> {
-        let (exact, wild) = self.policy_names()?;
-        let expiring = self
-            .exact_names()?
-            .into_iter()
-            .filter(|(_, v)| v.expires_ns != NAME_PERMANENT)
-            .count();
-        Ok((exact.len(), expiring, wild.len()))
+        let active = self.active()?;
+        let bit = generation::bit(active);
+        let (mut permanent, mut expiring) = (0, 0);
+        for (_, v) in self.exact_names()? {
+            if v.expires_ns != NAME_PERMANENT {
+                expiring += 1;
+            } else if v.generations & bit != 0 {
+                permanent += 1;
+            }
+        }
+        Ok((permanent, expiring, self.wild_names(active)?.len()))
     }
 }
 
