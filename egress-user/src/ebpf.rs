@@ -39,8 +39,16 @@ pub enum LayoutError {
     },
 }
 
-/// Checks every map already pinned under `pins` against the object's definition of it (key
-/// size, value size, entries). aya adopts a pinned map by its file descriptor without
+/// The kernel's name of a map type (`BPF_MAP_TYPE_*` as aya names it), or its number.
+fn type_name(kind: u32) -> String {
+    aya_obj::generated::bpf_map_type::try_from(kind)
+        .ok()
+        .and_then(|t| aya::maps::MapType::try_from(t).ok())
+        .map_or_else(|| kind.to_string(), |t| format!("{t:?}"))
+}
+
+/// Checks every map already pinned under `pins` against the object's definition of it (type,
+/// flags, key size, value size, entries). aya adopts a pinned map by its file descriptor without
 /// comparing, and a map of another size would then be used as if it were right (a shorter
 /// counter array silently drops the new counters; a shorter scratch array leaves a program
 /// without its slot), so this runs before every load.
@@ -58,11 +66,28 @@ pub fn check_pinned(pins: &PinDir) -> Result<(), LayoutError> {
             path: path.clone(),
             source,
         })?;
-        let describe = |key: u32, value: u32, entries: u32| {
-            format!("key size {key}, value size {value} and {entries} entries")
+        let describe = |kind: u32, flags: u32, key: u32, value: u32, entries: u32| {
+            format!(
+                "type {}, flags {flags:#x}, key size {key}, value size {value} and {entries} entries",
+                type_name(kind)
+            )
         };
-        let have = describe(info.key_size(), info.value_size(), info.max_entries());
-        let want = describe(map.key_size(), map.value_size(), map.max_entries());
+        // An unknown type reads as u32::MAX: it differs from every type the object asks for.
+        let pinned_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+        let have = describe(
+            pinned_type,
+            info.map_flags(),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        let want = describe(
+            map.map_type(),
+            map.map_flags(),
+            map.key_size(),
+            map.value_size(),
+            map.max_entries(),
+        );
         if have != want {
             return Err(LayoutError::Mismatch {
                 name: name.clone(),

@@ -10,7 +10,7 @@ use std::{
 
 use egress_tests::{
     ALLOWED_V4, Agent, DENIED_V4, Servers, TestPins, Topology, egress, http_get,
-    live::{RESOLVER_V4, WEB_CDN, WEB_CGR, WEB_DENIED, World, WorldOptions},
+    live::{PlayedResolver, RESOLVER_V4, WEB_CDN, WEB_CGR, WEB_DENIED, World, WorldOptions},
     wait_for,
 };
 
@@ -267,6 +267,79 @@ fn metrics_cover_verdicts_dns_results_fill_ratios_and_ring_losses() {
     assert_eq!(m("egress_reload_failures_total"), 0.0);
 }
 
+/// `egress_info` names the version and the mode in force, and follows a reload.
+#[test]
+fn info_names_the_version_and_the_mode_in_force_and_follows_a_reload() {
+    let topo = Topology::new().unwrap();
+    let pins = TestPins::new();
+    let agent = Agent::start(
+        &topo,
+        &pins,
+        &format!("allow:\n  cidrs: [{ALLOWED_V4}]\n"),
+        &[],
+    )
+    .unwrap();
+    let info = |mode: &str| {
+        format!(
+            "egress_info{{version=\"{}\",mode=\"{mode}\",learn_at=\"interfaces\"}}",
+            env!("CARGO_PKG_VERSION")
+        )
+    };
+    assert_eq!(metric(&topo, &info("enforce")), 1.0);
+    assert_eq!(metric(&topo, "egress_ready"), 1.0);
+    write_atomically(
+        &agent.policy,
+        &format!("mode: audit\nallow:\n  cidrs: [{ALLOWED_V4}]\n"),
+    );
+    wait_for("the reload", || {
+        metric(&topo, "egress_reloads_total") >= 1.0
+    });
+    assert_eq!(metric(&topo, &info("audit")), 1.0);
+    let (_, body) = http_get(&topo.client, "/metrics").unwrap();
+    assert!(
+        !body.contains(&info("enforce")),
+        "the mode no longer in force is still reported:\n{body}"
+    );
+}
+
+/// `/healthz` and `/readyz` mean something: a loop of the agent that dies turns both to 503 and
+/// `egress_ready` to 0, while the kernel goes on enforcing and learning. The debug build's
+/// `EGRESS_TEST_FAIL=dns-learning` makes the DNS learning loop panic at its first copy.
+#[test]
+fn a_dead_loop_turns_healthz_and_readyz_to_503_and_the_kernel_goes_on_enforcing() {
+    use egress_tests::dnsmsg::{Rr, response};
+    use hickory_proto::rr::RecordType;
+    let w = PlayedResolver::with_env("app.example", &[("EGRESS_TEST_FAIL", "dns-learning")]);
+    let code = |path: &str| http_get(&w.topo.client, path).map(|(c, _)| c);
+    assert_eq!(code("/healthz"), Some(200));
+    assert_eq!(code("/readyz"), Some(200));
+    // An allowed answer: the kernel learns it, and its copy kills the agent's DNS loop.
+    w.ask(0x4242, "app.example.");
+    w.answer(response(
+        0x4242,
+        "app.example.",
+        RecordType::A,
+        &[Rr::Addr("app.example.", WEB_DENIED, 60)],
+    ));
+    wait_for("/healthz to report the dead loop", || {
+        code("/healthz") == Some(503)
+    });
+    assert_eq!(code("/readyz"), Some(503));
+    assert_eq!(metric(&w.topo, "egress_ready"), 0.0);
+    assert!(
+        w.agent.log_text().contains("task panicked"),
+        "{}",
+        w.agent.log_text()
+    );
+    // The kernel goes on: the learned address connects, a denied one does not.
+    assert!(w.topo.connect(WEB_DENIED, 443, MAX).is_ok());
+    assert!(
+        w.topo
+            .connect(DENIED_V4, 443, Duration::from_millis(500))
+            .is_err()
+    );
+}
+
 /// Runs `egress run` in the client namespace with only `caps` in its bounding set (as uid 0, so
 /// the permitted set is exactly `caps`): the DaemonSet's capability list, proven here.
 fn run_with_caps(
@@ -427,6 +500,65 @@ fn an_agent_refuses_pinned_maps_of_another_layout_naming_the_map_and_keeps_them_
         err.contains(&format!("{} entries", counters::COUNT - 5)),
         "{err}"
     );
+    // Nothing was changed: the pinned datapath still enforces.
+    assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_secs(1))
+            .is_err()
+    );
+}
+
+/// Sizes alone do not make a layout: a pinned map of the right sizes but another type or other
+/// flags (a preallocated hash map where the object asks for one allocated as used; a plain
+/// array where it asks for a per-CPU one) is refused too, naming the map and both definitions,
+/// and the pinned datapath keeps enforcing.
+#[test]
+fn an_agent_refuses_pinned_maps_of_another_type_or_flags() {
+    use egress_common::{
+        counters,
+        maps::{NAMES_WILD_CAPACITY, WildKey, names},
+    };
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let mut agent =
+        Agent::start(&topo, &pins, &egress_tests::static_policy("enforce"), &[]).unwrap();
+    let mut refused = |what: &str| {
+        agent.kill9();
+        agent.spawn(&[]).unwrap();
+        let err = agent
+            .wait_ready(&topo.client)
+            .expect_err("an agent adopted a map of another layout")
+            .to_string();
+        assert!(err.contains("another egress version"), "{what}: {err}");
+        err
+    };
+    // Flags: the same key, value and entries, preallocated.
+    let pin = pins.path().join(names::NAMES_WILD);
+    std::fs::remove_file(&pin).unwrap();
+    aya::maps::HashMap::<aya::maps::MapData, [u8; size_of::<WildKey>()], u32>::create(
+        NAMES_WILD_CAPACITY,
+        0,
+    )
+    .unwrap()
+    .pin(&pin)
+    .unwrap();
+    let err = refused("flags");
+    assert!(err.contains("map NAMES_WILD pinned at"), "{err}");
+    assert!(err.contains("flags 0x0,"), "{err}");
+    assert!(err.contains("flags 0x1,"), "{err}");
+    // Type: a plain array of the counters' size where a per-CPU one is wanted (checked first:
+    // maps are checked by name).
+    let pin = pins.path().join(names::COUNTERS);
+    std::fs::remove_file(&pin).unwrap();
+    aya::maps::Array::<aya::maps::MapData, u64>::create(counters::COUNT, 0)
+        .unwrap()
+        .pin(&pin)
+        .unwrap();
+    let err = refused("type");
+    assert!(err.contains("map COUNTERS pinned at"), "{err}");
+    assert!(err.contains("type Array,"), "{err}");
+    assert!(err.contains("type PerCpuArray,"), "{err}");
     // Nothing was changed: the pinned datapath still enforces.
     assert!(topo.connect(ALLOWED_V4, 443, MAX).is_ok());
     assert!(
