@@ -169,6 +169,10 @@ pub struct Agent {
     policy: Policy,
     policy_text: Option<String>,
     dp: Arc<Mutex<Datapath>>,
+    /// Garbage collection's own handle on the maps, for the walks of the learned maps and
+    /// flow tables: seconds when they are full, during which the lock on `dp` (which DNS
+    /// learning and the event drain need) is not held.
+    gc_dp: Datapath,
     learner: Arc<Mutex<learn::Learner>>,
     metrics: AgentMetrics,
     http: Arc<HttpState>,
@@ -356,8 +360,15 @@ impl Agent {
         {
             let (dp, learner, stats, cancel) =
                 (dp.clone(), learner.clone(), learn_stats, cancel.clone());
+            // Debug builds only: `EGRESS_TEST_FAIL=dns-learning` makes this loop panic at its
+            // first copy, so the tests can prove that a dead loop turns /healthz and /readyz
+            // to 503 while the kernel goes on enforcing. Release builds have no such switch.
+            #[cfg(debug_assertions)]
+            let fail = std::env::var("EGRESS_TEST_FAIL").is_ok_and(|v| v == "dns-learning");
             tasks.spawn(async move {
                 let drained = events::drain_ring(dns_ring, cancel, |item| {
+                    #[cfg(debug_assertions)]
+                    assert!(!fail, "EGRESS_TEST_FAIL=dns-learning");
                     let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
                     let mut learner = learner.lock().unwrap_or_else(|p| p.into_inner());
                     learner.handle(item, &mut dp, &stats);
@@ -373,6 +384,7 @@ impl Agent {
             policy,
             policy_text: Some(policy_text),
             dp,
+            gc_dp: Datapath::open_pinned(&pins)?,
             learner,
             metrics,
             http,
@@ -698,14 +710,27 @@ impl Agent {
 
     /// Removes expired learned addresses and idle flows; warns when the learned map was full.
     pub fn gc_tick(&mut self) {
-        let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-        match dp.collect_garbage(clock::boot_ns()) {
+        let now = clock::boot_ns();
+        // The name maps under the lock (DNS learning writes CNAME targets there); the walks of
+        // the learned maps and flow tables on garbage collection's own handle, without it.
+        let names = self
+            .dp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .collect_names(now);
+        let collected = names.and_then(|(rules, names)| {
+            let (mut done, flows) = self.gc_dp.collect_learned(now, &rules)?;
+            done.names = names;
+            Ok((done, flows))
+        });
+        match collected {
             Ok((done, flows)) => {
                 self.count_reconciled(&done);
                 self.metrics.gc_flows_removed.inc_by(flows as u64);
             }
             Err(e) => tracing::warn!(error = %error_chain(&e), "garbage collection failed"),
         }
+        let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
         let repaired = self.repair_tampering(&mut dp);
         // A full learned map fails inserts in the kernel: those addresses stay denied.
         match dp.counters() {

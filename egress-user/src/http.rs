@@ -61,9 +61,16 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
+    // Encoding walks the bounded maps, one system call per key (about a second at a million
+    // learned addresses): it runs on the blocking pool, so a scrape never holds one of the async
+    // workers that drain the DNS copies and serve `/readyz`.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &state.registry).map(|()| body)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(body)) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
@@ -71,7 +78,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
             )],
             body,
         ),
-        Err(_) => (
+        Ok(Err(_)) | Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain")],
             String::new(),

@@ -102,6 +102,8 @@ pub struct Agent {
     iface: String,
     /// Whether `run` gets `--iface` (without it, the agent picks the default-route interfaces).
     iface_flag: bool,
+    /// Environment variables for the agent's process (the debug build's test switches).
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -114,6 +116,24 @@ impl Agent {
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         Self::start_with(&topo.client, &topo.iface, pins, policy, extra, true)
+    }
+
+    /// [`Agent::start`] with environment variables for the agent's process, such as the debug
+    /// build's `EGRESS_TEST_FAIL`.
+    pub fn start_with_env(
+        topo: &Topology,
+        pins: &TestPins,
+        policy: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut agent = Self::unstarted(&topo.client, &topo.iface, pins, policy, true)?;
+        agent.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        agent.spawn(&[])?;
+        agent.wait_ready(&topo.client)?;
+        Ok(agent)
     }
 
     /// Starts the agent in namespace `ns`, enforcing on `iface` there.
@@ -144,10 +164,23 @@ impl Agent {
         extra: &[&str],
         iface_flag: bool,
     ) -> anyhow::Result<Self> {
+        let mut agent = Self::unstarted(ns, iface, pins, policy, iface_flag)?;
+        agent.spawn(extra)?;
+        agent.wait_ready(ns)?;
+        Ok(agent)
+    }
+
+    fn unstarted(
+        ns: &NetNs,
+        iface: &str,
+        pins: &TestPins,
+        policy: &str,
+        iface_flag: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, policy)?;
-        let mut agent = Self {
+        Ok(Self {
             child: None,
             log: dir.path().join("agent.log"),
             policy: policy_path,
@@ -155,11 +188,9 @@ impl Agent {
             ns: ns.name.clone(),
             iface: iface.to_owned(),
             iface_flag,
+            env: Vec::new(),
             _dir: dir,
-        };
-        agent.spawn(extra)?;
-        agent.wait_ready(ns)?;
-        Ok(agent)
+        })
     }
 
     /// Starts (again) on the same pin directory, policy and interface.
@@ -181,6 +212,7 @@ impl Agent {
             .arg("--pin-dir")
             .arg(&self.pins)
             .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -333,8 +365,13 @@ pub const BY_HAND: &str = "learned-by-hand.test";
 /// carried it: the policy in force must allow that name, or the next reconciliation revokes
 /// the address.
 pub fn learn_by_hand(dp: &mut Datapath, addr: IpAddr, until: u64) {
+    learn_as(dp, BY_HAND, addr, until);
+}
+
+/// Allows `addr` until `until` as if an answer for the exact policy name `name` had carried it.
+pub fn learn_as(dp: &mut Datapath, name: &str, addr: IpAddr, until: u64) {
     let cfg = dp.config().expect("config");
-    let rule = Rule::exact(egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, BY_HAND).0);
+    let rule = Rule::exact(egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, name).0);
     dp.learn(addr, rule, egress_user::clock::boot_ns(), until)
         .expect("learn");
 }

@@ -312,3 +312,95 @@ pub fn policy(extra_dns: &str) -> String {
          dns:\n{extra_dns}"
     )
 }
+
+/// Sends `payload` as a UDP datagram from `src:53` in `server` to the client of a
+/// [`Topology`], with a raw socket, so the source can be any address (even the resolver's).
+pub fn inject_from(server: &NetNs, src: &str, dst_port: u16, payload: Vec<u8>) {
+    let src = src.to_owned();
+    server.run(move || {
+        let s = crate::raw::socket(&src, socket2::Protocol::UDP);
+        let mut udp = Vec::new();
+        udp.extend_from_slice(&53u16.to_be_bytes());
+        udp.extend_from_slice(&dst_port.to_be_bytes());
+        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]); // no checksum (allowed for IPv4)
+        udp.extend_from_slice(&payload);
+        crate::raw::send(&s, crate::CLIENT_V4, &udp);
+    });
+}
+
+/// The test plays the resolver (no resolver process), so it controls the answers exactly: the
+/// client's queries go to the resolver's address, and answers are injected from it.
+pub struct PlayedResolver {
+    pub topo: Topology,
+    pub agent: crate::Agent,
+    client: std::net::UdpSocket,
+    pub port: u16,
+    _servers: crate::Servers,
+    _pins: crate::TestPins,
+}
+
+impl PlayedResolver {
+    /// `names`: the YAML flow items of the policy's `allow.names`.
+    pub fn new(names: &str) -> Self {
+        Self::with_env(names, &[])
+    }
+
+    /// [`PlayedResolver::new`] with environment variables for the agent's process.
+    pub fn with_env(names: &str, env: &[(&str, &str)]) -> Self {
+        let topo = Topology::new().unwrap();
+        for addr in [RESOLVER_V4, WEB_DENIED] {
+            topo.server
+                .ip(&["addr", "add", &format!("{addr}/24"), "dev", &topo.peer])
+                .unwrap();
+        }
+        let servers = crate::Servers::start(&topo.server, &[443]);
+        let pins = crate::TestPins::new();
+        let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [{names}]\n");
+        let agent = crate::Agent::start_with_env(&topo, &pins, &policy, env).unwrap();
+        let client = topo
+            .client
+            .run(|| std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+        let port = client.local_addr().unwrap().port();
+        Self {
+            topo,
+            agent,
+            client,
+            port,
+            _servers: servers,
+            _pins: pins,
+        }
+    }
+
+    pub fn ask(&self, id: u16, name: &str) {
+        let resolver: std::net::SocketAddr = format!("{RESOLVER_V4}:53").parse().unwrap();
+        self.client
+            .send_to(
+                &crate::dnsmsg::query(id, name, hickory_proto::rr::RecordType::A),
+                resolver,
+            )
+            .unwrap();
+    }
+
+    pub fn answer(&self, payload: Vec<u8>) {
+        inject_from(&self.topo.server, RESOLVER_V4, self.port, payload);
+    }
+
+    /// CNAME targets the agent has allowed (entries of the exact-name map it adds).
+    pub fn cname_targets(&self) -> usize {
+        self.agent.datapath().name_counts().unwrap().1
+    }
+
+    /// Waits until the agent has allowed a CNAME target.
+    pub fn wait_for_cname_target(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cname_targets() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not allow the CNAME target: {}",
+                self.agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,18 +1,14 @@
 //! DNS-driven allowlisting end to end: a real resolver (dnsmasq), a real TLS server (nginx),
 //! curl and the system resolver in the client namespace, and the real agent on its NIC.
 
-use std::{
-    net::{SocketAddr, UdpSocket},
-    path::Path,
-    time::Duration,
-};
+use std::{net::UdpSocket, path::Path, time::Duration};
 
 use egress_common::counters;
 use egress_tests::{
     Agent, TestPins, echo_once, ip,
     live::{
-        RACE_FIRST, RESOLVER_V4, RESOLVER_V6, WEB_CDN, WEB_CGR, WEB_DENIED, WEB_R2, WEB_R2_APEX,
-        World, WorldOptions, policy,
+        PlayedResolver, RACE_FIRST, RESOLVER_V4, RESOLVER_V6, WEB_CDN, WEB_CGR, WEB_DENIED, WEB_R2,
+        WEB_R2_APEX, World, WorldOptions, inject_from, policy,
     },
 };
 use hickory_proto::rr::RecordType;
@@ -190,20 +186,6 @@ fn inject(w: &World, src: &str, dst_port: u16, payload: Vec<u8>) {
     inject_from(&w.topo.server, src, dst_port, payload);
 }
 
-fn inject_from(server: &egress_tests::NetNs, src: &str, dst_port: u16, payload: Vec<u8>) {
-    let src = src.to_owned();
-    server.run(move || {
-        let s = egress_tests::raw::socket(&src, socket2::Protocol::UDP);
-        let mut udp = Vec::new();
-        udp.extend_from_slice(&53u16.to_be_bytes());
-        udp.extend_from_slice(&dst_port.to_be_bytes());
-        udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]); // no checksum (allowed for IPv4)
-        udp.extend_from_slice(&payload);
-        egress_tests::raw::send(&s, egress_tests::CLIENT_V4, &udp);
-    });
-}
-
 #[test]
 fn spoofed_and_unsolicited_answers_teach_nothing() {
     let (w, _p, agent) = start(WorldOptions::default(), "  min_ttl: 5s\n");
@@ -344,69 +326,6 @@ fn race(opts: WorldOptions, path: u32) {
         "SYNs were retransmitted"
     );
     let _ = RESOLVER_V6;
-}
-
-/// The test plays the resolver (no resolver process), so it controls the answers exactly: the
-/// client's queries go to the resolver's address, and answers are injected from it.
-struct PlayedResolver {
-    topo: egress_tests::Topology,
-    agent: Agent,
-    client: UdpSocket,
-    port: u16,
-    _servers: egress_tests::Servers,
-    _pins: TestPins,
-}
-
-impl PlayedResolver {
-    fn new(names: &str) -> Self {
-        let topo = egress_tests::Topology::new().unwrap();
-        for addr in [RESOLVER_V4, WEB_DENIED] {
-            topo.server
-                .ip(&["addr", "add", &format!("{addr}/24"), "dev", &topo.peer])
-                .unwrap();
-        }
-        let servers = egress_tests::Servers::start(&topo.server, &[443]);
-        let pins = TestPins::new();
-        let policy = format!("resolvers: [{RESOLVER_V4}]\nallow:\n  names: [{names}]\n");
-        let agent = Agent::start(&topo, &pins, &policy, &[]).unwrap();
-        let client = topo.client.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
-        let port = client.local_addr().unwrap().port();
-        Self {
-            topo,
-            agent,
-            client,
-            port,
-            _servers: servers,
-            _pins: pins,
-        }
-    }
-
-    fn ask(&self, id: u16, name: &str) {
-        let resolver: SocketAddr = format!("{RESOLVER_V4}:53").parse().unwrap();
-        self.client
-            .send_to(
-                &egress_tests::dnsmsg::query(id, name, RecordType::A),
-                resolver,
-            )
-            .unwrap();
-    }
-
-    fn answer(&self, payload: Vec<u8>) {
-        inject_from(&self.topo.server, RESOLVER_V4, self.port, payload);
-    }
-
-    /// Waits until the agent has allowed a CNAME target.
-    fn wait_for_cname_target(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.agent.datapath().name_counts().unwrap().1 == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent did not allow the CNAME target: {}",
-                self.agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 #[test]

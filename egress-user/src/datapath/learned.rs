@@ -134,9 +134,19 @@ impl Datapath {
     /// one left. Run after every policy write and at every garbage-collection tick (which also
     /// catches a program run that was still using a removed rule while the policy changed).
     pub fn reconcile(&mut self, now_ns: u64) -> Result<Reconciled> {
-        let mut done = Reconciled::default();
         let rules = self.rules()?;
-        done.names = self.expire_names(now_ns, &rules)?;
+        let names = self.expire_names(now_ns, &rules)?;
+        let mut done = self.reconcile_learned(now_ns, &rules)?;
+        done.names = names;
+        Ok(done)
+    }
+
+    /// The learned-address half of [`Self::reconcile`], against `rules` (the rules in force,
+    /// read before). It only ever removes with lookup-and-delete and puts back what was written
+    /// meanwhile, so it is safe beside concurrent learning (the kernel's and the agent's) and
+    /// needs no lock: the agent runs it on a map handle of its own.
+    pub fn reconcile_learned(&mut self, now_ns: u64, rules: &BTreeSet<Rule>) -> Result<Reconciled> {
+        let mut done = Reconciled::default();
         // Addresses before justifications: see the module documentation.
         let learned = self.learned.entries()?;
         // Keyed by the 16-byte form: an IPv4-mapped AAAA address (learned in the IPv6 map)
@@ -173,7 +183,7 @@ impl Datapath {
                 // learned. If the name that last answered with this address is allowed by a
                 // rule in force now (an exact name replaced by a wildcard that covers it, or a
                 // broader wildcard removed under a narrower one), it is justified by that rule.
-                if let Some(rule) = self.rule_for_last_answer(addr, &rules, &cfg)? {
+                if let Some(rule) = self.rule_for_last_answer(addr, rules, &cfg)? {
                     let key = LearnedByKey {
                         addr: mapped(addr),
                         rule,
@@ -251,8 +261,33 @@ impl Datapath {
     /// [`Self::reconcile`], then removes flows idle for longer than their timeout. Returns
     /// what the reconciliation did and how many flows went.
     pub fn collect_garbage(&mut self, now_ns: u64) -> Result<(Reconciled, usize)> {
+        let (rules, names) = self.collect_names(now_ns)?;
+        let (mut done, flows) = self.collect_learned(now_ns, &rules)?;
+        done.names = names;
+        Ok((done, flows))
+    }
+
+    /// The part of garbage collection that writes the policy and name maps, which the agent's
+    /// learning also writes (CNAME targets): retires a due policy generation and removes the
+    /// CNAME targets that expired or whose rule left the policy. Small (names, not addresses).
+    /// Returns the rules in force and how many targets went.
+    pub fn collect_names(&mut self, now_ns: u64) -> Result<(BTreeSet<Rule>, usize)> {
         self.retire_due()?;
-        let done = self.reconcile(now_ns)?;
+        let rules = self.rules()?;
+        let names = self.expire_names(now_ns, &rules)?;
+        Ok((rules, names))
+    }
+
+    /// The part of garbage collection that walks the learned maps and the flow tables (time
+    /// proportional to their entries: seconds when they are full): [`Self::reconcile_learned`]
+    /// against `rules`, then the idle flows. Safe beside concurrent learning, like
+    /// [`Self::reconcile_learned`]. Returns what the reconciliation did and how many flows went.
+    pub fn collect_learned(
+        &mut self,
+        now_ns: u64,
+        rules: &BTreeSet<Rule>,
+    ) -> Result<(Reconciled, usize)> {
+        let done = self.reconcile_learned(now_ns, rules)?;
         let cfg = self.config()?;
         self.expire_revoked(now_ns.saturating_sub(cfg.tcp_idle_ns))?;
         let mut stale = Vec::new();

@@ -3,7 +3,7 @@
 //! prefixes. Prints one JSON document (the `cargo xtask bench` report is built from it).
 //!
 //! Usage: egress-bench packet [REPEAT] [DNS_ANSWERS] | race COUNT | iperf SECONDS ROUNDS [nft]
-//!        | control | classic COUNT
+//!        | control | scrape | classic COUNT
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -22,11 +22,11 @@ use egress_tests::{
     ALLOWED_V4, Agent, TestPins, Topology, classic,
     dnsmsg::{Rr, query, response},
     harness::Harness,
-    ip, learn_by_hand,
+    ip, learn_as, learn_by_hand,
     live::{World, WorldOptions, policy},
     static_policy,
 };
-use egress_user::clock;
+use egress_user::{clock, datapath::Datapath};
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
@@ -167,6 +167,7 @@ fn main() {
         ),
         Some("classic") => side_by_side(arg(2, 10_000)),
         Some("control") => control(),
+        Some("scrape") => scrape(arg(2, SCRAPE_LEARNED as u64) as u32),
         _ => packet(arg(2, 1_000_000) as u32, arg(3, 20_000) as usize),
     };
     println!("{out}");
@@ -359,7 +360,7 @@ fn control() -> Value {
     let (first, changed) = (big(0), big(1_000));
     let pins = TestPins::new();
     let mut ebpf = egress_user::ebpf::load(&pins.pins).expect("load");
-    let mut dp = egress_user::datapath::Datapath::from_ebpf(&mut ebpf).expect("maps");
+    let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
     let t = Instant::now();
     let p1 = egress_user::policy::parse(&first, "big.yaml".as_ref()).expect("policy");
     let parse_s = t.elapsed().as_secs_f64();
@@ -395,6 +396,160 @@ fn control() -> Value {
         .unwrap_or(0);
     assert!(rss_kib > 0, "no VmRSS for the agent");
     json!({"names": 10_000, "cidrs": 10_000, "parse_s": parse_s, "load_s": load_s, "reload_s": reload_s, "learned_addresses": CONTROL_LEARNED, "agent_rss_kib": rss_kib})
+}
+
+/// Learned addresses per family for the scrape case: near the learned maps' capacity
+/// (`LEARNED_CAPACITY`, 262,144 each). Every address is learned under two names, so the
+/// justification map (`LEARNED_BY`, 1,048,576) is near full too: a scrape walks about two
+/// million keys, the most the maps can hold.
+const SCRAPE_LEARNED: u32 = 250_000;
+/// The second name every address of the scrape case is learned under.
+const SCRAPE_SECOND_NAME: &str = "learned-by-hand-2.test";
+/// CNAME targets timed per phase of the scrape case, one every 100 ms, so each phase spans
+/// more than one garbage collection (every 5 s).
+const SCRAPE_SAMPLES: u32 = 80;
+
+/// The kernel memory a pinned map is charged for (`memlock` of its fdinfo; since Linux 6.5 the
+/// map's real usage, so a map allocated as used grows with its entries).
+fn memlock(pins: &egress_user::pins::PinDir, name: &str) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let map = aya::maps::MapData::from_pin(pins.map(name)).expect("pinned map");
+    let fd = map.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .expect("fdinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("memlock:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .expect("memlock in fdinfo")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .expect("VmRSS of the agent")
+}
+
+/// Microsecond percentiles of a set of durations.
+fn percentiles_us(mut d: Vec<std::time::Duration>) -> Value {
+    d.sort();
+    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    json!({"n": d.len(), "p50_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0)})
+}
+
+/// A scrape at a million learned addresses: how long it takes, and whether the agent's own
+/// learning (a chain ending in a CNAME without addresses: the agent allows the target) waits
+/// for it. The learning latency is timed from the answer's injection to the target in the map,
+/// once with no scrape running and once with scrapes back to back; both phases span garbage
+/// collections. Also the kernel memory and the agent's memory per learned address.
+fn scrape(learned: u32) -> Value {
+    use egress_tests::live::PlayedResolver;
+    let w = PlayedResolver::new(&format!(
+        "\"*.app.example\", {}, {SCRAPE_SECOND_NAME}",
+        egress_tests::BY_HAND
+    ));
+    let pins = w.agent.pin_dir();
+    let learned_maps = [names::LEARNED_V4, names::LEARNED_V6, names::LEARNED_BY];
+    let kernel = || -> u64 { learned_maps.iter().map(|m| memlock(&pins, m)).sum() };
+    let mem0 = kernel();
+    let rss0 = rss_kib(w.agent.pid().unwrap());
+    let mut dp = w.agent.datapath();
+    let until = clock::boot_ns() + 3_600_000_000_000;
+    let t = Instant::now();
+    for i in 0..learned {
+        for addr in [
+            IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)),
+            IpAddr::V6(std::net::Ipv6Addr::from(
+                0x2001_0db8_00ee_u128 << 80 | u128::from(i),
+            )),
+        ] {
+            learn_by_hand(&mut dp, addr, until);
+            learn_as(&mut dp, SCRAPE_SECOND_NAME, addr, until);
+        }
+    }
+    let fill_s = t.elapsed().as_secs_f64();
+    let mem1 = kernel();
+    let addresses = 2 * learned;
+    let scrape_once = || {
+        let t = Instant::now();
+        let (code, body) =
+            egress_tests::http_get(&w.topo.client, "/metrics").expect("the scrape answered");
+        let took = t.elapsed();
+        assert_eq!(code, 200, "scrape failed: {body}");
+        let entries: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("egress_learned_entries "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("egress_learned_entries in the scrape");
+        assert!(
+            entries >= u64::from(addresses),
+            "the scrape counted {entries} learned addresses, not {addresses}"
+        );
+        took
+    };
+    let alone: Vec<_> = (0..5).map(|_| scrape_once()).collect();
+    // One phase: SCRAPE_SAMPLES dangling CNAMEs, each timed until the agent allows its target.
+    let mut next = 0u32;
+    let mut phase = |w: &PlayedResolver, dp: &Datapath| {
+        let mut lat = Vec::new();
+        for _ in 0..SCRAPE_SAMPLES {
+            next += 1;
+            let (id, name) = (next as u16, format!("a{next}.app.example."));
+            let target = format!("t{next}.edge.test.");
+            let before = dp.name_counts().expect("names").1;
+            w.ask(id, &name);
+            let t = Instant::now();
+            w.answer(response(
+                id,
+                &name,
+                RecordType::A,
+                &[Rr::Cname(&name, &target, 60)],
+            ));
+            while dp.name_counts().expect("names").1 == before {
+                assert!(
+                    t.elapsed() < std::time::Duration::from_secs(30),
+                    "the agent did not allow {target}"
+                );
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            lat.push(t.elapsed());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        lat
+    };
+    let quiet = phase(&w, &dp);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (busy, during) = std::thread::scope(|s| {
+        let scraper = s.spawn(|| {
+            let mut took = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                took.push(scrape_once());
+            }
+            took
+        });
+        let busy = phase(&w, &dp);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (busy, scraper.join().expect("scraper"))
+    });
+    let rss1 = rss_kib(w.agent.pid().unwrap());
+    json!({
+        "learned_addresses": addresses,
+        "justifications": 2 * addresses,
+        "fill_s": fill_s,
+        "scrape_alone": percentiles_us(alone),
+        "scrapes_during": percentiles_us(during),
+        "learn_quiet": percentiles_us(quiet),
+        "learn_scraping": percentiles_us(busy),
+        "kernel_bytes_per_address": (mem1 - mem0) as f64 / f64::from(addresses),
+        "agent_rss_kib_before": rss0,
+        "agent_rss_kib_after": rss1,
+    })
 }
 
 /// Learned-map room in the per-packet harness: the largest fill, plus a fresh address for every
