@@ -710,6 +710,7 @@ impl Agent {
 
     /// Removes expired learned addresses and idle flows; warns when the learned map was full.
     pub fn gc_tick(&mut self) {
+        let started = std::time::Instant::now();
         let now = clock::boot_ns();
         // The name maps under the lock (DNS learning writes CNAME targets there); the walks of
         // the learned maps and flow tables on garbage collection's own handle, without it.
@@ -730,6 +731,10 @@ impl Agent {
             }
             Err(e) => tracing::warn!(error = %error_chain(&e), "garbage collection failed"),
         }
+        self.metrics
+            .gc_seconds
+            .0
+            .observe(started.elapsed().as_secs_f64());
         let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
         let repaired = self.repair_tampering(&mut dp);
         // A full learned map fails inserts in the kernel: those addresses stay denied.

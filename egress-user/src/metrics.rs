@@ -15,6 +15,7 @@ use prometheus_client::{
         counter::{ConstCounter, Counter},
         family::Family as MetricFamily,
         gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
 };
@@ -43,6 +44,19 @@ pub struct AgentMetrics {
     pub tamper_repairs: MetricFamily<Labels, Counter>,
     /// What `/readyz` answers: 1 ready, 0 not.
     pub ready: Gauge,
+    /// How long each garbage-collection tick took (it walks the learned maps and flow tables).
+    pub gc_seconds: GcSeconds,
+}
+
+/// The histogram of garbage-collection times: 1 ms to about 16 s, by factors of 4 (a tick at
+/// full learned maps takes seconds; one every 5 s is due).
+#[derive(Debug, Clone)]
+pub struct GcSeconds(pub Histogram);
+
+impl Default for GcSeconds {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.001, 4.0, 8)))
+    }
 }
 
 impl AgentMetrics {
@@ -149,6 +163,11 @@ pub fn registry(
         "learned_refreshes_kept",
         "Learned entries the kernel refreshed while garbage collection removed them, put back",
         agent.refreshes_kept.clone(),
+    );
+    r.register(
+        "gc_duration_seconds",
+        "Time each garbage collection took (walks the learned maps and flow tables; one is due every 5 s)",
+        agent.gc_seconds.0.clone(),
     );
     r.register(
         "gc_flows_removed",

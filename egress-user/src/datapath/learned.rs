@@ -152,23 +152,27 @@ impl Datapath {
         // Keyed by the 16-byte form: an IPv4-mapped AAAA address (learned in the IPv6 map)
         // shares its justifications with the IPv4 address.
         let mut best: HashMap<[u8; 16], u64> = HashMap::new();
-        for (addr, rule, expires) in self.justifications()? {
-            if expires > now_ns && rules.contains(&rule) {
-                let b = best.entry(mapped(addr)).or_default();
+        // One walk that keeps only what must go (a list of every justification would be
+        // tens of MiB at full maps); removing during the walk would restart it.
+        let mut stale = Vec::new();
+        for entry in self.learned_by.iter() {
+            let (key, expires) = entry.map_err(op(names::LEARNED_BY, "iterate"))?;
+            if expires > now_ns && rules.contains(&key.rule) {
+                let b = best.entry(key.addr).or_default();
                 *b = (*b).max(expires);
-                continue;
+            } else {
+                stale.push(key);
             }
-            let key = LearnedByKey {
-                addr: mapped(addr),
-                rule,
-            };
+        }
+        for key in stale {
+            let (addr, rule) = (key.addr, key.rule);
             let removed: Option<u64> = lookup_and_delete(self.learned_by_map(), &key)
                 .map_err(op(names::LEARNED_BY, "lookup-and-delete"))?;
             match removed {
                 // Refreshed in between, by a rule still in force: put it back.
                 Some(v) if v > now_ns && rules.contains(&rule) => {
                     let _ = self.learned_by.insert(key, v, NOEXIST);
-                    let b = best.entry(mapped(addr)).or_default();
+                    let b = best.entry(addr).or_default();
                     *b = (*b).max(v);
                 }
                 Some(_) => done.justifications += 1,

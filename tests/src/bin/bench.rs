@@ -425,15 +425,21 @@ fn memlock(pins: &egress_user::pins::PinDir, name: &str) -> u64 {
         .expect("memlock in fdinfo")
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` memory field in KiB: `VmRSS` (now) or `VmHWM` (the peak).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| {
-            l.strip_prefix("VmRSS:")
+            l.strip_prefix(field)?
+                .strip_prefix(':')
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .expect("VmRSS of the agent")
+        .unwrap_or_else(|| panic!("{field} of the agent"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
 }
 
 /// Microsecond percentiles of a set of durations.
@@ -458,6 +464,12 @@ fn scrape(learned: u32) -> Value {
     let learned_maps = [names::LEARNED_V4, names::LEARNED_V6, names::LEARNED_BY];
     let kernel = || -> u64 { learned_maps.iter().map(|m| memlock(&pins, m)).sum() };
     let mem0 = kernel();
+    let all_maps = || -> u64 { names::ALL.iter().map(|m| memlock(&pins, m)).sum() };
+    let all0 = all_maps();
+    let by_map: serde_json::Map<String, Value> = names::ALL
+        .iter()
+        .map(|m| ((*m).to_owned(), json!(memlock(&pins, m) / 1024)))
+        .collect();
     let rss0 = rss_kib(w.agent.pid().unwrap());
     let mut dp = w.agent.datapath();
     let until = clock::boot_ns() + 3_600_000_000_000;
@@ -475,6 +487,7 @@ fn scrape(learned: u32) -> Value {
     }
     let fill_s = t.elapsed().as_secs_f64();
     let mem1 = kernel();
+    let all1 = all_maps();
     let addresses = 2 * learned;
     let scrape_once = || {
         let t = Instant::now();
@@ -538,7 +551,18 @@ fn scrape(learned: u32) -> Value {
         (busy, scraper.join().expect("scraper"))
     });
     let rss1 = rss_kib(w.agent.pid().unwrap());
+    let sample = |name: &str| -> f64 { egress_tests::metric(&w.topo.client, name) };
+    let (gc_sum, gc_count) = (
+        sample("egress_gc_duration_seconds_sum"),
+        sample("egress_gc_duration_seconds_count"),
+    );
+    assert!(
+        gc_count >= 2.0,
+        "no garbage collection ran during the phases"
+    );
     json!({
+        "gc_ticks": gc_count,
+        "gc_mean_s": gc_sum / gc_count,
         "learned_addresses": addresses,
         "justifications": 2 * addresses,
         "fill_s": fill_s,
@@ -547,8 +571,12 @@ fn scrape(learned: u32) -> Value {
         "learn_quiet": percentiles_us(quiet),
         "learn_scraping": percentiles_us(busy),
         "kernel_bytes_per_address": (mem1 - mem0) as f64 / f64::from(addresses),
+        "kernel_mib_at_start": all0 as f64 / 1048576.0,
+        "kernel_mib_full": all1 as f64 / 1048576.0,
+        "kernel_kib_by_map_at_start": by_map,
         "agent_rss_kib_before": rss0,
         "agent_rss_kib_after": rss1,
+        "agent_peak_kib": status_kib(w.agent.pid().unwrap(), "VmHWM"),
     })
 }
 
