@@ -504,48 +504,61 @@ impl Agent {
                 return;
             }
         };
-        let applied = {
+        // The policy is written and put in force, and the CNAME targets of removed rules go,
+        // under the lock (DNS learning writes the name maps too); the walk of the learned maps
+        // that revokes what only removed rules allowed (seconds at full maps) runs on garbage
+        // collection's handle without it, as at every tick.
+        let now = clock::boot_ns();
+        let switched = {
             let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-            match crate::apply::apply_with_key(&mut dp, &new, &self.overrides, self.key()) {
-                Ok(applied) => {
-                    self.metrics.reloads.inc();
-                    self.written = applied.written.clone();
-                    self.count_reconciled(&applied.reconciled);
-                    if applied.reconciled.revoked > 0 || applied.cut > 0 {
-                        tracing::info!(
-                            revoked = applied.reconciled.revoked,
-                            shortened = applied.reconciled.shortened,
-                            flows_cut = applied.cut,
-                            "addresses only removed rules allowed are no longer allowed"
-                        );
-                    }
-                    warn_broad(&new);
-                    self.learner
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .set_names(new.allow.names.clone());
-                    tracing::info!(path = %path.display(), "policy reloaded");
-                    self.policy = new;
-                    true
+            crate::apply::switch(&mut dp, &new, &self.overrides, self.key()).and_then(|sw| {
+                let (rules, names) = dp.reconcile_names(now)?;
+                Ok((sw, rules, names))
+            })
+        };
+        let settled = switched.and_then(|(sw, rules, names)| {
+            crate::apply::settle(&mut self.gc_dp, sw, &rules, names, now)
+        });
+        let applied = match settled {
+            Ok(applied) => {
+                self.metrics.reloads.inc();
+                self.written = applied.written.clone();
+                self.count_reconciled(&applied.reconciled);
+                if applied.reconciled.revoked > 0 || applied.cut > 0 {
+                    tracing::info!(
+                        revoked = applied.reconciled.revoked,
+                        shortened = applied.reconciled.shortened,
+                        flows_cut = applied.cut,
+                        "addresses only removed rules allowed are no longer allowed"
+                    );
                 }
-                Err(e) => {
-                    self.metrics.reload_failures.inc();
-                    tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
-                    // A failure before the switch left the previous policy in force, whole; this
-                    // makes it so after a failure past it too (revocation, flow cuts).
-                    match crate::apply::apply_with_key(
-                        &mut dp,
-                        &self.policy,
-                        &self.overrides,
-                        self.key(),
-                    ) {
-                        Ok(restored) => self.written = restored.written,
-                        Err(e) => {
-                            tracing::error!(error = %error_chain(&e), "cannot restore the previous policy")
-                        }
+                warn_broad(&new);
+                self.learner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_names(new.allow.names.clone());
+                tracing::info!(path = %path.display(), "policy reloaded");
+                self.policy = new;
+                true
+            }
+            Err(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!(error = %error_chain(&e), "cannot apply the reloaded policy; restoring the previous one");
+                // A failure before the switch left the previous policy in force, whole; this
+                // makes it so after a failure past it too (revocation, flow cuts).
+                let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
+                match crate::apply::apply_with_key(
+                    &mut dp,
+                    &self.policy,
+                    &self.overrides,
+                    self.key(),
+                ) {
+                    Ok(restored) => self.written = restored.written,
+                    Err(e) => {
+                        tracing::error!(error = %error_chain(&e), "cannot restore the previous policy")
                     }
-                    false
                 }
+                false
             }
         };
         self.set_policy_current(applied);

@@ -208,6 +208,30 @@ pub fn apply_with_key(
     overrides: &Overrides,
     key: (u64, u64),
 ) -> Result<Applied, ApplyError> {
+    let switched = switch(dp, policy, overrides, key)?;
+    let now = clock::boot_ns();
+    let (rules, names) = dp.reconcile_names(now)?;
+    settle(dp, switched, &rules, names, now)
+}
+
+/// What [`switch`] leaves to [`settle`].
+#[derive(Debug)]
+pub struct Switched {
+    written: Written,
+    /// Static CIDRs the previous policy had and this one has not.
+    removed_cidrs: Vec<IpNet>,
+    revoked_connections: Revoked,
+}
+
+/// The first half of [`apply_with_key`]: writes the policy into the generation not in force and
+/// puts it in force with one write. What only removed rules allowed is still allowed until
+/// [`settle`].
+pub fn switch(
+    dp: &mut Datapath,
+    policy: &Policy,
+    overrides: &Overrides,
+    key: (u64, u64),
+) -> Result<Switched, ApplyError> {
     let mut exact = BTreeSet::new();
     let mut wild = BTreeSet::new();
     for name in &policy.allow.names {
@@ -257,15 +281,34 @@ pub fn apply_with_key(
         exact,
         wild,
     };
-    let now = clock::boot_ns();
-    let reconciled = dp.reconcile(now)?;
-    let cut = match policy.revoked_connections {
+    Ok(Switched {
+        written,
+        removed_cidrs,
+        revoked_connections: policy.revoked_connections,
+    })
+}
+
+/// The second half of [`apply_with_key`], after the name half of the reconciliation
+/// (`Datapath::reconcile_names`, which gave `rules` and `names`): revokes and shortens the
+/// learned addresses to what the rules in force allow and, with `revoked_connections: cut`,
+/// forgets the flows to destinations no longer allowed. It walks the learned maps and flow
+/// tables only, so the agent runs it on a handle of its own without its lock.
+pub fn settle(
+    dp: &mut Datapath,
+    switched: Switched,
+    rules: &BTreeSet<egress_common::maps::Rule>,
+    names: usize,
+    now: u64,
+) -> Result<Applied, ApplyError> {
+    let mut reconciled = dp.reconcile_learned(now, rules)?;
+    reconciled.names = names;
+    let cut = match switched.revoked_connections {
         Revoked::Keep => 0,
-        Revoked::Cut => dp.cut_flows(now, &reconciled.revoked_addrs, &removed_cidrs)?,
+        Revoked::Cut => dp.cut_flows(now, &reconciled.revoked_addrs, &switched.removed_cidrs)?,
     };
     Ok(Applied {
         reconciled,
         cut,
-        written,
+        written: switched.written,
     })
 }

@@ -134,11 +134,20 @@ impl Datapath {
     /// one left. Run after every policy write and at every garbage-collection tick (which also
     /// catches a program run that was still using a removed rule while the policy changed).
     pub fn reconcile(&mut self, now_ns: u64) -> Result<Reconciled> {
-        let rules = self.rules()?;
-        let names = self.expire_names(now_ns, &rules)?;
+        let (rules, names) = self.reconcile_names(now_ns)?;
         let mut done = self.reconcile_learned(now_ns, &rules)?;
         done.names = names;
         Ok(done)
+    }
+
+    /// The name half of [`Self::reconcile`]: removes the CNAME targets that expired or whose
+    /// rule left the policy. Returns the rules in force (for [`Self::reconcile_learned`]) and
+    /// how many targets went. It writes the name maps, which the agent's learning writes too:
+    /// the agent runs it under its lock.
+    pub fn reconcile_names(&mut self, now_ns: u64) -> Result<(BTreeSet<Rule>, usize)> {
+        let rules = self.rules()?;
+        let names = self.expire_names(now_ns, &rules)?;
+        Ok((rules, names))
     }
 
     /// The learned-address half of [`Self::reconcile`], against `rules` (the rules in force,
@@ -277,9 +286,7 @@ impl Datapath {
     /// Returns the rules in force and how many targets went.
     pub fn collect_names(&mut self, now_ns: u64) -> Result<(BTreeSet<Rule>, usize)> {
         self.retire_due()?;
-        let rules = self.rules()?;
-        let names = self.expire_names(now_ns, &rules)?;
-        Ok((rules, names))
+        self.reconcile_names(now_ns)
     }
 
     /// The part of garbage collection that walks the learned maps and the flow tables (time
