@@ -550,6 +550,23 @@ fn scrape(learned: u32) -> Value {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (busy, scraper.join().expect("scraper"))
     });
+    // Reloads back to back (SIGHUP every 500 ms): each revokes by walking the learned maps.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let pid = nix::unistd::Pid::from_raw(w.agent.pid().unwrap() as i32);
+    let reloads0 = egress_tests::metric(&w.topo.client, "egress_reloads_total");
+    let reloading = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        });
+        let lat = phase(&w, &dp);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        lat
+    });
+    let reloads = egress_tests::metric(&w.topo.client, "egress_reloads_total") - reloads0;
+    assert!(reloads >= 2.0, "the reloads did not happen");
     let rss1 = rss_kib(w.agent.pid().unwrap());
     let sample = |name: &str| -> f64 { egress_tests::metric(&w.topo.client, name) };
     let (gc_sum, gc_count) = (
@@ -570,6 +587,8 @@ fn scrape(learned: u32) -> Value {
         "scrapes_during": percentiles_us(during),
         "learn_quiet": percentiles_us(quiet),
         "learn_scraping": percentiles_us(busy),
+        "learn_reloading": percentiles_us(reloading),
+        "reloads": reloads,
         "kernel_bytes_per_address": (mem1 - mem0) as f64 / f64::from(addresses),
         "kernel_mib_at_start": all0 as f64 / 1048576.0,
         "kernel_mib_full": all1 as f64 / 1048576.0,
