@@ -627,12 +627,12 @@ impl Agent {
             let presence = attach::presence(*hook, iface, *how, *index, &self.pins);
             let mut found = presence == attach::Presence::First;
             if !found {
-                tracing::error!(
-                    iface = %iface,
-                    hook = hook.name(),
-                    ?presence,
-                    "egress is not first on this hook any more; attaching it again at the head"
-                );
+                let what = if presence == attach::Presence::Behind {
+                    "another program runs before egress on this hook; attaching egress again at the head"
+                } else {
+                    "egress is no longer attached to this hook (interface gone or re-created, or link released); attaching it again"
+                };
+                tracing::error!(iface = %iface, hook = hook.name(), ?presence, "{what}");
                 let repaired = self
                     .ebpf
                     .program_mut(hook.name())
