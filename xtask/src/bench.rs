@@ -284,7 +284,7 @@ fn scrape(o: &mut String, s: &Value) {
         ms(&s["learn_reloading"]["p50_us"]),
         ms(&s["learn_reloading"]["p99_us"]),
         ms(&s["learn_reloading"]["max_us"]),
-        text(&s["reloads"]),
+        format!("{:.0}", f(&s["reloads"])),
         f(&s["kernel_bytes_per_address"]),
         f(&s["kernel_mib_at_start"]),
         f(&s["kernel_mib_full"]),
@@ -292,7 +292,7 @@ fn scrape(o: &mut String, s: &Value) {
         f(&s["agent_rss_kib_after"]) / 1024.0,
         f(&s["agent_peak_kib"]) / 1024.0,
         f(&s["gc_mean_s"]),
-        text(&s["gc_ticks"]),
+        format!("{:.0}", f(&s["gc_ticks"])),
     );
 }
 
