@@ -263,7 +263,7 @@ fn scrape(o: &mut String, s: &Value) {
     let p99 = f(&busy["p99_us"]);
     let _ = writeln!(
         o,
-        "## Scrapes and the agent's learning at full learned maps\n\n`target/release/egress-bench scrape`: {} learned addresses (half IPv4, half IPv6, near the learned maps' 262,144 each), each justified by two names ({} entries of `LEARNED_BY`, capacity 1,048,576), filled in {:.1} s. A scrape of `/metrics` takes p50 {:.0} ms, max {:.0} ms alone, and p50 {:.0} ms, max {:.0} ms ({} scrapes) back to back while the agent learns. The agent's own learning (an answer whose chain ends in a CNAME without addresses: the agent allows the target; {} answers per phase, 100 ms apart, so each phase spans garbage collections) takes p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms with no scrape, and p50 {:.1} ms, p99 **{:.1} ms**, max {:.1} ms with scrapes back to back (target: p99 ≤ {:.0} ms, {}), and p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms with reloads (SIGHUP) every 500 ms ({} reloads, each revoking by a walk of the learned maps). Kernel memory of the learned maps: **{:.0} bytes per learned address** (memlock of `LEARNED_V4`, `LEARNED_V6` and `LEARNED_BY`, two justifications per address); every map together: {:.1} MiB at start, **{:.1} MiB** so filled; the agent's resident memory {:.1} MiB before the fill, {:.1} MiB after, **{:.1} MiB at its peak** (`VmHWM`, garbage collection's snapshot of the learned maps). Garbage collection (every 5 s) took {:.2} s on average over the run's {} ticks (`egress_gc_duration_seconds`), walking the learned maps without the lock the agent's learning needs.\n",
+        "## Scrapes and the agent's learning at full learned maps\n\n`target/release/egress-bench scrape`: {} learned addresses (half IPv4, half IPv6, near the learned maps' 262,144 each), each justified by two names ({} entries of `LEARNED_BY`, capacity 1,048,576), filled in {:.1} s. A scrape of `/metrics` takes p50 {:.0} ms, max {:.0} ms alone, and p50 {:.0} ms, max {:.0} ms ({} scrapes) back to back while the agent learns. The agent's own learning (an answer whose chain ends in a CNAME without addresses: the agent allows the target; {} answers per phase, 100 ms apart, so each phase spans garbage collections) takes p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms with no scrape, and p50 {:.1} ms, p99 **{:.1} ms**, max {:.1} ms with scrapes back to back (target: p99 ≤ {:.0} ms, {}), and p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms with reloads (SIGHUP) every 500 ms ({:.0} reloads, each revoking by a walk of the learned maps). Kernel memory of the learned maps: **{:.0} bytes per learned address** (memlock of `LEARNED_V4`, `LEARNED_V6` and `LEARNED_BY`, two justifications per address); every map together: {:.1} MiB at start, **{:.1} MiB** so filled; the agent's resident memory {:.1} MiB before the fill, {:.1} MiB after, **{:.1} MiB at its peak** (`VmHWM`, garbage collection's snapshot of the learned maps). Garbage collection (every 5 s) took {:.2} s on average over the run's {:.0} ticks (`egress_gc_duration_seconds`), walking the learned maps without the lock the agent's learning needs.\n",
         text(&s["learned_addresses"]),
         text(&s["justifications"]),
         f(&s["fill_s"]),
@@ -284,7 +284,7 @@ fn scrape(o: &mut String, s: &Value) {
         ms(&s["learn_reloading"]["p50_us"]),
         ms(&s["learn_reloading"]["p99_us"]),
         ms(&s["learn_reloading"]["max_us"]),
-        format!("{:.0}", f(&s["reloads"])),
+        f(&s["reloads"]),
         f(&s["kernel_bytes_per_address"]),
         f(&s["kernel_mib_at_start"]),
         f(&s["kernel_mib_full"]),
@@ -292,7 +292,7 @@ fn scrape(o: &mut String, s: &Value) {
         f(&s["agent_rss_kib_after"]) / 1024.0,
         f(&s["agent_peak_kib"]) / 1024.0,
         f(&s["gc_mean_s"]),
-        format!("{:.0}", f(&s["gc_ticks"])),
+        f(&s["gc_ticks"]),
     );
 }
 
