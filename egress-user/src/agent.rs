@@ -338,6 +338,7 @@ impl Agent {
             ),
             ready: false.into(),
             healthy: true.into(),
+            scrapes: http::ScrapeQueue::default(),
         });
         let learner = Arc::new(Mutex::new(learn::Learner::new(policy.allow.names.clone())));
         let cancel = CancellationToken::new();
@@ -508,11 +509,18 @@ impl Agent {
         // under the lock (DNS learning writes the name maps too); the walk of the learned maps
         // that revokes what only removed rules allowed (seconds at full maps) runs on garbage
         // collection's handle without it, as at every tick.
+        // The learner's names change under the same lock as the switch: the copies it drains
+        // after the lock is released are judged by the rules now in force (its wildcards are
+        // its own list), never by a removed rule while the walk below runs.
         let now = clock::boot_ns();
         let switched = {
             let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
             crate::apply::switch(&mut dp, &new, &self.overrides, self.key()).and_then(|sw| {
                 let (rules, names) = dp.reconcile_names(now)?;
+                self.learner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_names(new.allow.names.clone());
                 Ok((sw, rules, names))
             })
         };
@@ -533,10 +541,6 @@ impl Agent {
                     );
                 }
                 warn_broad(&new);
-                self.learner
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_names(new.allow.names.clone());
                 tracing::info!(path = %path.display(), "policy reloaded");
                 self.policy = new;
                 true
@@ -558,6 +562,10 @@ impl Agent {
                         tracing::error!(error = %error_chain(&e), "cannot restore the previous policy")
                     }
                 }
+                self.learner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_names(self.policy.allow.names.clone());
                 false
             }
         };

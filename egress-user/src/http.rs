@@ -36,6 +36,29 @@ pub struct HttpState {
     pub ready: AtomicBool,
     /// `/healthz`: the agent's loops (metrics, event drain, DNS learning) are alive.
     pub healthy: AtomicBool,
+    /// Scrapes encode one at a time (each walks the maps); the others wait here, without a
+    /// thread, and beyond [`MAX_WAITING_SCRAPES`] are turned away.
+    pub scrapes: ScrapeQueue,
+}
+
+/// Scrapes waiting for the one being encoded, at most: an unauthenticated port must not let a
+/// burst of requests queue seconds of map walks each.
+pub const MAX_WAITING_SCRAPES: usize = 4;
+
+/// One scrape at a time, and a bounded queue of waiting ones.
+#[derive(Debug)]
+pub struct ScrapeQueue {
+    turn: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for ScrapeQueue {
+    fn default() -> Self {
+        Self {
+            turn: tokio::sync::Semaphore::new(1),
+            waiting: 0.into(),
+        }
+    }
 }
 
 pub async fn serve(
@@ -61,9 +84,28 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    // Encoding walks the bounded maps, one system call per key (about a second at a million
-    // learned addresses): it runs on the blocking pool, so a scrape never holds one of the async
-    // workers that drain the DNS copies and serve `/readyz`.
+    let queue = &state.scrapes;
+    if queue.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_SCRAPES {
+        queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "too many scrapes at once\n".to_owned(),
+        );
+    }
+    let turn = queue.turn.acquire().await;
+    queue.waiting.fetch_sub(1, Ordering::AcqRel);
+    let Ok(_turn) = turn else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        );
+    };
+    // Encoding walks the bounded maps, one system call per key (about a second at full learned
+    // maps): it runs on the blocking pool, so a scrape never holds one of the async workers that
+    // drain the DNS copies and serve `/readyz`.
+    let state = state.clone();
     let encoded = tokio::task::spawn_blocking(move || {
         let mut body = String::new();
         prometheus_client::encoding::text::encode(&mut body, &state.registry).map(|()| body)

@@ -159,7 +159,7 @@ fn the_uninstall_daemonset_runs_detach_all_on_the_agents_pin_dir() {
     let pin_dir = agent
         .lines()
         .find_map(|l| l.trim().strip_prefix("- --pin-dir="))
-        .unwrap_or("/sys/fs/bpf/egress");
+        .expect("the agent's DaemonSet passes --pin-dir=DIR");
     let ds = yaml(&dirs()[1].join("daemonset.yaml"));
     let args = &ds["spec"]["template"]["spec"]["containers"][0]["args"];
     assert_eq!(

@@ -201,9 +201,14 @@ impl Datapath {
                         addr: mapped(addr),
                         rule,
                     };
-                    self.learned_by
-                        .insert(key, seen.expires_ns, 0)
-                        .map_err(op(names::LEARNED_BY, "insert"))?;
+                    // Insert-if-absent: a justification under this rule written meanwhile (by
+                    // the kernel or the agent's learning) is fresher than this snapshot's.
+                    match self.learned_by.insert(key, seen.expires_ns, NOEXIST) {
+                        Ok(()) => {}
+                        Err(MapError::SyscallError(e))
+                            if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(e) => return Err(op(names::LEARNED_BY, "insert")(e)),
+                    }
                     keep_until = seen.expires_ns;
                     done.rejustified += 1;
                 }
