@@ -329,6 +329,7 @@ impl Agent {
         // every bounded map takes time proportional to its entries, and holding the agent's
         // datapath lock meanwhile would stall DNS learning and the event drain.
         let scrape_dp = Arc::new(Mutex::new(Datapath::open_pinned(&pins)?));
+        let gc_dp = Datapath::open_pinned(&pins)?;
         let http = Arc::new(HttpState {
             registry: metrics::registry(
                 scrape_dp,
@@ -385,7 +386,7 @@ impl Agent {
             policy,
             policy_text: Some(policy_text),
             dp,
-            gc_dp: Datapath::open_pinned(&pins)?,
+            gc_dp,
             learner,
             metrics,
             http,
@@ -505,13 +506,12 @@ impl Agent {
                 return;
             }
         };
-        // The policy is written and put in force, and the CNAME targets of removed rules go,
-        // under the lock (DNS learning writes the name maps too); the walk of the learned maps
-        // that revokes what only removed rules allowed (seconds at full maps) runs on garbage
-        // collection's handle without it, as at every tick.
-        // The learner's names change under the same lock as the switch: the copies it drains
-        // after the lock is released are judged by the rules now in force (its wildcards are
-        // its own list), never by a removed rule while the walk below runs.
+        // Under the lock (DNS learning writes the name maps too): the policy is written and put
+        // in force, the CNAME targets of removed rules go, and the learner takes the new names,
+        // so the copies it drains afterwards are judged by the rules in force (its wildcards are
+        // its own list), never by a removed one while the walk runs. The walk of the learned
+        // maps that revokes what only removed rules allowed (seconds at full maps) runs on
+        // garbage collection's handle without the lock, as at every tick.
         let now = clock::boot_ns();
         let switched = {
             let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
