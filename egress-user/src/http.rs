@@ -87,20 +87,16 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     let queue = &state.scrapes;
     if queue.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_SCRAPES {
         queue.waiting.fetch_sub(1, Ordering::AcqRel);
-        return (
+        return plain(
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "text/plain")],
-            "too many scrapes at once\n".to_owned(),
+            "too many scrapes at once\n",
         );
     }
     let turn = queue.turn.acquire().await;
     queue.waiting.fetch_sub(1, Ordering::AcqRel);
+    // The semaphore is never closed; an error would mean the agent is stopping.
     let Ok(_turn) = turn else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "text/plain")],
-            String::new(),
-        );
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "");
     };
     // Encoding walks the bounded maps, one system call per key (about a second at full learned
     // maps): it runs on the blocking pool, so a scrape never holds one of the async workers that
@@ -120,12 +116,20 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
             )],
             body,
         ),
-        Ok(Err(_)) | Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            String::new(),
-        ),
+        Ok(Err(_)) | Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, ""),
     }
+}
+
+/// A plain-text answer of the `/metrics` route.
+fn plain(
+    code: StatusCode,
+    text: &str,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain")],
+        text.to_owned(),
+    )
 }
 
 async fn healthz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static str) {
