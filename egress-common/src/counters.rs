@@ -26,7 +26,7 @@ macro_rules! counters {
 }
 
 /// Number of counter slots.
-pub const COUNT: u32 = 35;
+pub const COUNT: u32 = 48;
 
 counters! {
     /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
@@ -114,4 +114,38 @@ counters! {
     /// length prefix split over two segments, or more messages in one segment than the kernel
     /// walks): nothing more is learned from it.
     DNS_TCP_LOST = 34, "dns_tcp_lost";
+
+    /// A whole ClientHello naming an allowed server: the connection is admitted (`tls.sni`).
+    PASS_TLS_SNI = 35, "pass_tls_sni";
+    /// A segment of a ClientHello not complete yet (or a resend of bytes that passed): passed,
+    /// its bytes held for the judgment.
+    PASS_TLS_PREFIX = 36, "pass_tls_prefix";
+    /// A segment without payload (SYN, ACK, FIN, RST) of a connection to a learned address on
+    /// a TLS port not admitted yet: passed (carries nothing a server acts on).
+    PASS_TLS_BARE = 37, "pass_tls_bare";
+    /// A ClientHello naming a server the policy does not allow.
+    DENY_TLS_SNI = 38, "deny_tls_sni";
+    /// A ClientHello without `server_name` (IP-literal clients).
+    DENY_TLS_NO_SNI = 39, "deny_tls_no_sni";
+    /// The first payload to a TLS port is not one TLS ClientHello (another protocol, SSLv2, a
+    /// ClientHello over several records).
+    DENY_TLS_NOT_HELLO = 40, "deny_tls_not_hello";
+    /// A malformed ClientHello, one over 8 KiB or 64 extensions, a name no DNS name equals, or
+    /// a segment that cannot be judged as stream bytes (URG, IP fragment).
+    DENY_TLS_MALFORMED = 41, "deny_tls_malformed";
+    /// Payload of a connection to a learned address on a TLS port that egress has no state for
+    /// (no SYN seen, state evicted, connection older than enforcement), not from a socket
+    /// egress admitted; or from a host socket that is not a TCP stream (raw sockets).
+    DENY_TLS_UNKNOWN = 42, "deny_tls_unknown";
+    /// Later payload of a connection whose ClientHello was denied.
+    DENY_TLS_DENIED_FLOW = 43, "deny_tls_denied_flow";
+    /// A segment of a ClientHello after missing bytes: dropped until the bytes before it have
+    /// passed (the client sends it again).
+    TLS_GAP = 44, "tls_gap";
+    /// UDP to a learned address on a TLS port under `tls.quic: deny`.
+    DENY_QUIC = 45, "deny_quic";
+    /// The held bytes of a split ClientHello were evicted before its last segment: denied.
+    TLS_PARTIAL_LOST = 46, "tls_partial_lost";
+    /// An admitted ClientHello carried Encrypted Client Hello: its outer name was judged.
+    TLS_ECH = 47, "tls_ech";
 }

@@ -205,6 +205,27 @@ fn parse_question(
     Ok(q)
 }
 
+/// The hash of a name written in wire form at offset 12 of `buf` (where a question name
+/// starts), `wire_len` bytes with the root byte: the TLS server name goes through the question's
+/// own hasher (`tls::sni_to_wire`), so both follow one set of rules. A name that ends before
+/// `wire_len` (an empty label) is [`DnsError::BadName`].
+#[inline(always)]
+pub fn name(
+    buf: &[u8; BUF],
+    wire_len: usize,
+    k0: u64,
+    k1: u64,
+    labels: &mut Labels,
+    on_suffix: impl FnMut(u64) -> bool,
+) -> Result<Question, DnsError> {
+    let len = HEADER_LEN + wire_len + 4;
+    let q = parse_question(buf, len, k0, k1, labels, on_suffix)?;
+    if q.end != len {
+        return Err(DnsError::BadName);
+    }
+    Ok(q)
+}
+
 /// An outgoing query: `(id, hash of the question name)`.
 #[inline(always)]
 pub fn query(

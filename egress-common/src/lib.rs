@@ -14,6 +14,7 @@ pub mod maps;
 pub mod packet;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 
 /// A DNS name with more labels than this is not matched by the kernel (nothing is learned for
 /// it), so a policy name may have at most this many. Real names rarely pass 10; each label costs

@@ -89,9 +89,22 @@ pub mod names {
     /// to (name, NUL-padded) and how ([`super::attached`]). TCX links are pinned files too;
     /// clsact filters are not, so without this record nothing on disk would say where they are.
     pub const ATTACHED: &str = "ATTACHED";
+    /// `Array<u32>`, one bitmap of TLS ports per generation (laid out as [`PORTS`]): the
+    /// enforced ports where a connection to a learned address must name an allowed server in
+    /// its ClientHello (`tls.ports`).
+    pub const TLS_PORTS: &str = "TLS_PORTS";
+    /// `LruHashMap<FlowKey, TlsFlow>`: TCP connections to learned addresses on TLS ports whose
+    /// ClientHello has not been judged yet, or was denied (see `docs/design.md`, *TLS server
+    /// names*).
+    pub const TLS_PENDING: &str = "TLS_PENDING";
+    /// `LruHashMap<FlowKey, TlsHeld>`: the bytes that passed of a ClientHello split over
+    /// segments, until the segment that completes it.
+    pub const TLS_PARTIAL: &str = "TLS_PARTIAL";
+    /// `PerCpuArray<TlsScratch>`: where a ClientHello is read and judged.
+    pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 31] = [
         ACTIVE,
         CONFIG,
         PORTS,
@@ -119,6 +132,10 @@ pub mod names {
         ANSWERS,
         DENIED,
         ATTACHED,
+        TLS_PORTS,
+        TLS_PENDING,
+        TLS_PARTIAL,
+        TLS_SCRATCH,
     ];
 }
 
@@ -295,6 +312,132 @@ pub struct Config {
     /// The generation of the policy this configuration belongs to (its slot): the programs
     /// read the other policy maps of this generation.
     pub generation: u32,
+    /// TLS server-name enforcement: [`tls_mode`] in bits 0-1, [`quic_mode`] in bits 2-3.
+    pub tls: u32,
+}
+
+impl Config {
+    /// The [`tls_mode`] in force.
+    #[inline(always)]
+    pub const fn sni(&self) -> u32 {
+        self.tls & 3
+    }
+
+    /// The [`quic_mode`] in force.
+    #[inline(always)]
+    pub const fn quic(&self) -> u32 {
+        (self.tls >> 2) & 3
+    }
+
+    /// [`Config::tls`] of a server-name mode and a QUIC mode.
+    pub const fn tls_bits(sni: u32, quic: u32) -> u32 {
+        (sni & 3) | ((quic & 3) << 2)
+    }
+}
+
+/// `tls.sni` as stored in [`Config::tls`].
+pub mod tls_mode {
+    /// Connections to learned addresses are judged by address alone.
+    pub const OFF: u32 = 0;
+    /// A connection to a learned address on a TLS port passes only with an allowed name.
+    pub const ENFORCE: u32 = 1;
+    /// As `ENFORCE`, but what would be dropped passes and is reported.
+    pub const AUDIT: u32 = 2;
+}
+
+/// `tls.quic` as stored in [`Config::tls`]: UDP to a learned address on a TLS port.
+pub mod quic_mode {
+    /// Judged by address alone (any name on the address is reachable over QUIC).
+    pub const ADDRESS: u32 = 0;
+    /// Denied: clients fall back to TCP, whose ClientHello is judged.
+    pub const DENY: u32 = 1;
+}
+
+/// Connections whose ClientHello is being judged.
+pub const TLS_PENDING_CAPACITY: u32 = 65_536;
+/// ClientHellos split over segments being judged at once.
+pub const TLS_PARTIAL_CAPACITY: u32 = 1_024;
+
+/// States of [`TlsFlow`].
+pub mod tls_state {
+    /// SYN seen; no byte of the ClientHello yet.
+    pub const AWAIT: u8 = 1;
+    /// A proper prefix of the ClientHello passed; its bytes are in `TLS_PARTIAL`.
+    pub const PARTIAL: u8 = 2;
+    /// The ClientHello was denied: no more payload passes.
+    pub const DENIED: u8 = 3;
+}
+
+/// Value of [`names::TLS_PENDING`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsFlow {
+    /// `CLOCK_BOOTTIME` ns of the SYN.
+    pub opened_ns: u64,
+    /// The client's initial sequence number (its SYN's).
+    pub isn: u32,
+    /// Sequence number of the ClientHello's first byte (`isn + 1`).
+    pub base: u32,
+    /// Sequence number of the first byte not passed yet.
+    pub next: u32,
+    /// One of [`tls_state`].
+    pub state: u8,
+    /// The [`reason`] of a denial.
+    pub reason: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`names::TLS_PARTIAL`]: the bytes of a ClientHello that passed so far.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsHeld {
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; crate::tls::BUF],
+}
+
+/// A TCP segment on its way to the TLS judgment, handed from the verdict to the separately
+/// verified function that judges it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsSegment {
+    pub key: FlowKey,
+    pub seq: u32,
+    pub payload_off: u32,
+    pub payload_len: u32,
+    pub tcp_flags: u8,
+    /// The segment cannot be judged as stream bytes (URG, or an IP first fragment).
+    pub unjudgeable: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A denied ClientHello, sent through [`names::EVENTS`]: a [`DenyEvent`] first (so a reader
+/// of plain events reads its head), then the server name.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsDenyEvent {
+    pub event: DenyEvent,
+    pub name_len: u16,
+    pub _pad: [u8; 6],
+    pub name: [u8; crate::tls::MAX_NAME + 1],
+}
+
+/// Per-CPU scratch of the TLS judgment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsScratch {
+    /// The ClientHello's bytes; also the value written to `TLS_PARTIAL`.
+    pub held: TlsHeld,
+    /// Room behind `held.bytes`, so that a load of up to [`crate::tls::BUF`] bytes at any
+    /// offset inside it stays inside the value (the verifier cannot relate the offset to the
+    /// length; it checks each against the value's size).
+    pub tail: [u8; crate::tls::BUF],
+    /// The server name in DNS wire form, where the DNS hasher reads a question name.
+    pub wire: [u8; crate::dns::BUF],
+    pub labels: crate::dns::Labels,
+    pub seg: TlsSegment,
+    pub hello: crate::tls::Hello,
+    pub event: TlsDenyEvent,
 }
 
 impl Config {
@@ -758,6 +901,33 @@ pub mod reason {
     pub const NOT_ALLOWED: u8 = 1;
     /// Headers could not be parsed and the destination is not allowed.
     pub const MALFORMED: u8 = 2;
+    /// A ClientHello whose server name is not allowed (the event carries the name).
+    pub const TLS_SNI: u8 = 3;
+    /// A ClientHello without a server name.
+    pub const TLS_NO_SNI: u8 = 4;
+    /// The first bytes to a TLS port are not one TLS ClientHello.
+    pub const TLS_NOT_HELLO: u8 = 5;
+    /// A malformed or oversized ClientHello, or a segment that cannot be judged.
+    pub const TLS_MALFORMED: u8 = 6;
+    /// Payload of a connection whose ClientHello egress never saw.
+    pub const TLS_UNKNOWN: u8 = 7;
+    /// UDP to a TLS port under `tls.quic: deny`.
+    pub const QUIC: u8 = 8;
+
+    /// The log and record name of a reason.
+    pub const fn name(r: u8) -> &'static str {
+        match r {
+            NOT_ALLOWED => "not-allowed",
+            MALFORMED => "malformed",
+            TLS_SNI => "sni-not-allowed",
+            TLS_NO_SNI => "no-sni",
+            TLS_NOT_HELLO => "not-tls",
+            TLS_MALFORMED => "tls-malformed",
+            TLS_UNKNOWN => "tls-unknown-flow",
+            QUIC => "quic-denied",
+            _ => "unknown",
+        }
+    }
 }
 
 /// A denied destination, sent to the agent through [`names::EVENTS`] (rate-limited).
@@ -907,6 +1077,17 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 
 // No implicit padding: sizes equal the sum of the fields.
 const _: () = assert!(size_of::<Config>() == 64);
+const _: () = assert!(size_of::<TlsFlow>() == 24);
+const _: () = assert!(size_of::<TlsHeld>() == 8 + crate::tls::BUF);
+const _: () = assert!(size_of::<TlsSegment>() == 40 + 4 * 3 + 4);
+const _: () = assert!(size_of::<TlsDenyEvent>() == 32 + 8 + crate::tls::MAX_NAME + 1);
+// `tail` directly follows the held bytes (see `TlsScratch::tail`); the value stays below the
+// 32 KiB a per-CPU array value may take (`PCPU_MIN_UNIT_SIZE`, kernel/bpf/arraymap.c).
+const _: () = assert!(
+    core::mem::offset_of!(TlsScratch, tail)
+        == core::mem::offset_of!(TlsScratch, held) + 8 + crate::tls::BUF
+);
+const _: () = assert!(size_of::<TlsScratch>() < 32 * 1024);
 const _: () = assert!(size_of::<NameValue>() == 8 + 16 + 4 + 4);
 const _: () = assert!(size_of::<Rule>() == 16);
 const _: () = assert!(size_of::<WildKey>() == 16);
@@ -976,6 +1157,10 @@ mod pod {
     unsafe impl aya::Pod for super::NameKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DeniedValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TlsFlow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TlsHeld {}
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub struct Packet {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// TCP sequence number.
+    pub seq: u32,
     /// In-band 802.1Q tags before the IP header.
     pub vlan_tags: usize,
     /// Fragment offset in 8-byte units (IPv4 header, or an IPv6 fragment header).
@@ -41,6 +43,7 @@ impl Packet {
             sport: 40_000,
             dport,
             tcp_flags: TCP_SYN,
+            seq: 1,
             vlan_tags: 0,
             frag_offset: 0,
             more_fragments: false,
@@ -142,7 +145,8 @@ impl Packet {
         t.extend_from_slice(&self.dport.to_be_bytes());
         match self.proto {
             IPPROTO_TCP => {
-                t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, self.tcp_flags]);
+                t.extend_from_slice(&self.seq.to_be_bytes());
+                t.extend_from_slice(&[0, 0, 0, 0, 0x50, self.tcp_flags]);
                 t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
             }
             IPPROTO_UDP => {
@@ -158,5 +162,103 @@ impl Packet {
             t.truncate(n);
         }
         t
+    }
+}
+
+/// A TLS ClientHello to build: the defaults make one a TLS 1.3 server (OpenSSL, nginx) answers
+/// (x25519 key share, AES-GCM suites, ECDSA and RSA-PSS signatures).
+#[derive(Clone, Debug)]
+pub struct ClientHello {
+    /// The `server_name` (`None`: no extension).
+    pub sni: Option<Vec<u8>>,
+    /// Extra bytes in a `padding` extension (RFC 7685), placed before `server_name` unless
+    /// `sni_first`: a large value puts the name past the first segment.
+    pub padding: usize,
+    /// `server_name` first instead of last.
+    pub sni_first: bool,
+    /// A GREASE extension (RFC 8701) at the front.
+    pub grease: bool,
+    /// An `encrypted_client_hello` extension.
+    pub ech: bool,
+    /// Session id bytes (0..=32).
+    pub session_id: usize,
+    /// The key share's bytes (32 for x25519).
+    pub key_share: [u8; 32],
+}
+
+impl ClientHello {
+    pub fn new(name: &str) -> Self {
+        Self {
+            sni: Some(name.as_bytes().to_vec()),
+            padding: 0,
+            sni_first: false,
+            grease: false,
+            ech: false,
+            session_id: 32,
+            key_share: [0x42; 32],
+        }
+    }
+
+    /// The record: header, handshake header, body.
+    pub fn build(&self) -> Vec<u8> {
+        fn ext(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+            out.extend_from_slice(&kind.to_be_bytes());
+            out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            out.extend_from_slice(body);
+        }
+        let mut exts = Vec::new();
+        if self.grease {
+            ext(&mut exts, 0x0a0a, &[]);
+        }
+        let sni = self.sni.as_ref().map(|n| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&(n.len() as u16 + 3).to_be_bytes());
+            b.push(0);
+            b.extend_from_slice(&(n.len() as u16).to_be_bytes());
+            b.extend_from_slice(n);
+            b
+        });
+        if self.sni_first
+            && let Some(b) = &sni
+        {
+            ext(&mut exts, 0, b);
+        }
+        ext(&mut exts, 0x002b, &[2, 3, 4]);
+        ext(&mut exts, 0x000a, &[0, 2, 0, 0x1d]);
+        ext(&mut exts, 0x000d, &[0, 4, 4, 3, 8, 4]);
+        let mut ks = vec![0, 36, 0, 0x1d, 0, 32];
+        ks.extend_from_slice(&self.key_share);
+        ext(&mut exts, 0x0033, &ks);
+        ext(&mut exts, 0x002d, &[1, 1]);
+        if self.ech {
+            ext(&mut exts, crate::tls::EXT_ECH, &[0; 40]);
+        }
+        if self.padding > 0 {
+            ext(&mut exts, 0x0015, &vec![0; self.padding]);
+        }
+        if !self.sni_first
+            && let Some(b) = &sni
+        {
+            ext(&mut exts, 0, b);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[0x11; 32]);
+        body.push(self.session_id as u8);
+        body.extend_from_slice(&vec![0x22; self.session_id]);
+        let suites = [0x1301u16, 0x1302, 0x1303, 0xc02b, 0xc02f];
+        body.extend_from_slice(&(suites.len() as u16 * 2).to_be_bytes());
+        for s in suites {
+            body.extend_from_slice(&s.to_be_bytes());
+        }
+        body.extend_from_slice(&[1, 0]);
+        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+        body.extend_from_slice(&exts);
+        let mut hs = vec![1];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut rec = vec![22, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
     }
 }
