@@ -133,6 +133,9 @@ pub struct IpPacket {
     /// beyond it (to 60 bytes) until the IP layer trims it. 0 when the length field is 0
     /// (a BIG TCP aggregate over 64 KiB): the packet ends with the frame.
     pub end: usize,
+    /// A first fragment (more fragments follow): its transport payload is not the whole
+    /// segment or datagram the receiver reassembles.
+    pub more_fragments: bool,
 }
 
 /// What the frame is.
@@ -207,6 +210,7 @@ fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
     }
     let total = u16::from_be_bytes([h[2], h[3]]) as usize;
     let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    let more_fragments = h[6] & 0x20 != 0;
     let proto = h[9];
     let saddr = v4_mapped([h[12], h[13], h[14], h[15]]);
     let daddr = v4_mapped([h[16], h[17], h[18], h[19]]);
@@ -222,6 +226,7 @@ fn parse_ipv4<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
         transport,
         l4_off: l3 + ihl,
         end: if total == 0 { 0 } else { l3 + total },
+        more_fragments,
     })
 }
 
@@ -237,13 +242,15 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
     daddr.copy_from_slice(&h[24..40]);
     let mut next = h[6];
     let mut off = l3 + 40;
+    let mut more_fragments = false;
     // Unrolled (see the seq-macro note in Cargo.toml): up to MAX_IPV6_EXT_HEADERS headers.
     let transport = 'walk: {
         seq!(_ in 0..8 {
             match ext_step(r, next, off) {
-                Ext::Header { next: n, off: o } => {
+                Ext::Header { next: n, off: o, more } => {
                     next = n;
                     off = o;
+                    more_fragments |= more;
                 }
                 Ext::Done(t) => break 'walk t,
             }
@@ -260,6 +267,7 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
         daddr,
         transport,
         l4_off: off,
+        more_fragments,
         end: match u16::from_be_bytes([h[4], h[5]]) as usize {
             0 => 0,
             payload => l3 + 40 + payload,
@@ -269,8 +277,9 @@ fn parse_ipv6<R: Reader + ?Sized>(r: &R, l3: usize) -> Result<IpPacket, ParseErr
 
 /// One step of the IPv6 extension-header walk.
 enum Ext {
-    /// An extension header: what follows it, and where.
-    Header { next: u8, off: usize },
+    /// An extension header: what follows it, where, and whether it is the fragment header of
+    /// a first fragment.
+    Header { next: u8, off: usize, more: bool },
     /// The walk ends with this transport.
     Done(Transport),
 }
@@ -285,6 +294,7 @@ fn ext_step<R: Reader + ?Sized>(r: &R, next: u8, off: usize) -> Ext {
             Some(e) => Ext::Header {
                 next: e[0],
                 off: off + (e[1] as usize + 1) * 8,
+                more: false,
             },
             None => Ext::Done(Transport::UNPARSED),
         },
@@ -293,6 +303,7 @@ fn ext_step<R: Reader + ?Sized>(r: &R, next: u8, off: usize) -> Ext {
             Some(e) => Ext::Header {
                 next: e[0],
                 off: off + (e[1] as usize + 2) * 4,
+                more: false,
             },
             None => Ext::Done(Transport::UNPARSED),
         },
@@ -305,6 +316,7 @@ fn ext_step<R: Reader + ?Sized>(r: &R, next: u8, off: usize) -> Ext {
             Some(e) => Ext::Header {
                 next: e[0],
                 off: off + 8,
+                more: e[3] & 1 != 0,
             },
             None => Ext::Done(Transport::UNPARSED),
         },

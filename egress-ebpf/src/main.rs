@@ -20,6 +20,7 @@ mod maps;
 mod policy;
 mod skb;
 mod sockets;
+mod tls;
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -32,7 +33,7 @@ use egress_common::{
     counters,
     maps::{
         Config, DenyEvent, FLOW_TOUCH_INTERVAL_NS, FlowKey, FlowValue, LearnedValue, NS_PER_S,
-        action, family, learn, reason, v4_of_mapped,
+        action, family, learn, reason, tls_mode, v4_of_mapped,
     },
     mode,
     packet::{
@@ -61,6 +62,10 @@ pub(crate) fn final_pass(_ctx: TcContext) -> i32 {
 /// Bits of [`egress_verdict`]'s result.
 const VERDICT_DROP: i32 = 1;
 const VERDICT_DNS_QUERY: i32 = 2;
+/// The packet goes to the TLS server-name judgment ([`tls::egress_tls`]).
+const VERDICT_TLS: i32 = 4;
+/// Not a TC action: what [`enforce`] returns for a packet [`tls::stash`] left for the judgment.
+const JUDGE_TLS: i32 = 0x100;
 
 /// The learning program, attached to the ingress of the same interfaces: it finds DNS answers
 /// from trusted resolvers and learns their addresses before the application reads them (the
@@ -128,6 +133,13 @@ pub(crate) fn sock_answer(ctx: SkBuffContext) -> i32 {
 #[classifier]
 pub(crate) fn egress(ctx: TcContext) -> i32 {
     let v = egress_verdict(ctx.skb.skb);
+    if v & VERDICT_TLS != 0 {
+        return if tls::egress_tls(ctx.skb.skb) == tls::TLS_PASS {
+            PASS
+        } else {
+            DROP
+        };
+    }
     // Remembering a DNS query never changes the verdict.
     if v & VERDICT_DNS_QUERY != 0 {
         match dns::egress_track(ctx.skb.skb) {
@@ -167,7 +179,11 @@ pub(crate) extern "C" fn egress_verdict(skb: *mut __sk_buff) -> i32 {
         // address may be anything, including traffic the policy denies.
         Err(_unparsable) => (deny(cfg, None, reason::MALFORMED), false),
     };
-    let mut v = if action == DROP { VERDICT_DROP } else { 0 };
+    let mut v = match action {
+        DROP => VERDICT_DROP,
+        JUDGE_TLS => VERDICT_TLS,
+        _ => 0,
+    };
     if dns {
         v |= VERDICT_DNS_QUERY;
     }
@@ -204,7 +220,12 @@ fn classify(
         }
         // Fail-closed: the ports are unknown (tiny first fragment, truncated transport header,
         // IPv6 extension headers past the walk bound), so only an allowed destination passes.
-        Kind::Unparsed => match allowed(cfg, &p, now()) {
+        Kind::Unparsed => match allowed(cfg, &p, now(), false) {
+            // With server names enforced, a learned address needs a judged ClientHello, which
+            // a packet without ports cannot be part of: only a static destination passes.
+            Some(counters::PASS_LEARNED) if cfg.sni() != tls_mode::OFF => {
+                deny(cfg, Some((&p, 0, [0; 2])), reason::MALFORMED)
+            }
             Some(counter) => {
                 count(counter);
                 PASS
@@ -256,7 +277,17 @@ fn enforce(
             return PASS;
         }
     }
-    let counter = match allowed(cfg, p, now) {
+    // A connection to a learned address on a TLS port is admitted by its ClientHello's server
+    // name, not by its SYN (learned hits count the SYN, or each UDP flow).
+    let tls = cfg.sni() != tls_mode::OFF && policy::tls_port(cfg, u16::from_be_bytes(dport));
+    let counter = match allowed(cfg, p, now, syn || !tcp) {
+        Some(counters::PASS_LEARNED) if tls => {
+            if tls::stash(ctx, &key, p, tcp_flags) {
+                return JUDGE_TLS;
+            }
+            // Fail-closed: a TCP header that cannot be read cannot be judged.
+            return deny(cfg, Some((p, proto, dport)), reason::MALFORMED);
+        }
         Some(counter) => {
             if syn {
                 admit_socket(ctx, now);
@@ -302,7 +333,7 @@ const HANDSHAKE_DONE: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9)
 /// Whether the packet comes from a local TCP socket that completed a handshake. Forwarded
 /// traffic (pods behind a bridge or veth) carries no socket here.
 #[inline(always)]
-fn local_established(ctx: &TcContext) -> bool {
+pub(crate) fn local_established(ctx: &TcContext) -> bool {
     // SAFETY: reading the context's `sk` field, which the verifier types as a nullable socket
     // pointer; it is only passed to the helper below after the null check.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
@@ -323,7 +354,7 @@ fn local_established(ctx: &TcContext) -> bool {
 /// Records the sending socket of an allowed SYN (local traffic only: forwarded packets carry no
 /// socket, and their cookie is 0).
 #[inline(always)]
-fn admit_socket(ctx: &TcContext, now: u64) {
+pub(crate) fn admit_socket(ctx: &TcContext, now: u64) {
     // SAFETY: reading the context's `sk` field (a nullable socket pointer) only to test it.
     if unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null() {
         // Forwarded traffic (pods): no socket, no helper call on its SYN path.
@@ -338,7 +369,7 @@ fn admit_socket(ctx: &TcContext, now: u64) {
 
 /// Whether the packet's socket sent a SYN egress passed ([`admit_socket`]).
 #[inline(always)]
-fn admitted(ctx: &TcContext) -> bool {
+pub(crate) fn admitted(ctx: &TcContext) -> bool {
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     // SAFETY: a read-only lookup of a plain value.
@@ -347,7 +378,7 @@ fn admitted(ctx: &TcContext) -> bool {
 
 /// Whether a reload cut the connections to `daddr` (`revoked_connections: cut`).
 #[inline(always)]
-fn revoked(daddr: &[u8; 16]) -> bool {
+pub(crate) fn revoked(daddr: &[u8; 16]) -> bool {
     // SAFETY: a read-only lookup of a plain value.
     unsafe { REVOKED.get(daddr) }.is_some()
 }
@@ -355,27 +386,39 @@ fn revoked(daddr: &[u8; 16]) -> bool {
 /// The counter to bump if the destination is allowed now under `cfg`'s policy, `None` if it is
 /// not.
 #[inline(always)]
-fn allowed(cfg: &Config, p: &IpPacket, now: u64) -> Option<u32> {
+/// `opens` counts the packet on the learned entry (a new flow: a SYN, or a UDP datagram).
+#[inline(always)]
+fn allowed(cfg: &Config, p: &IpPacket, now: u64, opens: bool) -> Option<u32> {
     if p.family == family::V4 {
         let a = v4_of_mapped(&p.daddr);
         if policy::static_v4_allows(cfg, a) {
             return Some(counters::PASS_STATIC);
         }
-        learned_in(&LEARNED_V4, &a, now)
+        learned_in(&LEARNED_V4, &a, now, opens)
     } else {
         if policy::static_v6_allows(cfg, p.daddr) {
             return Some(counters::PASS_STATIC);
         }
-        learned_in(&LEARNED_V6, &p.daddr, now)
+        learned_in(&LEARNED_V6, &p.daddr, now, opens)
     }
 }
 
 /// [`allowed`] for one family's learned map: an unexpired learned address.
 #[inline(always)]
-fn learned_in<K>(learned: &HashMap<K, LearnedValue>, addr: &K, now: u64) -> Option<u32> {
+fn learned_in<K>(
+    learned: &HashMap<K, LearnedValue>,
+    addr: &K,
+    now: u64,
+    opens: bool,
+) -> Option<u32> {
     match learned.get_ptr_mut(addr) {
         // SAFETY: a non-null value pointer from the lookup.
-        Some(v) if unsafe { (*v).expires_ns } > now => Some(hit(v)),
+        Some(v) if unsafe { (*v).expires_ns } > now => {
+            if opens {
+                hit(v);
+            }
+            Some(counters::PASS_LEARNED)
+        }
         _ => None,
     }
 }
@@ -385,11 +428,10 @@ fn learned_in<K>(learned: &HashMap<K, LearnedValue>, addr: &K, now: u64) -> Opti
 /// target): two CPUs admitting flows to one address at the same instant can lose a count, so
 /// hits are a close approximation, documented as such.
 #[inline(always)]
-fn hit(v: *mut LearnedValue) -> u32 {
+fn hit(v: *mut LearnedValue) {
     // SAFETY: `v` is a non-null pointer into a map value the lookup returned (writable,
     // 8-byte aligned); the kernel keeps it valid for the rest of this program run.
     unsafe { (*v).hits = (*v).hits.wrapping_add(1) };
-    counters::PASS_LEARNED
 }
 
 /// Counts, reports (rate-limited) and returns the verdict for a denied packet.
@@ -421,20 +463,22 @@ fn deny(cfg: &Config, what: Option<(&IpPacket, u8, [u8; 2])>, why: u8) -> i32 {
         event.proto = proto;
         event.dport = dport;
     }
-    report(cfg, &event);
+    report(cfg, event.ts_ns, &event);
     if audit { PASS } else { DROP }
 }
 
+/// Sends `event` (a [`DenyEvent`], or a record that starts with one) to the agent, under the
+/// per-CPU rate limit.
 #[inline(always)]
-fn report(cfg: &Config, event: &DenyEvent) {
+pub(crate) fn report<T>(cfg: &Config, ts_ns: u64, event: &T) {
     let Some(state) = EVENT_RATE.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU slot from a successful lookup; no other program run touches it while
     // this one runs on this CPU (TC programs do not nest on a CPU).
     let state = unsafe { &mut *state };
-    if event.ts_ns.saturating_sub(state.window_start_ns) >= NS_PER_S {
-        state.window_start_ns = event.ts_ns;
+    if ts_ns.saturating_sub(state.window_start_ns) >= NS_PER_S {
+        state.window_start_ns = ts_ns;
         state.sent = 0;
     }
     if state.sent >= u64::from(cfg.events_per_sec) {
@@ -442,7 +486,7 @@ fn report(cfg: &Config, event: &DenyEvent) {
         return;
     }
     state.sent += 1;
-    match EVENTS.output::<DenyEvent>(event, 0) {
+    match EVENTS.output::<T>(event, 0) {
         Ok(()) => count(counters::EVENT_SENT),
         Err(_) => count(counters::EVENT_RINGBUF_FULL),
     }

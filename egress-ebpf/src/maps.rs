@@ -14,7 +14,8 @@ use egress_common::{
         LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey, LearnedValue, NAMES_EXACT_CAPACITY,
         NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue,
         RESOLVERS_MAP_CAPACITY, REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_MAP_CAPACITY,
-        SockPendingKey, StaticValue, TcpStream, TcpStreamKey, WildKey, generation,
+        SockPendingKey, StaticValue, TLS_PARTIAL_CAPACITY, TLS_PENDING_CAPACITY, TcpStream,
+        TcpStreamKey, TlsFlow, TlsHeld, TlsScratch, WildKey, generation,
     },
 };
 
@@ -25,6 +26,8 @@ pub(crate) static ACTIVE: Array<u32> = Array::pinned(1, 0);
 pub(crate) static CONFIG: Array<Config> = Array::pinned(generation::COUNT, 0);
 #[map]
 pub(crate) static PORTS: Array<u32> = Array::pinned(generation::COUNT * PORT_WORDS, 0);
+#[map]
+pub(crate) static TLS_PORTS: Array<u32> = Array::pinned(generation::COUNT * PORT_WORDS, 0);
 #[map]
 pub(crate) static STATIC_V4: LpmTrie<[u8; 5], StaticValue> =
     LpmTrie::pinned(STATIC_MAP_CAPACITY, 0);
@@ -78,6 +81,14 @@ pub(crate) static DNS_TCP: LruHashMap<TcpStreamKey, TcpStream> =
 pub(crate) static DNS_SCRATCH: PerCpuArray<DnsBuf> = PerCpuArray::pinned(SCRATCH_SLOTS, 0);
 #[map]
 pub(crate) static DNS_EVENTS: RingBuf = RingBuf::pinned(DNS_EVENTS_BYTES, 0);
+#[map]
+pub(crate) static TLS_PENDING: LruHashMap<FlowKey, TlsFlow> =
+    LruHashMap::pinned(TLS_PENDING_CAPACITY, 0);
+#[map]
+pub(crate) static TLS_PARTIAL: LruHashMap<FlowKey, TlsHeld> =
+    LruHashMap::pinned(TLS_PARTIAL_CAPACITY, 0);
+#[map]
+pub(crate) static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::pinned(1, 0);
 
 // The agent's records: no program touches them; they live in the object so that they are
 // created and pinned with everything else, and outlive the agent like the other maps.

@@ -6,11 +6,12 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::maps::{
-    Config, PORT_WORDS, Rule, WildKey, generation, port_bit, static_v4, static_v6,
+    Config, NAME_PERMANENT, PORT_WORDS, Rule, WildKey, generation, port_bit, static_v4,
+    static_v6,
 };
 
 use crate::maps::{
-    ACTIVE, CONFIG, NAMES_EXACT, NAMES_WILD, PORTS, RESOLVERS, STATIC_V4, STATIC_V6,
+    ACTIVE, CONFIG, NAMES_EXACT, NAMES_WILD, PORTS, RESOLVERS, STATIC_V4, STATIC_V6, TLS_PORTS,
 };
 
 /// The configuration in force. `None` cannot happen (the array has both slots) but must be
@@ -25,6 +26,24 @@ pub(crate) fn config() -> Option<&'static Config> {
 pub(crate) fn port_enforced(cfg: &Config, port: u16) -> bool {
     let (word, bit) = port_bit(port);
     matches!(PORTS.get((cfg.generation & 1) * PORT_WORDS + word), Some(w) if w & bit != 0)
+}
+
+/// Whether `port` is a TLS port (`tls.ports`) under `cfg`'s policy.
+#[inline(always)]
+pub(crate) fn tls_port(cfg: &Config, port: u16) -> bool {
+    let (word, bit) = port_bit(port);
+    matches!(TLS_PORTS.get((cfg.generation & 1) * PORT_WORDS + word), Some(w) if w & bit != 0)
+}
+
+/// Whether `hash` is a name of `cfg`'s policy: an exact name of the generation in force that
+/// never expires. CNAME targets (they expire) do not count: a server name is the name the
+/// application asked for.
+#[inline(always)]
+pub(crate) fn policy_name(cfg: &Config, hash: u64) -> bool {
+    // SAFETY: a read-only lookup of a plain value.
+    matches!(unsafe { NAMES_EXACT.get(&hash) },
+        Some(v) if v.generations & generation::bit(cfg.generation) != 0
+            && v.expires_ns == NAME_PERMANENT)
 }
 
 /// Whether `addr` (IPv4-mapped for IPv4) is a trusted resolver under `cfg`'s policy.

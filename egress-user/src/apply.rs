@@ -81,6 +81,7 @@ pub fn kernel_config(policy: &Policy, overrides: &Overrides, key: (u64, u64)) ->
             learn::INTERFACE
         },
         client_query_rate: policy.dns.client_query_rate,
+        tls: policy.tls.as_raw(),
         // Set by `apply_with_key`: the generation it writes.
         generation: 0,
     }
@@ -148,6 +149,7 @@ pub struct Applied {
 pub struct Written {
     pub config: Config,
     pub ports: Vec<u16>,
+    pub tls_ports: Vec<u16>,
     pub cidrs: BTreeSet<IpNet>,
     pub resolvers: BTreeSet<IpAddr>,
     pub exact: BTreeSet<u64>,
@@ -162,6 +164,9 @@ pub fn drift(dp: &Datapath, written: &Written) -> Result<Vec<&'static str>, Data
     }
     if dp.ports()? != written.ports {
         changed.push(names::PORTS);
+    }
+    if dp.tls_ports()? != written.tls_ports {
+        changed.push(names::TLS_PORTS);
     }
     let cidrs: BTreeSet<IpNet> = dp.static_cidrs()?.into_iter().collect();
     if cidrs != written.cidrs || dp.foreign_static_keys()? > 0 {
@@ -266,6 +271,7 @@ pub fn switch(
     dp.write_resolvers(target, &resolvers)?;
     dp.write_names(target, &exact, &wild)?;
     dp.write_ports(target, &policy.ports)?;
+    dp.write_tls_ports(target, &policy.tls.ports)?;
     dp.write_config(&config)?;
     dp.activate(target)?;
     // The old generation is retired later (`Datapath::retire_due`), not now: a program run
@@ -276,6 +282,7 @@ pub fn switch(
     let written = Written {
         config,
         ports,
+        tls_ports: policy.tls.ports.clone(),
         cidrs: new_cidrs,
         resolvers: resolvers.iter().copied().collect(),
         exact,

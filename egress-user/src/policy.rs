@@ -83,6 +83,55 @@ pub struct Policy {
     pub allow: Allow,
     pub dns: Dns,
     pub revoked_connections: Revoked,
+    pub tls: Tls,
+}
+
+/// `tls.sni`: whether a connection to a learned address on a TLS port must name an allowed
+/// server in its ClientHello.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sni {
+    #[default]
+    Enforce,
+    Audit,
+    Off,
+}
+
+/// `tls.quic`: UDP to a learned address on a TLS port (QUIC carries its server name encrypted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quic {
+    /// Dropped: clients fall back to TCP, whose ClientHello is judged.
+    #[default]
+    Deny,
+    /// Judged by the address alone: any name on an allowed address is reachable over QUIC.
+    Address,
+}
+
+/// The `tls:` section, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tls {
+    pub sni: Sni,
+    pub quic: Quic,
+    /// The enforced ports whose connections to learned addresses are judged by server name.
+    pub ports: Vec<u16>,
+}
+
+impl Tls {
+    /// [`egress_common::maps::Config::tls`].
+    pub fn as_raw(&self) -> u32 {
+        use egress_common::maps::{Config, quic_mode, tls_mode};
+        let sni = match self.sni {
+            Sni::Enforce => tls_mode::ENFORCE,
+            Sni::Audit => tls_mode::AUDIT,
+            Sni::Off => tls_mode::OFF,
+        };
+        let quic = match self.quic {
+            Quic::Deny => quic_mode::DENY,
+            Quic::Address => quic_mode::ADDRESS,
+        };
+        Config::tls_bits(sni, quic)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -216,6 +265,35 @@ struct RawPolicy {
     dns: RawDns,
     #[serde(default)]
     revoked_connections: Revoked,
+    #[serde(default)]
+    tls: RawTls,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    sni: Sni,
+    #[serde(default)]
+    quic: Quic,
+    #[serde(default)]
+    ports: Option<Ports>,
+}
+
+impl<'de> Deserialize<'de> for Quic {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "deny" => Ok(Quic::Deny),
+            "address" => Ok(Quic::Address),
+            "verify" => Err(de::Error::custom(
+                "tls.quic: verify is not implemented (see docs/design.md, TLS server names); \
+                 use deny (the default: clients fall back to TCP) or address",
+            )),
+            other => Err(de::Error::custom(format!(
+                "tls.quic: unknown value {other:?}; expected deny or address"
+            ))),
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -463,6 +541,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         allow,
         dns,
         revoked_connections,
+        tls,
     } = raw;
     let RawAllow {
         names,
@@ -488,6 +567,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     cidrs.dedup();
     let mut ports = ports.map_or_else(|| vec![443], |p| p.0);
     ports.sort_unstable();
+    let tls_ports = match tls.ports {
+        Some(p) => {
+            let mut p = p.0;
+            p.sort_unstable();
+            if let Some(bad) = p.iter().find(|p| !ports.contains(p)) {
+                let (line, column) = key_position(text, "tls");
+                return Err(PolicyError::Invalid {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    message: format!(
+                        "tls.ports lists {bad}, which is not an enforced port (ports: {ports:?}); \
+                         only enforced ports can be judged by server name"
+                    ),
+                });
+            }
+            p
+        }
+        None => ports.iter().copied().filter(|&p| p == 443).collect(),
+    };
     Ok(Policy {
         mode,
         ports,
@@ -503,7 +602,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             client_query_rate: client_query_rate.map_or(defaults.client_query_rate, |r| r.0),
         },
         revoked_connections,
+        tls: Tls {
+            sni: tls.sni,
+            quic: tls.quic,
+            ports: tls_ports,
+        },
     })
+}
+
+/// Line and column of the top-level key `key` in the policy text (1, 1 if not found): for
+/// errors that compare two sections, found only once both are read.
+fn key_position(text: &str, key: &str) -> (u64, u64) {
+    text.lines()
+        .position(|l| l.starts_with(key) && l[key.len()..].trim_start().starts_with(':'))
+        .map_or((1, 1), |i| (i as u64 + 1, 1))
 }
 
 /// Reads, parses and validates a policy file.

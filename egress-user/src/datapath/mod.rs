@@ -69,6 +69,7 @@ pub struct Datapath {
     active: Array<MapData, u32>,
     config: Array<MapData, Config>,
     ports: Array<MapData, u32>,
+    tls_ports: Array<MapData, u32>,
     statics: StaticTries<StaticValue>,
     learned: FamilyHash<LearnedValue>,
     learned_by: HashMap<MapData, LearnedByKey, u64>,
@@ -125,6 +126,7 @@ impl Datapath {
             active: typed(get, names::ACTIVE)?,
             config: typed(get, names::CONFIG)?,
             ports: typed(get, names::PORTS)?,
+            tls_ports: typed(get, names::TLS_PORTS)?,
             statics: lpm(get, [names::STATIC_V4, names::STATIC_V6])?,
             learned: FamilyHash::new(
                 typed(get, names::LEARNED_V4)?,

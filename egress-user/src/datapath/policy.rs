@@ -46,40 +46,22 @@ fn membership<K: Ord + Copy>(
 impl Datapath {
     /// Writes the enforced-port bitmap of `generation`.
     pub fn write_ports(&mut self, generation: u32, ports: &[u16]) -> Result<()> {
-        let mut words = vec![0u32; PORT_WORDS as usize];
-        for &port in ports {
-            let (word, bit) = port_bit(port);
-            words[word as usize] |= bit;
-        }
-        let base = (generation & 1) * PORT_WORDS;
-        for (i, want) in words.into_iter().enumerate() {
-            let i = base + i as u32;
-            let have = self.ports.get(&i, 0).map_err(op(names::PORTS, "read"))?;
-            if have != want {
-                self.ports
-                    .set(i, want, 0)
-                    .map_err(op(names::PORTS, "write"))?;
-            }
-        }
-        Ok(())
+        write_bitmap(&mut self.ports, names::PORTS, generation, ports)
     }
 
     /// Enforced ports in force, read back from the bitmap.
     pub fn ports(&self) -> Result<Vec<u16>> {
-        let base = self.active()? * PORT_WORDS;
-        let mut ports = Vec::new();
-        for i in 0..PORT_WORDS {
-            let w = self
-                .ports
-                .get(&(base + i), 0)
-                .map_err(op(names::PORTS, "read"))?;
-            for bit in 0..32 {
-                if w & (1 << bit) != 0 {
-                    ports.push((i * 32 + bit) as u16);
-                }
-            }
-        }
-        Ok(ports)
+        read_bitmap(&self.ports, names::PORTS, self.active()?)
+    }
+
+    /// Writes the TLS-port bitmap (`tls.ports`) of `generation`.
+    pub fn write_tls_ports(&mut self, generation: u32, ports: &[u16]) -> Result<()> {
+        write_bitmap(&mut self.tls_ports, names::TLS_PORTS, generation, ports)
+    }
+
+    /// TLS ports in force.
+    pub fn tls_ports(&self) -> Result<Vec<u16>> {
+        read_bitmap(&self.tls_ports, names::TLS_PORTS, self.active()?)
     }
 
     /// Makes the static CIDRs of `generation` exactly `cidrs` (stale ones of that generation,
@@ -353,4 +335,46 @@ fn policy_name(rule: Rule, generations: u32) -> NameValue {
         generations,
         _pad: 0,
     }
+}
+
+/// Makes `generation`'s half of a port bitmap (`PORTS`, `TLS_PORTS`) hold exactly `ports`.
+fn write_bitmap(
+    map: &mut aya::maps::Array<aya::maps::MapData, u32>,
+    name: &'static str,
+    generation: u32,
+    ports: &[u16],
+) -> Result<()> {
+    let mut words = vec![0u32; PORT_WORDS as usize];
+    for &port in ports {
+        let (word, bit) = port_bit(port);
+        words[word as usize] |= bit;
+    }
+    let base = (generation & 1) * PORT_WORDS;
+    for (i, want) in words.into_iter().enumerate() {
+        let i = base + i as u32;
+        let have = map.get(&i, 0).map_err(op(name, "read"))?;
+        if have != want {
+            map.set(i, want, 0).map_err(op(name, "write"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The ports of generation `g`'s half of a port bitmap.
+fn read_bitmap(
+    map: &aya::maps::Array<aya::maps::MapData, u32>,
+    name: &'static str,
+    g: u32,
+) -> Result<Vec<u16>> {
+    let base = g * PORT_WORDS;
+    let mut ports = Vec::new();
+    for i in 0..PORT_WORDS {
+        let w = map.get(&(base + i), 0).map_err(op(name, "read"))?;
+        for bit in 0..32 {
+            if w & (1 << bit) != 0 {
+                ports.push((i * 32 + bit) as u16);
+            }
+        }
+    }
+    Ok(ports)
 }

@@ -1,0 +1,492 @@
+//! The TLS server-name judgment (`tls.sni`, docs/design.md *TLS server names*).
+//!
+//! [`crate::egress_verdict`] sends here, through [`stash`], every packet to a **learned**
+//! address on a TLS port that no flow admits yet: TCP segments of connections whose ClientHello
+//! is not judged yet, and UDP (QUIC). A connection enters `FLOWS` only once the complete
+//! ClientHello at the start of its stream names an allowed server; until then:
+//! - segments without payload pass (a SYN opens the connection's `TLS_PENDING` entry);
+//! - a segment that continues the ClientHello exactly passes while the bytes so far are a
+//!   proper prefix of one (a TLS server cannot act on less than a whole ClientHello), its
+//!   bytes held in `TLS_PARTIAL`; the segment that completes it is judged on the held bytes and
+//!   its own, and denied it is dropped with every later payload of the connection;
+//! - a segment after missing bytes is dropped; a resend of bytes that passed passes.
+//!
+//! Every path ends in an explicit verdict: fail-closed wherever the bytes the server would
+//! read cannot be judged.
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_sk_fullsock, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use egress_common::{
+    counters, dns, mode,
+    maps::{
+        Config, FlowKey, FlowValue, TlsFlow, TlsScratch, action, quic_mode, reason, tls_mode,
+        tls_state,
+    },
+    packet::{IPPROTO_TCP, IPPROTO_UDP, IpPacket, TCP_ACK, TCP_DOFF_OFF, TCP_SEQ_OFF, TCP_SYN},
+    tls::{self, Segment, TlsError, hello_flag},
+};
+
+use crate::{
+    maps::{FLOWS, FLOWS_UDP, TLS_PARTIAL, TLS_PENDING, TLS_SCRATCH},
+    policy,
+    skb::{count, now},
+};
+
+/// [`egress_tls`]'s verdicts.
+pub(crate) const TLS_PASS: i32 = 0;
+pub(crate) const TLS_DROP: i32 = 1;
+
+/// TCP's URG flag: urgent data leaves the receiver's byte stream, so a segment carrying it
+/// cannot be judged as stream bytes.
+const TCP_URG: u8 = 0x20;
+
+/// Leaves what [`egress_tls`] needs of the packet in the scratch; `false` if its TCP header
+/// cannot be read (the caller then denies it: fail-closed).
+#[inline(always)]
+pub(crate) fn stash(ctx: &TcContext, key: &FlowKey, p: &IpPacket, tcp_flags: u8) -> bool {
+    let Some(s) = TLS_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the per-CPU slot, used only by this program run (TC programs do not nest on a
+    // CPU).
+    let seg = unsafe { &mut (*s).seg };
+    seg.key = *key;
+    seg.tcp_flags = tcp_flags;
+    seg.seq = 0;
+    seg.payload_off = 0;
+    seg.payload_len = 0;
+    seg.unjudgeable = u8::from(p.more_fragments);
+    if key.proto != IPPROTO_TCP {
+        return true;
+    }
+    let (Ok(doff), Ok(seq)) = (
+        ctx.load::<u8>(p.l4_off + TCP_DOFF_OFF),
+        ctx.load::<[u8; 4]>(p.l4_off + TCP_SEQ_OFF),
+    ) else {
+        return false;
+    };
+    let frame = ctx.len() as usize;
+    // A header shorter than 20 bytes, or an IP packet longer than the frame: no stack takes
+    // it as stream bytes, and it is not judged.
+    if doff >> 4 < 5 || p.end > frame {
+        return false;
+    }
+    let off = p.l4_off + usize::from(doff >> 4) * 4;
+    let end = if p.end == 0 { frame } else { p.end };
+    seg.seq = u32::from_be_bytes(seq);
+    seg.payload_off = off as u32;
+    seg.payload_len = end.saturating_sub(off) as u32;
+    seg.unjudgeable |= u8::from(tcp_flags & TCP_URG != 0);
+    true
+}
+
+/// Judges the packet [`stash`] left: [`TLS_PASS`] or [`TLS_DROP`]. A global function, verified
+/// once on its own frame (the verdict's frame and this one count separately toward the
+/// 512-byte stack limit).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
+    let ctx = TcContext::new(skb);
+    // Fail-closed: cannot happen (the arrays have their slots), and without the configuration
+    // or the scratch nothing can be judged.
+    let (Some(cfg), Some(s)) = (policy::config(), TLS_SCRATCH.get_ptr_mut(0)) else {
+        return TLS_DROP;
+    };
+    // SAFETY: as in `stash`.
+    let s = unsafe { &mut *s };
+    let key = s.seg.key;
+    let now = now();
+    if key.proto == IPPROTO_UDP {
+        if cfg.quic() == quic_mode::DENY {
+            return refuse(cfg, s, reason::QUIC, counters::DENY_QUIC);
+        }
+        // `tls.quic: address`: judged by the address alone, as without `tls`.
+        let _ = FLOWS_UDP.insert(&key, &FlowValue { last_seen_ns: now }, 0);
+        count(counters::PASS_LEARNED);
+        return TLS_PASS;
+    }
+    if host_socket_not_stream(&ctx) {
+        // A raw or packet socket of this host: it could drive the state with segments its own
+        // TCP stack never sends (fail-closed).
+        return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN);
+    }
+    let flags = s.seg.tcp_flags;
+    let mut seq = s.seg.seq;
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        open(&key, seq, now);
+        count(counters::PASS_LEARNED);
+        if s.seg.payload_len == 0 {
+            return TLS_PASS;
+        }
+        // TCP Fast Open: the SYN's data is the stream's first bytes (sequence number ISN + 1).
+        seq = seq.wrapping_add(1);
+    } else if s.seg.payload_len == 0 {
+        // ACK, FIN, RST: they carry no byte a server acts on (fail-open by design: dropping
+        // them would only stall the handshake egress needs to see the ClientHello).
+        count(counters::PASS_TLS_BARE);
+        return TLS_PASS;
+    }
+    let Some(flow) = TLS_PENDING.get_ptr_mut(&key) else {
+        // Payload on a connection egress never saw open (state evicted, connection older than
+        // enforcement, crafted): only a socket of this node admitted earlier goes on.
+        if cfg.mode == mode::ENFORCE
+            && crate::local_established(&ctx)
+            && crate::admitted(&ctx)
+            && !crate::revoked(&key.daddr)
+        {
+            let _ = FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0);
+            count(counters::PASS_SOCKET);
+            return TLS_PASS;
+        }
+        return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN);
+    };
+    // SAFETY: a value pointer from the lookup, valid for this program run (RCU); a racing
+    // update on another CPU can only make this judgment see older positions, and `admit`
+    // refuses bytes that do not continue them exactly.
+    let f = unsafe { &mut *flow };
+    if f.state == tls_state::DENIED {
+        count(counters::DENY_TLS_DENIED_FLOW);
+        count(counters::DROP_DENIED);
+        return TLS_DROP;
+    }
+    if s.seg.unjudgeable != 0 {
+        return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+    }
+    let skip = match tls::admit(f.base, f.next, seq, s.seg.payload_len) {
+        Segment::Gap => {
+            count(counters::TLS_GAP);
+            if audit(cfg) {
+                // Audit admits what it cannot judge rather than stall it.
+                admit(&ctx, &key, now);
+                return TLS_PASS;
+            }
+            return TLS_DROP;
+        }
+        Segment::Resent => {
+            count(counters::PASS_TLS_PREFIX);
+            return TLS_PASS;
+        }
+        Segment::New { skip } => skip,
+    };
+    let held = f.next.wrapping_sub(f.base) as usize;
+    if held > 0 && !restore(&key, s, held) {
+        count(counters::TLS_PARTIAL_LOST);
+        return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+    }
+    let fresh = (s.seg.payload_len - skip) as usize;
+    let n = fresh.min(tls::BUF - held);
+    if n == 0 || !load(&ctx, s, s.seg.payload_off + skip, held, n) {
+        return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+    }
+    let total = held + n;
+    match tls_parse(total as u32) {
+        PARSE_OK => {}
+        // A proper prefix, and all of the segment's new bytes are held: it passes.
+        PARSE_INCOMPLETE if n == fresh => {
+            s.held.len = total as u32;
+            if TLS_PARTIAL.insert(&key, &s.held, 0).is_err() {
+                count(counters::TLS_PARTIAL_LOST);
+                return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+            }
+            f.next = f.base.wrapping_add(total as u32);
+            f.state = tls_state::PARTIAL;
+            count(counters::PASS_TLS_PREFIX);
+            return TLS_PASS;
+        }
+        PARSE_NOT_HELLO => {
+            return deny(cfg, s, f, reason::TLS_NOT_HELLO, counters::DENY_TLS_NOT_HELLO, now);
+        }
+        PARSE_NO_SNI => {
+            return deny(cfg, s, f, reason::TLS_NO_SNI, counters::DENY_TLS_NO_SNI, now);
+        }
+        _ => return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now),
+    }
+    match tls_name() {
+        NAME_ALLOWED => {
+            if s.hello.flags & hello_flag::ECH != 0 {
+                count(counters::TLS_ECH);
+            }
+            if held > 0 {
+                let _ = TLS_PARTIAL.remove(&key);
+            }
+            admit(&ctx, &key, now);
+            count(counters::PASS_TLS_SNI);
+            TLS_PASS
+        }
+        NAME_DENIED => deny(cfg, s, f, reason::TLS_SNI, counters::DENY_TLS_SNI, now),
+        _ => deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now),
+    }
+}
+
+/// A SYN: a connection (re)opens. A new initial sequence number, or a denied connection's
+/// tuple, starts afresh: the tuple's admitted flow is removed so a reused tuple cannot ride
+/// it past the judgment. A retransmitted SYN (same ISN) keeps the state.
+#[inline(always)]
+fn open(key: &FlowKey, isn: u32, now: u64) {
+    // SAFETY: a read-only lookup of a plain value.
+    if let Some(f) = unsafe { TLS_PENDING.get(key) }
+        && f.isn == isn
+        && f.state != tls_state::DENIED
+    {
+        return;
+    }
+    let base = isn.wrapping_add(1);
+    let flow = TlsFlow {
+        opened_ns: now,
+        isn,
+        base,
+        next: base,
+        state: tls_state::AWAIT,
+        ..TlsFlow::default()
+    };
+    // A failed insert leaves no state: the connection's payload is then refused
+    // (`deny_tls_unknown`), fail-closed.
+    let _ = TLS_PENDING.insert(key, &flow, 0);
+    let _ = FLOWS.remove(key);
+    let _ = TLS_PARTIAL.remove(key);
+}
+
+/// Whether audit lets through what the judgment would drop.
+#[inline(always)]
+fn audit(cfg: &Config) -> bool {
+    cfg.mode == mode::AUDIT || cfg.sni() == tls_mode::AUDIT
+}
+
+/// The connection is admitted: its flow is recorded and its socket (local traffic) too, so it
+/// survives the loss of its flow as other admitted connections do.
+#[inline(always)]
+fn admit(ctx: &TcContext, key: &FlowKey, now: u64) {
+    let _ = TLS_PENDING.remove(key);
+    if FLOWS
+        .insert(key, &FlowValue { last_seen_ns: now }, 0)
+        .is_err()
+    {
+        count(counters::FLOW_INSERT_FAILED);
+    }
+    crate::admit_socket(ctx, now);
+}
+
+/// Denies the connection's ClientHello: the connection is marked so nothing more of it passes,
+/// counted and reported. In audit, reported and admitted instead.
+#[inline(always)]
+fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32, now: u64) -> i32 {
+    let key = s.seg.key;
+    let _ = TLS_PARTIAL.remove(&key);
+    if why != reason::TLS_SNI {
+        s.event.name_len = 0;
+    }
+    count(counter);
+    if audit(cfg) {
+        report(cfg, s, why, action::AUDITED);
+        count(counters::AUDIT_DENIED);
+        let _ = TLS_PENDING.remove(&key);
+        let _ = FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0);
+        return TLS_PASS;
+    }
+    f.state = tls_state::DENIED;
+    f.reason = why;
+    report(cfg, s, why, action::DROPPED);
+    count(counters::DROP_DENIED);
+    TLS_DROP
+}
+
+/// Denies a packet of a connection with no judgment state (QUIC, unknown connections, raw
+/// sockets): counted and reported; passed in audit.
+#[inline(always)]
+fn refuse(cfg: &Config, s: &mut TlsScratch, why: u8, counter: u32) -> i32 {
+    s.event.name_len = 0;
+    count(counter);
+    if audit(cfg) {
+        report(cfg, s, why, action::AUDITED);
+        count(counters::AUDIT_DENIED);
+        return TLS_PASS;
+    }
+    report(cfg, s, why, action::DROPPED);
+    count(counters::DROP_DENIED);
+    TLS_DROP
+}
+
+#[inline(always)]
+fn report(cfg: &Config, s: &mut TlsScratch, why: u8, act: u8) {
+    let key = s.seg.key;
+    let e = &mut s.event.event;
+    e.ts_ns = now();
+    e.daddr = key.daddr;
+    e.dport = key.dport;
+    e.family = key.family;
+    e.proto = key.proto;
+    e.action = act;
+    e.reason = why;
+    e._pad = [0; 2];
+    crate::report(cfg, e.ts_ns, &s.event);
+}
+
+/// Copies the held bytes of the connection's ClientHello into the scratch; `false` if they are
+/// gone (evicted) or do not match the state.
+#[inline(always)]
+fn restore(key: &FlowKey, s: &mut TlsScratch, held: usize) -> bool {
+    let Some(p) = TLS_PARTIAL.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: a value pointer from the lookup, valid for this program run.
+    let p = unsafe { &*p };
+    if p.len as usize != held || held > tls::BUF {
+        return false;
+    }
+    // Whole words, a constant bound: a byte loop would be 8 times the verifier's work.
+    const WORDS: usize = tls::BUF / 8;
+    let words = held.div_ceil(8);
+    let mut w = 0;
+    while w < WORDS {
+        if w >= words {
+            break;
+        }
+        let at = (w * 8) & (tls::BUF - 8);
+        // SAFETY: `at + 8 <= BUF` in both buffers (masked just above); unaligned reads and
+        // writes of plain bytes.
+        unsafe {
+            let v = core::ptr::read_unaligned(p.bytes.as_ptr().add(at).cast::<u64>());
+            core::ptr::write_unaligned(s.held.bytes.as_mut_ptr().add(at).cast::<u64>(), v);
+        }
+        w += 1;
+    }
+    true
+}
+
+/// Loads `n` (1..=BUF) payload bytes from frame offset `off` behind the `held` bytes.
+#[inline(always)]
+fn load(ctx: &TcContext, s: &mut TlsScratch, off: u32, held: usize, n: usize) -> bool {
+    // The length restated so the verifier sees 1..=BUF ("R4 invalid zero-sized read" or
+    // "invalid access to map value" without it), and the offset masked below BUF: together
+    // inside `held.bytes` and the `tail` behind it.
+    let len = ((n as u32).wrapping_sub(1) & (tls::BUF as u32 - 1)) + 1;
+    // SAFETY: `held & (BUF - 1) + len <= 2 * BUF`, inside `held.bytes` followed by `tail`
+    // (asserted contiguous in egress-common).
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            off,
+            s.held.bytes.as_mut_ptr().add(held & (tls::BUF - 1)).cast(),
+            len,
+        )
+    };
+    ret == 0
+}
+
+/// [`tls_parse`] results.
+const PARSE_OK: i32 = 0;
+const PARSE_INCOMPLETE: i32 = 1;
+const PARSE_NOT_HELLO: i32 = 2;
+const PARSE_NO_SNI: i32 = 3;
+const PARSE_MALFORMED: i32 = 4;
+
+/// Reads the ClientHello in the scratch (`len` bytes) into `TlsScratch::hello`. A global
+/// function: the extension walk is verified once, not once per way the judgment reaches it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn tls_parse(len: u32) -> i32 {
+    let Some(s) = TLS_SCRATCH.get_ptr_mut(0) else {
+        return PARSE_MALFORMED;
+    };
+    // SAFETY: as in `stash`.
+    let s = unsafe { &mut *s };
+    match tls::client_hello(&s.held.bytes, len as usize, &mut s.hello) {
+        Ok(()) => PARSE_OK,
+        Err(TlsError::Incomplete) => PARSE_INCOMPLETE,
+        Err(TlsError::NotHello) => PARSE_NOT_HELLO,
+        Err(TlsError::NoSni) => PARSE_NO_SNI,
+        Err(TlsError::Malformed | TlsError::TooLong) => PARSE_MALFORMED,
+    }
+}
+
+/// [`tls_name`] results.
+const NAME_ALLOWED: i32 = 1;
+const NAME_DENIED: i32 = 0;
+
+/// Whether the server name [`tls_parse`] found is allowed: a name of the policy, or below one
+/// of its wildcards, by the DNS question's own hasher and rules; -1 for a name no DNS name
+/// equals. The name is also copied into the deny record.
+#[inline(always)]
+fn tls_name() -> i32 {
+    let wire = tls_wire();
+    if wire <= 0 {
+        return -1;
+    }
+    tls_hash(wire as u32)
+}
+
+/// Writes the server name in DNS wire form into the scratch: its wire length, or -1. A global
+/// function: the conversion loop ends after any of 255 bytes, and without its own frame the
+/// verifier would check the hashing after each of those ends.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn tls_wire() -> i32 {
+    let Some(s) = TLS_SCRATCH.get_ptr_mut(0) else {
+        return -1;
+    };
+    // SAFETY: as in `stash`.
+    let s = unsafe { &mut *s };
+    match tls::sni_to_wire(
+        &s.held.bytes,
+        s.hello.sni_off as usize,
+        s.hello.sni_len as usize,
+        &mut s.wire,
+        &mut s.event.name,
+    ) {
+        Some(wire) => {
+            s.event.name_len = (wire - 2) as u16;
+            wire as i32
+        }
+        None => -1,
+    }
+}
+
+/// Hashes the wire name [`tls_wire`] wrote (`wire` bytes) and looks it up: [`NAME_ALLOWED`],
+/// [`NAME_DENIED`], or -1. A global function (as above).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub(crate) extern "C" fn tls_hash(wire: u32) -> i32 {
+    let (Some(cfg), Some(s)) = (policy::config(), TLS_SCRATCH.get_ptr_mut(0)) else {
+        return -1;
+    };
+    // SAFETY: as in `stash`.
+    let s = unsafe { &mut *s };
+    match dns::name(
+        &s.wire,
+        (wire & 511) as usize,
+        cfg.hash_k0,
+        cfg.hash_k1,
+        &mut s.labels,
+        |h| policy::wild_name(cfg, h),
+    ) {
+        Ok(q) if q.suffix_matched || policy::policy_name(cfg, q.full) => NAME_ALLOWED,
+        Ok(_) => NAME_DENIED,
+        Err(_) => -1,
+    }
+}
+
+/// Whether the packet comes from a socket of this host that is not a TCP stream socket (raw
+/// and packet sockets). Forwarded traffic carries no socket.
+#[inline(always)]
+fn host_socket_not_stream(ctx: &TcContext) -> bool {
+    // SAFETY: reading the context's `sk` field (a nullable socket pointer) only to test it and
+    // pass it to the helper.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null socket pointer from the context ("R1 type=sock_common_or_null
+    // expected=sock_common" without the check above).
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        // A request or time-wait socket: the kernel's own TCP.
+        return false;
+    }
+    // SAFETY: a full socket the helper returned.
+    let (protocol, kind) = unsafe { ((*full).protocol, (*full).type_) };
+    // SOCK_STREAM is 1 (include/linux/net.h).
+    protocol != u32::from(IPPROTO_TCP) || kind != 1
+}
