@@ -846,7 +846,10 @@ pub struct DeniedValue {
     pub proto: u8,
     /// 1 if the mode was audit (would have been dropped), 0 if dropped.
     pub audit: u8,
-    pub _pad: [u8; 4],
+    /// 1 if the key is a TLS server name a ClientHello carried, 0 if a resolved name or an
+    /// address (0 in records written before server names were judged).
+    pub tls: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Address family tags used in keys and events.
@@ -1014,6 +1017,7 @@ impl DeniedValue {
         port: u16,
         proto: u8,
         audit: bool,
+        tls: bool,
     ) -> Self {
         Self {
             hits,
@@ -1022,7 +1026,8 @@ impl DeniedValue {
             port,
             proto,
             audit: audit as u8,
-            _pad: [0; 4],
+            tls: tls as u8,
+            _pad: [0; 3],
         }
     }
 }
@@ -1109,7 +1114,7 @@ const _: () = assert!(size_of::<StaticValue>() == 4);
 const _: () = assert!(size_of::<LearnedValue>() == 24);
 const _: () = assert!(size_of::<AnswerValue>() == NAME_BYTES + 8 + 2 + 1 + 5);
 const _: () = assert!(size_of::<NameKey>() == NAME_BYTES);
-const _: () = assert!(size_of::<DeniedValue>() == 8 * 3 + 2 + 1 + 1 + 4);
+const _: () = assert!(size_of::<DeniedValue>() == 8 * 3 + 2 + 1 + 1 + 1 + 3);
 const _: () = assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
 const _: () = assert!(size_of::<FlowValue>() == 8);
 const _: () = assert!(size_of::<RateState>() == 16);
@@ -1161,6 +1166,8 @@ mod pod {
     unsafe impl aya::Pod for super::TlsFlow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TlsHeld {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TlsDenyEvent {}
 }
 
 #[cfg(test)]

@@ -75,7 +75,18 @@ pub mod hello_flag {
 
 #[inline(always)]
 fn byte(buf: &[u8; BUF], off: usize) -> u8 {
-    buf[off & MASK]
+    buf[opaque(off) & MASK]
+}
+
+/// `x`, through a volatile stack slot, so LLVM cannot prove the mask in [`byte`] redundant and
+/// drop it: offsets here are sums of 16-bit lengths the verifier of Linux 6.1 does not bound
+/// (it tracks no range through `be16`, nor from a comparison of two registers), and without
+/// the mask it refuses the access ("math between map_value pointer and register with unbounded
+/// min value is not allowed").
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&x) }
 }
 
 #[inline(always)]

@@ -6,8 +6,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::maps::{
-    Config, NAME_PERMANENT, PORT_WORDS, Rule, WildKey, generation, port_bit, static_v4,
-    static_v6,
+    Config, NAME_PERMANENT, PORT_WORDS, Rule, WildKey, generation, port_bit, static_v4, static_v6,
 };
 
 use crate::maps::{

@@ -20,11 +20,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use egress_common::{
-    counters, dns, mode,
+    counters, dns,
     maps::{
         Config, FlowKey, FlowValue, TlsFlow, TlsScratch, action, quic_mode, reason, tls_mode,
         tls_state,
     },
+    mode,
     packet::{IPPROTO_TCP, IPPROTO_UDP, IpPacket, TCP_ACK, TCP_DOFF_OFF, TCP_SEQ_OFF, TCP_SYN},
     tls::{self, Segment, TlsError, hello_flag},
 };
@@ -108,7 +109,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         count(counters::PASS_LEARNED);
         return TLS_PASS;
     }
-    if host_socket_not_stream(&ctx) {
+    if raw_socket(&ctx) {
         // A raw or packet socket of this host: it could drive the state with segments its own
         // TCP stack never sends (fail-closed).
         return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN);
@@ -153,7 +154,14 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         return TLS_DROP;
     }
     if s.seg.unjudgeable != 0 {
-        return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+        return deny(
+            cfg,
+            s,
+            f,
+            reason::TLS_MALFORMED,
+            counters::DENY_TLS_MALFORMED,
+            now,
+        );
     }
     let skip = match tls::admit(f.base, f.next, seq, s.seg.payload_len) {
         Segment::Gap => {
@@ -174,12 +182,26 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
     let held = f.next.wrapping_sub(f.base) as usize;
     if held > 0 && !restore(&key, s, held) {
         count(counters::TLS_PARTIAL_LOST);
-        return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+        return deny(
+            cfg,
+            s,
+            f,
+            reason::TLS_MALFORMED,
+            counters::DENY_TLS_MALFORMED,
+            now,
+        );
     }
     let fresh = (s.seg.payload_len - skip) as usize;
     let n = fresh.min(tls::BUF - held);
     if n == 0 || !load(&ctx, s, s.seg.payload_off + skip, held, n) {
-        return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+        return deny(
+            cfg,
+            s,
+            f,
+            reason::TLS_MALFORMED,
+            counters::DENY_TLS_MALFORMED,
+            now,
+        );
     }
     let total = held + n;
     match tls_parse(total as u32) {
@@ -189,7 +211,14 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             s.held.len = total as u32;
             if TLS_PARTIAL.insert(&key, &s.held, 0).is_err() {
                 count(counters::TLS_PARTIAL_LOST);
-                return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now);
+                return deny(
+                    cfg,
+                    s,
+                    f,
+                    reason::TLS_MALFORMED,
+                    counters::DENY_TLS_MALFORMED,
+                    now,
+                );
             }
             f.next = f.base.wrapping_add(total as u32);
             f.state = tls_state::PARTIAL;
@@ -197,12 +226,35 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             return TLS_PASS;
         }
         PARSE_NOT_HELLO => {
-            return deny(cfg, s, f, reason::TLS_NOT_HELLO, counters::DENY_TLS_NOT_HELLO, now);
+            return deny(
+                cfg,
+                s,
+                f,
+                reason::TLS_NOT_HELLO,
+                counters::DENY_TLS_NOT_HELLO,
+                now,
+            );
         }
         PARSE_NO_SNI => {
-            return deny(cfg, s, f, reason::TLS_NO_SNI, counters::DENY_TLS_NO_SNI, now);
+            return deny(
+                cfg,
+                s,
+                f,
+                reason::TLS_NO_SNI,
+                counters::DENY_TLS_NO_SNI,
+                now,
+            );
         }
-        _ => return deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now),
+        _ => {
+            return deny(
+                cfg,
+                s,
+                f,
+                reason::TLS_MALFORMED,
+                counters::DENY_TLS_MALFORMED,
+                now,
+            );
+        }
     }
     match tls_name() {
         NAME_ALLOWED => {
@@ -217,7 +269,14 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             TLS_PASS
         }
         NAME_DENIED => deny(cfg, s, f, reason::TLS_SNI, counters::DENY_TLS_SNI, now),
-        _ => deny(cfg, s, f, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED, now),
+        _ => deny(
+            cfg,
+            s,
+            f,
+            reason::TLS_MALFORMED,
+            counters::DENY_TLS_MALFORMED,
+            now,
+        ),
     }
 }
 
@@ -468,10 +527,11 @@ pub(crate) extern "C" fn tls_hash(wire: u32) -> i32 {
     }
 }
 
-/// Whether the packet comes from a socket of this host that is not a TCP stream socket (raw
-/// and packet sockets). Forwarded traffic carries no socket.
+/// Whether the packet comes from a raw or packet socket of this host (`SOCK_RAW`, or any
+/// `AF_PACKET` socket), which could drive the judgment with segments its own TCP stack never
+/// sends. Forwarded traffic carries no socket; `BPF_PROG_TEST_RUN` a dummy one of neither kind.
 #[inline(always)]
-fn host_socket_not_stream(ctx: &TcContext) -> bool {
+fn raw_socket(ctx: &TcContext) -> bool {
     // SAFETY: reading the context's `sk` field (a nullable socket pointer) only to test it and
     // pass it to the helper.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
@@ -486,7 +546,9 @@ fn host_socket_not_stream(ctx: &TcContext) -> bool {
         return false;
     }
     // SAFETY: a full socket the helper returned.
-    let (protocol, kind) = unsafe { ((*full).protocol, (*full).type_) };
-    // SOCK_STREAM is 1 (include/linux/net.h).
-    protocol != u32::from(IPPROTO_TCP) || kind != 1
+    let (family, kind) = unsafe { ((*full).family, (*full).type_) };
+    // include/linux/socket.h and include/linux/net.h.
+    const AF_PACKET: u32 = 17;
+    const SOCK_RAW: u32 = 3;
+    family == AF_PACKET || kind == SOCK_RAW
 }

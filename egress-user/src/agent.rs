@@ -783,7 +783,7 @@ impl Agent {
 
 /// Logs the policy's patterns that allow more than they seem (`warnings.rs`).
 fn warn_broad(policy: &Policy) {
-    for w in crate::warnings::broad_patterns(&policy.allow.names) {
+    for w in crate::warnings::policy(policy) {
         tracing::warn!("{w}");
     }
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use egress_common::maps::{DenyEvent, action, family, reason, v4_of_mapped};
+use egress_common::maps::{DenyEvent, TlsDenyEvent, action, family, reason, v4_of_mapped};
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
@@ -93,20 +93,39 @@ pub async fn drain(
     dp: Arc<Mutex<Datapath>>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut last_logged: HashMap<(Option<IpAddr>, u16, u8), Instant> = HashMap::new();
+    let mut last_logged: HashMap<LogKey, Instant> = HashMap::new();
     drain_ring(ring, cancel, |item| {
         if let Some(ev) = read_record::<DenyEvent>(item) {
+            let sni = server_name(item);
             let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());
-            record(&ev, stats, &mut last_logged, &mut dp);
+            record(&ev, sni, stats, &mut last_logged, &mut dp);
         }
     })
     .await
 }
 
+/// What a destination is logged under: address, port, protocol and, for a denied ClientHello,
+/// the server name (one line per name on a shared address).
+type LogKey = (Option<IpAddr>, u16, u8, Option<String>);
+
+/// The server name of a denied ClientHello's record (a [`TlsDenyEvent`]), as text with anything
+/// unprintable escaped: it comes from the workload, not from a resolver.
+pub fn server_name(item: &[u8]) -> Option<String> {
+    let ev = read_record::<TlsDenyEvent>(item)?;
+    let len = usize::from(ev.name_len).min(ev.name.len());
+    (ev.event.reason == reason::TLS_SNI && len > 0).then(|| {
+        ev.name[..len]
+            .escape_ascii()
+            .to_string()
+            .to_ascii_lowercase()
+    })
+}
+
 fn record(
     ev: &DenyEvent,
+    sni: Option<String>,
     stats: &EventStats,
-    last_logged: &mut HashMap<(Option<IpAddr>, u16, u8), Instant>,
+    last_logged: &mut HashMap<LogKey, Instant>,
     dp: &mut Datapath,
 ) {
     let audited = ev.action == action::AUDITED;
@@ -117,12 +136,17 @@ fn record(
     }
     let dst = destination(ev);
     let name = dst.and_then(|d| dp.answer_name(d));
-    if let Some(key) = name.clone().or_else(|| dst.map(|d| d.to_string()))
-        && !dp.record_denied(&key, ev.dport(), ev.proto, audited)
+    // A denied server name is what `egress suggest` proposes, not the allowed name whose
+    // address it shares.
+    if let Some(key) = sni
+        .clone()
+        .or_else(|| name.clone())
+        .or_else(|| dst.map(|d| d.to_string()))
+        && !dp.record_denied(&key, ev.dport(), ev.proto, audited, sni.is_some())
     {
         stats.unrecorded.fetch_add(1, Ordering::Relaxed);
     }
-    let key = (dst, ev.dport(), ev.proto);
+    let key = (dst, ev.dport(), ev.proto, sni.clone());
     let now = Instant::now();
     if last_logged
         .get(&key)
@@ -135,17 +159,18 @@ fn record(
     }
     last_logged.insert(key, now);
     let proto = egress_common::packet::proto_name(ev.proto);
-    let why = if ev.reason == reason::MALFORMED {
-        "unparsable headers"
-    } else {
-        "not allowed"
+    let why = match ev.reason {
+        reason::MALFORMED => "unparsable headers",
+        reason::NOT_ALLOWED => "not allowed",
+        other => reason::name(other),
     };
     let dst = dst.map_or_else(|| "unknown".to_owned(), |d| d.to_string());
     // The name that last resolved to the address, if any answer did ("-" otherwise).
     let name = name.as_deref().unwrap_or("-");
+    let sni = sni.as_deref().unwrap_or("-");
     if audited {
-        tracing::warn!(%dst, port = ev.dport(), proto, name, reason = why, "audit: would drop");
+        tracing::warn!(%dst, port = ev.dport(), proto, sni, name, reason = why, "audit: would drop");
     } else {
-        tracing::info!(%dst, port = ev.dport(), proto, name, reason = why, "dropped");
+        tracing::info!(%dst, port = ev.dport(), proto, sni, name, reason = why, "dropped");
     }
 }

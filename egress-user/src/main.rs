@@ -146,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { file } => {
             let mut p = policy::load(&file)?;
-            for w in egress_user::warnings::broad_patterns(&p.allow.names) {
+            for w in egress_user::warnings::policy(&p) {
                 eprintln!("warning: {}: {w}", file.display());
             }
             // The normalized policy is what the agent runs: without `resolvers:` that is the

@@ -41,6 +41,8 @@ pub struct Denied {
     pub port: u16,
     pub proto: u8,
     pub audit: bool,
+    /// The key is a TLS server name a denied ClientHello carried.
+    pub tls: bool,
 }
 
 impl Denied {
@@ -117,7 +119,15 @@ impl Datapath {
 
     /// Counts a denied destination under `key` (a name or an address). Returns false if the
     /// map is full and `key` is new.
-    pub fn record_denied(&mut self, key: &str, port: u16, proto: u8, audit: bool) -> bool {
+    /// `tls`: the key is a denied ClientHello's server name.
+    pub fn record_denied(
+        &mut self,
+        key: &str,
+        port: u16,
+        proto: u8,
+        audit: bool,
+        tls: bool,
+    ) -> bool {
         let k = NameKey {
             name: name_bytes(key).0,
         };
@@ -130,6 +140,7 @@ impl Datapath {
             port,
             proto,
             audit,
+            tls,
         );
         self.denied.insert(k, value, 0).is_ok()
     }
@@ -147,6 +158,7 @@ impl Datapath {
                     port: v.port,
                     proto: v.proto,
                     audit: v.audit != 0,
+                    tls: v.tls != 0,
                 })
             })
             .collect()

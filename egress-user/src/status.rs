@@ -37,6 +37,7 @@ pub struct Status {
     pub mode: &'static str,
     pub interfaces: Vec<String>,
     pub ports: Vec<u16>,
+    pub tls: TlsStatus,
     pub resolvers: Vec<IpAddr>,
     /// Entries of the name maps: policy names, CNAME targets (expiring), wildcard suffixes.
     pub names: NameCounts,
@@ -47,6 +48,16 @@ pub struct Status {
     pub learned: Vec<LearnedStatus>,
     pub flows: usize,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// The `tls:` settings in force, and the server names denied most.
+#[derive(Debug, Serialize)]
+pub struct TlsStatus {
+    pub sni: &'static str,
+    pub quic: &'static str,
+    pub ports: Vec<u16>,
+    /// Denied ClientHellos' server names, most denied first (at most 20).
+    pub denied_names: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,6 +147,30 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
             i
         },
         ports: dp.ports().map_err(read)?,
+        tls: TlsStatus {
+            sni: match cfg.sni() {
+                egress_common::maps::tls_mode::ENFORCE => "enforce",
+                egress_common::maps::tls_mode::AUDIT => "audit",
+                _ => "off",
+            },
+            quic: match cfg.quic() {
+                egress_common::maps::quic_mode::DENY => "deny",
+                _ => "address",
+            },
+            ports: dp.tls_ports().map_err(read)?,
+            denied_names: {
+                let mut d: Vec<(String, u64)> = dp
+                    .denied()
+                    .map_err(read)?
+                    .into_iter()
+                    .filter(|d| d.tls)
+                    .map(|d| (d.key, d.hits))
+                    .collect();
+                d.sort_by_key(|(k, hits)| (std::cmp::Reverse(*hits), k.clone()));
+                d.truncate(20);
+                d
+            },
+        },
         resolvers: {
             let mut r = dp.resolvers().map_err(read)?;
             r.sort();
@@ -172,6 +207,24 @@ pub fn render(s: &Status) -> String {
     );
     let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
     let _ = writeln!(o, "ports:      {}", ports.join(", "));
+    let tls_ports: Vec<String> = s.tls.ports.iter().map(u16::to_string).collect();
+    let _ = writeln!(
+        o,
+        "tls:        sni {}, quic {}, ports {}",
+        s.tls.sni,
+        s.tls.quic,
+        if tls_ports.is_empty() {
+            "(none)".to_owned()
+        } else {
+            tls_ports.join(", ")
+        }
+    );
+    if !s.tls.denied_names.is_empty() {
+        let _ = writeln!(o, "denied TLS server names:");
+        for (name, hits) in &s.tls.denied_names {
+            let _ = writeln!(o, "  {name}  ({hits} denied)");
+        }
+    }
     let resolvers: Vec<String> = s.resolvers.iter().map(IpAddr::to_string).collect();
     let _ = writeln!(o, "resolvers:  {}", resolvers.join(", "));
     let _ = writeln!(

@@ -65,7 +65,13 @@ pub fn fragment(denied: &[Denied], source: &str) -> String {
         if !collapsed.contains(&name.as_str()) {
             entries.insert(
                 name.clone(),
-                format!("{} denied, port {} ({})", d.hits, d.port, proto(d.proto)),
+                format!(
+                    "{} denied, port {} ({}){}",
+                    d.hits,
+                    d.port,
+                    proto(d.proto),
+                    if d.tls { ", TLS server name" } else { "" }
+                ),
             );
         }
     }
@@ -126,6 +132,7 @@ mod tests {
             port: 443,
             proto: 6,
             audit: true,
+            tls: false,
         }
     }
 

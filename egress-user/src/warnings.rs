@@ -40,6 +40,33 @@ pub fn broad_patterns(names: &[NamePattern]) -> Vec<String> {
     names.iter().filter_map(warning).collect()
 }
 
+/// Every warning of a policy: its broad patterns, and `tls:` settings that give up the
+/// server-name promise.
+pub fn policy(p: &crate::policy::Policy) -> Vec<String> {
+    use crate::policy::{Quic, Sni};
+    let mut out = broad_patterns(&p.allow.names);
+    match p.tls.sni {
+        Sni::Off => out.push(
+            "tls.sni: off: a connection to a learned address reaches every name served there (CDN and cloud front-ends share addresses); see docs/threat-model.md".into(),
+        ),
+        Sni::Audit => out.push(
+            "tls.sni: audit: ClientHellos naming servers the policy does not allow are reported, not dropped".into(),
+        ),
+        Sni::Enforce => {}
+    }
+    if p.tls.sni != Sni::Off && p.tls.quic == Quic::Address {
+        out.push(
+            "tls.quic: address: QUIC to a learned address reaches any name served there (its server name is not judged)".into(),
+        );
+    }
+    if p.tls.sni != Sni::Off && p.tls.ports.is_empty() && !p.allow.names.is_empty() {
+        out.push(
+            "tls.ports is empty: no enforced port is judged by server name (443 is not enforced, or tls.ports: [] says so)".into(),
+        );
+    }
+    out
+}
+
 fn within(name: &str, zone: &str) -> bool {
     name == zone || name.ends_with(&format!(".{zone}"))
 }

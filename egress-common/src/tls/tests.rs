@@ -25,7 +25,11 @@ fn a_client_hello_shows_its_name_wherever_the_extension_stands() {
             c.padding = padding;
             c.grease = true;
             let b = c.build();
-            assert_eq!(name_of(&b), b"cgr.dev", "first {sni_first} padding {padding}");
+            assert_eq!(
+                name_of(&b),
+                b"cgr.dev",
+                "first {sni_first} padding {padding}"
+            );
             assert_eq!(parse(&b).unwrap().end as usize, b.len());
         }
     }
@@ -166,12 +170,20 @@ fn wire_hash(name: &[u8]) -> Option<u64> {
     let n = sni_to_wire(&buf, 100, name.len(), &mut wire, &mut copy)?;
     assert_eq!(&copy[..n - 2], &name[..n - 2]);
     let mut labels = [0u64; crate::MAX_LABELS];
-    dns::name(&wire, n, 7, 9, &mut labels, |_| false).ok().map(|q| q.full)
+    dns::name(&wire, n, 7, 9, &mut labels, |_| false)
+        .ok()
+        .map(|q| q.full)
 }
 
 #[test]
 fn the_name_hashes_as_the_dns_name_does_case_and_trailing_dot_aside() {
-    for name in ["cgr.dev", "a.b.c.example.com", "X", "registry.K8S.io", "r2.cloudflarestorage.com."] {
+    for name in [
+        "cgr.dev",
+        "a.b.c.example.com",
+        "X",
+        "registry.K8S.io",
+        "r2.cloudflarestorage.com.",
+    ] {
         let (full, _) = hash::name_hashes(7, 9, name);
         assert_eq!(wire_hash(name.as_bytes()), Some(full), "{name}");
     }
@@ -219,8 +231,14 @@ fn segments_are_placed_by_their_sequence_numbers() {
     // 100 bytes passed (across the wrap of the sequence space).
     let next = base.wrapping_add(100);
     assert_eq!(admit(base, next, base, 100), Segment::Resent);
-    assert_eq!(admit(base, next, base.wrapping_add(50), 50), Segment::Resent);
-    assert_eq!(admit(base, next, base.wrapping_add(50), 51), Segment::New { skip: 50 });
+    assert_eq!(
+        admit(base, next, base.wrapping_add(50), 50),
+        Segment::Resent
+    );
+    assert_eq!(
+        admit(base, next, base.wrapping_add(50), 51),
+        Segment::New { skip: 50 }
+    );
     assert_eq!(admit(base, next, next, 1), Segment::New { skip: 0 });
     assert_eq!(admit(base, next, next.wrapping_add(1), 1), Segment::Gap);
 }
