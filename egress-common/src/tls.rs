@@ -283,9 +283,12 @@ pub fn sni_to_wire(
     if len == 0 {
         return None;
     }
+    // Every index goes through `opaque` and a mask, as in `byte`: LLVM knows these stay
+    // inside the buffers and would drop the masks the verifier of Linux 6.1 needs ("R1
+    // unbounded memory access, make sure to bounds check any such access").
     const WMASK: usize = crate::dns::BUF - 1;
     let mut start = WIRE_AT;
-    wire[start] = 0;
+    wire[opaque(start) & WMASK] = 0;
     let mut bad = 0u8;
     let mut i = 0;
     while i < MAX_NAME {
@@ -293,19 +296,19 @@ pub fn sni_to_wire(
             break;
         }
         let b = byte(buf, off + i);
-        copy[i & MAX_NAME] = b;
+        copy[opaque(i) & MAX_NAME] = b;
         let class = CLASS[b as usize];
         bad |= class >> 1;
         let at = WIRE_AT + 1 + i;
-        wire[at & WMASK] = b;
+        wire[opaque(at) & WMASK] = b;
         // A dot becomes the length byte of the next label (0 until a byte follows).
         let dot = (class & 1) as usize;
         start += dot * (at - start);
-        wire[start & WMASK] = (at - start) as u8;
+        wire[opaque(start) & WMASK] = (at - start) as u8;
         i += 1;
     }
     let root = WIRE_AT + 1 + len;
-    wire[root & WMASK] = 0;
+    wire[opaque(root) & WMASK] = 0;
     if bad != 0 {
         return None;
     }

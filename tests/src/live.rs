@@ -60,7 +60,7 @@ pub(crate) fn nginx_conf(dir: &Path, cert: &Path, key: &Path) -> String {
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen 443 ssl;\n    listen [::]:443 ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+           server {{\n    listen 443 ssl fastopen=64;\n    listen [::]:443 ssl fastopen=64;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
              location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
         cert.display(),
         key.display()
