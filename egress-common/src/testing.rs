@@ -165,8 +165,9 @@ impl Packet {
     }
 }
 
-/// A TLS ClientHello to build: the defaults make one a TLS 1.3 server (OpenSSL, nginx) answers
-/// (x25519 key share, AES-GCM suites, ECDSA and RSA-PSS signatures).
+/// A TLS ClientHello to build: the defaults make one a TLS 1.3 or 1.2 server (OpenSSL, nginx)
+/// answers with its ServerHello (x25519 key share, AES-GCM suites, ECDSA and RSA-PSS
+/// signatures).
 #[derive(Clone, Debug)]
 pub struct ClientHello {
     /// The `server_name` (`None`: no extension).
@@ -223,7 +224,9 @@ impl ClientHello {
         {
             ext(&mut exts, 0, b);
         }
-        ext(&mut exts, 0x002b, &[2, 3, 4]);
+        // TLS 1.3 and 1.2 (nginx before 1.23.4 enables only up to 1.2 by default).
+        ext(&mut exts, 0x002b, &[4, 3, 4, 3, 3]);
+        ext(&mut exts, 0x000b, &[1, 0]);
         ext(&mut exts, 0x000a, &[0, 2, 0, 0x1d]);
         ext(&mut exts, 0x000d, &[0, 4, 4, 3, 8, 4]);
         let mut ks = vec![0, 36, 0, 0x1d, 0, 32];

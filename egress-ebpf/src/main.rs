@@ -384,9 +384,7 @@ pub(crate) fn revoked(daddr: &[u8; 16]) -> bool {
 }
 
 /// The counter to bump if the destination is allowed now under `cfg`'s policy, `None` if it is
-/// not.
-#[inline(always)]
-/// `opens` counts the packet on the learned entry (a new flow: a SYN, or a UDP datagram).
+/// not. `opens` counts the packet on the learned entry (a new flow: a SYN, or a UDP datagram).
 #[inline(always)]
 fn allowed(cfg: &Config, p: &IpPacket, now: u64, opens: bool) -> Option<u32> {
     if p.family == family::V4 {

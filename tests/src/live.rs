@@ -60,7 +60,7 @@ pub(crate) fn nginx_conf(dir: &Path, cert: &Path, key: &Path) -> String {
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen 443 ssl fastopen=64;\n    listen [::]:443 ssl fastopen=64;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+           server {{\n    listen 443 ssl fastopen=64;\n    listen [::]:443 ssl fastopen=64;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.2 TLSv1.3;\n\
              location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
         cert.display(),
         key.display()
@@ -302,6 +302,39 @@ impl Drop for World {
         }
         let _ = std::fs::remove_dir_all(&self.netns_etc);
     }
+}
+
+/// Opens a connection from the client namespace to `addr:443` and sends a ClientHello naming
+/// `name`; returns it once the server has answered (its first flight), so the connection is
+/// admitted by that name. [`tls_exchange`] then proves bytes still cross both ways.
+pub fn tls_open(topo: &Topology, addr: &str, name: &str) -> std::io::Result<std::net::TcpStream> {
+    use std::io::{Read, Write};
+    let mut conn = topo.connect(addr, 443, Duration::from_secs(3))?;
+    conn.write_all(&egress_common::testing::ClientHello::new(name).build())?;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut buf = [0u8; 4096];
+    if conn.read(&mut buf)? == 0 {
+        return Err(std::io::Error::other(
+            "the server closed instead of answering",
+        ));
+    }
+    // The rest of the first flight, so that a later read sees only new bytes.
+    conn.set_read_timeout(Some(Duration::from_millis(300)))?;
+    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+    Ok(conn)
+}
+
+/// One more exchange on a connection [`tls_open`] admitted: a record the server cannot take in
+/// the middle of its handshake, which it answers (an alert, or closing). An error if nothing
+/// comes back within 3 s: the bytes, or the answer, were dropped.
+pub fn tls_exchange(conn: &mut std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut record = vec![23, 3, 3, 0, 32];
+    record.resize(5 + 32, 0x5a);
+    conn.write_all(&record)?;
+    conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut buf = [0u8; 4096];
+    conn.read(&mut buf).map(|_| ())
 }
 
 /// The policy the live tests run with.

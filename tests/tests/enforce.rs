@@ -60,6 +60,12 @@ fn unknown_ip_dropped_udp_v4_v6() {
     assert_eq!(before, after, "a denied datagram reached the server");
 }
 
+/// [`static_policy`] with TLS server names off: tests of the address mechanism that speak plain
+/// TCP to learned addresses on 443.
+fn address_only() -> String {
+    format!("{}tls:\n  sni: off\n", static_policy("enforce"))
+}
+
 #[test]
 fn port_80_is_untouched() {
     let (topo, _s, _p, _agent) = setup(&static_policy("enforce"), &[]);
@@ -72,7 +78,8 @@ fn port_80_is_untouched() {
 
 #[test]
 fn long_lived_connection_survives_its_ip_expiry() {
-    let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
+    // Plain TCP echo on 443: the address mechanism alone, server names off.
+    let (topo, _s, _p, agent) = setup(&address_only(), &[]);
     let mut dp = agent.datapath();
     learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 60_000_000_000);
     let mut conn = topo
@@ -823,7 +830,8 @@ fn flood_flows(topo: &Topology, proto: u8, dst: &str, count: u32) {
 
 #[test]
 fn another_workloads_flood_of_flows_cannot_cut_an_established_connection() {
-    let (topo, _s, pins, agent) = setup(&static_policy("enforce"), &[]);
+    // Plain TCP echo on 443: the address mechanism alone, server names off.
+    let (topo, _s, pins, agent) = setup(&address_only(), &[]);
     let mut dp = agent.datapath();
     learn_by_hand(&mut dp, ip(DENIED_V4), clock::boot_ns() + 60_000_000_000);
     let mut conn = topo.connect(DENIED_V4, 443, CONNECT).unwrap();

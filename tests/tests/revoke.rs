@@ -3,15 +3,11 @@
 //! while an address still answered for a name that stays keeps working; established
 //! connections are kept or cut as `revoked_connections:` says.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use egress_tests::{
     Agent, TestPins,
-    live::{RESOLVER_V4, WEB_CGR, WEB_R2, World, WorldOptions},
+    live::{RESOLVER_V4, WEB_CGR, WEB_R2, World, WorldOptions, tls_exchange, tls_open},
     metric,
 };
 
@@ -25,23 +21,6 @@ fn policy(names: &str, revoked: &str) -> String {
         "mode: enforce\nports: [443]\nresolvers: [{RESOLVER_V4}]\nrevoked_connections: {revoked}\n\
          allow:\n  names: [{names}]\ndns:\n  min_ttl: 5s\n  grace: 30s\n"
     )
-}
-
-/// One HTTP exchange on an open connection to nginx's TLS port: plain HTTP gets a 400, which
-/// proves bytes cross both ways (nginx then closes: one exchange per connection).
-fn exchange(conn: &mut TcpStream) -> std::io::Result<()> {
-    conn.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-    conn.set_read_timeout(Some(MAX))?;
-    let mut buf = [0u8; 64];
-    let n = conn.read(&mut buf)?;
-    if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400") {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "unexpected reply {:?}",
-            String::from_utf8_lossy(&buf[..n])
-        )))
-    }
 }
 
 fn start(policy: &str) -> (World, TestPins, Agent) {
@@ -74,9 +53,7 @@ fn a_reload_revokes_a_removed_name_at_once_and_keeps_an_address_a_remaining_name
             agent.log_text()
         );
     }
-    let mut established = w
-        .topo
-        .connect(WEB_R2, 443, MAX)
+    let mut established = tls_open(&w.topo, WEB_R2, "bucket.r2.cloudflarestorage.com")
         .expect("connect while allowed");
 
     // cgr.dev and the wildcard leave; mirror.test (the same address as cgr.dev) stays.
@@ -90,7 +67,8 @@ fn a_reload_revokes_a_removed_name_at_once_and_keeps_an_address_a_remaining_name
         "an address a remaining name shares was revoked"
     );
     assert!(metric(&w.topo.client, "egress_learned_revoked_total") >= 1.0);
-    exchange(&mut established).expect("revoked_connections: keep cut an established connection");
+    tls_exchange(&mut established)
+        .expect("revoked_connections: keep cut an established connection");
     // A removed wildcard's answers teach nothing any more.
     assert_eq!(
         w.curl("https://other.r2.cloudflarestorage.com/", &[], DENIED_WAIT),
@@ -111,14 +89,14 @@ fn revoked_connections_cut_stops_established_connections_to_revoked_addresses() 
         w.curl("https://bucket.r2.cloudflarestorage.com/", &[], MAX),
         Some(200)
     );
-    let mut revoked = w.topo.connect(WEB_R2, 443, MAX).unwrap();
-    let mut kept = w.topo.connect(WEB_CGR, 443, MAX).unwrap();
+    let mut revoked = tls_open(&w.topo, WEB_R2, "bucket.r2.cloudflarestorage.com").unwrap();
+    let mut kept = tls_open(&w.topo, WEB_CGR, "cgr.dev").unwrap();
     agent.set_policy(&w.topo.client, &policy("cgr.dev", "cut"));
     assert!(
-        exchange(&mut revoked).is_err(),
+        tls_exchange(&mut revoked).is_err(),
         "an established connection to a revoked address kept flowing under `cut`"
     );
-    exchange(&mut kept).expect("a connection to a still-allowed address was cut");
+    tls_exchange(&mut kept).expect("a connection to a still-allowed address was cut");
 }
 
 #[test]
