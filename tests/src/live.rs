@@ -313,10 +313,13 @@ pub fn tls_open(topo: &Topology, addr: &str, name: &str) -> std::io::Result<std:
     conn.write_all(&egress_common::testing::ClientHello::new(name).build())?;
     conn.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut buf = [0u8; 4096];
-    if conn.read(&mut buf)? == 0 {
-        return Err(std::io::Error::other(
-            "the server closed instead of answering",
-        ));
+    let n = conn.read(&mut buf)?;
+    // A handshake record (its ServerHello), not an alert or a close.
+    if n == 0 || buf[0] != 22 {
+        return Err(std::io::Error::other(format!(
+            "the server refused the ClientHello: {:02x?}",
+            &buf[..n.min(8)]
+        )));
     }
     // The rest of the first flight, so that a later read sees only new bytes.
     conn.set_read_timeout(Some(Duration::from_millis(300)))?;
