@@ -76,23 +76,27 @@ fn openssl(w: &World, args: &[&str]) -> bool {
 }
 
 /// Connects from the client namespace to `addr`, writes `pieces` one by one (each its own
-/// segment: no Nagle, a pause between) and says whether the server answered anything within
-/// `wait`: a TLS server answers only a complete ClientHello.
-fn server_answers(w: &World, addr: SocketAddr, pieces: Vec<Vec<u8>>, wait: Duration) -> bool {
+/// segment: no Nagle, a pause between) and returns the first byte the server answered within
+/// `wait` (22, a handshake record, for a ClientHello it takes): a TLS server answers only a
+/// complete ClientHello.
+fn server_answers(w: &World, addr: SocketAddr, pieces: Vec<Vec<u8>>, wait: Duration) -> Option<u8> {
     w.client().run(move || {
         let Ok(mut s) = TcpStream::connect_timeout(&addr, MAX) else {
-            return false;
+            return None;
         };
         s.set_nodelay(true).unwrap();
         for p in &pieces {
             if s.write_all(p).is_err() {
-                return false;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         s.set_read_timeout(Some(wait)).unwrap();
         let mut buf = [0u8; 64];
-        matches!(s.read(&mut buf), Ok(n) if n > 0)
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => Some(buf[0]),
+            _ => None,
+        }
     })
 }
 
@@ -111,6 +115,9 @@ fn lose_a_third(w: &World) {
         assert!(ok.success(), "nft {rule}");
     }
 }
+
+/// The first byte of a TLS handshake record: the server took the ClientHello.
+const HANDSHAKE: Option<u8> = Some(22);
 
 fn cgr(port: u16) -> SocketAddr {
     SocketAddr::new(ip(WEB_CGR), port)
@@ -230,22 +237,23 @@ fn plain_bytes_to_a_learned_address_on_443_never_reach_the_server() {
     let (w, _pins, agent) = start("");
     let http = b"GET / HTTP/1.1\r\nHost: cgr.dev\r\n\r\n".to_vec();
     // nginx answers plain HTTP on its TLS port with a 400: unless the bytes never arrive.
-    assert!(!server_answers(&w, cgr(443), vec![http.clone()], MAX));
+    assert_eq!(server_answers(&w, cgr(443), vec![http.clone()], MAX), None);
     assert!(counter(&agent, counters::DENY_TLS_NOT_HELLO) >= 1);
     // With server names off, the same bytes reach it (the test can fail).
     agent.set_policy(
         &w.topo.client,
         &format!("{}tls:\n  sni: off\n", policy("  min_ttl: 30s\n")),
     );
-    assert!(server_answers(&w, cgr(443), vec![http], MAX));
+    assert_eq!(server_answers(&w, cgr(443), vec![http], MAX), Some(b'H'));
 }
 
 #[test]
 fn a_client_hello_in_pieces_is_judged_when_it_completes() {
     let (w, _pins, agent) = start("");
     let before = counter(&agent, counters::PASS_TLS_PREFIX);
-    assert!(
+    assert_eq!(
         server_answers(&w, cgr(443), pieces("cgr.dev"), MAX),
+        HANDSHAKE,
         "{}",
         agent.log_text()
     );
@@ -253,33 +261,29 @@ fn a_client_hello_in_pieces_is_judged_when_it_completes() {
         counter(&agent, counters::PASS_TLS_PREFIX) >= before + 2,
         "the pieces were separate segments"
     );
-    assert!(!server_answers(&w, cgr(443), pieces("mirror.test"), MAX));
+    assert_eq!(
+        server_answers(&w, cgr(443), pieces("mirror.test"), MAX),
+        None
+    );
     // A whole ClientHello in one write, for the record.
-    assert!(server_answers(
-        &w,
-        cgr(443),
-        vec![ClientHello::new("cgr.dev").build()],
-        MAX
-    ));
-    assert!(!server_answers(
-        &w,
-        cgr(443),
-        vec![ClientHello::new("mirror.test").build()],
-        MAX
-    ));
+    let whole = |name| vec![ClientHello::new(name).build()];
+    assert_eq!(
+        server_answers(&w, cgr(443), whole("cgr.dev"), MAX),
+        HANDSHAKE
+    );
+    assert_eq!(
+        server_answers(&w, cgr(443), whole("mirror.test"), MAX),
+        None
+    );
     // Pieces lost after egress passed them come back as resends, alone or merged: an allowed
     // ClientHello still completes, a denied one still never does.
     lose_a_third(&w);
     for i in 0..5 {
         let slow = Duration::from_secs(15);
-        assert!(
-            server_answers(&w, cgr(443), pieces("cgr.dev"), slow),
-            "allowed #{i}"
-        );
-        assert!(
-            !server_answers(&w, cgr(443), pieces("mirror.test"), MAX),
-            "denied #{i}"
-        );
+        let allowed = server_answers(&w, cgr(443), pieces("cgr.dev"), slow);
+        assert_eq!(allowed, HANDSHAKE, "allowed #{i}");
+        let denied = server_answers(&w, cgr(443), pieces("mirror.test"), MAX);
+        assert_eq!(denied, None, "denied #{i}");
     }
 }
 
