@@ -8,7 +8,14 @@ use anyhow::Context as _;
 use crate::run;
 
 /// Every fuzz target in fuzz/Cargo.toml.
-const TARGETS: &[&str] = &["dns_walk", "packet", "dns_learn", "dns_tcp", "policy"];
+const TARGETS: &[&str] = &[
+    "dns_walk",
+    "packet",
+    "dns_learn",
+    "dns_tcp",
+    "policy",
+    "tls_hello",
+];
 
 #[derive(clap::Args)]
 pub(crate) struct Options {

@@ -242,3 +242,17 @@ fn segments_are_placed_by_their_sequence_numbers() {
     assert_eq!(admit(base, next, next, 1), Segment::New { skip: 0 });
     assert_eq!(admit(base, next, next.wrapping_add(1), 1), Segment::Gap);
 }
+
+#[test]
+fn real_client_hellos_from_curl_and_openssl() {
+    // Captured from curl 7.88 and openssl s_client 3.0 (the fuzz target's seeds).
+    let curl = include_bytes!("../../../fuzz/seeds/tls_hello/curl");
+    let openssl = include_bytes!("../../../fuzz/seeds/tls_hello/openssl-s_client");
+    let none = include_bytes!("../../../fuzz/seeds/tls_hello/openssl-noservername");
+    assert_eq!(name_of(curl), b"cgr.dev");
+    assert_eq!(name_of(openssl), b"cgr.dev");
+    assert_eq!(parse(none), Err(TlsError::NoSni));
+    for n in 0..curl.len() {
+        assert_eq!(parse(&curl[..n]), Err(TlsError::Incomplete));
+    }
+}
