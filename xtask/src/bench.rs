@@ -166,6 +166,10 @@ const LEARNING: [(u32, u32); 2] = [(100_000, 1), (20_000, 8)];
 mod target {
     /// A known-flow packet, as a multiple of the empty program's run.
     pub(super) const KNOWN_FLOW_RATIO: f64 = 1.5;
+    /// A known-flow packet with server names enforced, against the same with them off.
+    pub(super) const SNI_KNOWN_FLOW_RATIO: f64 = 1.05;
+    /// Judging a new connection's ClientHello, in µs.
+    pub(super) const CLIENT_HELLO_US: f64 = 10.0;
     /// DNS answers learned per second of program time, with no address lost.
     pub(super) const ANSWERS_PER_S: f64 = 100_000.0;
     /// Throughput with enforcement, as a share of the throughput without (median of rounds).
@@ -339,6 +343,37 @@ fn per_packet(o: &mut String, r: &Value) {
         "\n**Target: a known-flow packet at most {}× the empty program. Measured: {best:.2}× to {worst:.2}×: {}.** The empty program costs only the test-run overhead; a known flow adds the header parse, the enforced-port bitmap, one flow-table lookup, a clock read and a per-CPU counter.\n",
         target::KNOWN_FLOW_RATIO,
         verdict(worst <= target::KNOWN_FLOW_RATIO)
+    );
+    tls_cost(o, &rows);
+}
+
+/// The TLS server-name rows: the known flow with `tls.sni: enforce` (the default) against
+/// `off` in the same run, and the cost of judging a new connection's ClientHello.
+fn tls_cost(o: &mut String, rows: &[&Value]) {
+    let ns = |case: &str| {
+        rows.iter()
+            .find(|r| r["case"] == case && r["learned_prefixes"] == 10)
+            .map(|r| f(&r["ns_per_packet"]))
+    };
+    let (Some(on), Some(off)) = (ns("known flow (ACK)"), ns("known flow (ACK), tls.sni off"))
+    else {
+        return;
+    };
+    let ratio = on / off;
+    let judged: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| text(&r["case"]).starts_with("TLS ClientHello"))
+        .map(|r| (text(&r["case"]), f(&r["ns_per_packet"])))
+        .collect();
+    let worst = judged.iter().map(|(_, n)| *n).fold(0.0, f64::max);
+    let _ = writeln!(
+        o,
+        "**TLS server names.** The judgment runs once per connection, on the segments before its flow is admitted; a known flow takes the flow table before any of it. Known flow with `tls.sni: enforce` against `off`, 10 learned prefixes, same run: {on:.1} ns against {off:.1} ns, {ratio:.2}× (target ≤ {}×: {}). Judging a ClientHello (a connection of its own per run, SYN untimed): at most {:.2} µs (target ≤ {} µs: {}).\n",
+        target::SNI_KNOWN_FLOW_RATIO,
+        verdict(ratio <= target::SNI_KNOWN_FLOW_RATIO),
+        worst / 1000.0,
+        target::CLIENT_HELLO_US,
+        verdict(worst / 1000.0 <= target::CLIENT_HELLO_US)
     );
 }
 

@@ -14,9 +14,9 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use egress_common::{
     counters,
     maps::names,
-    packet::TCP_ACK,
+    packet::{TCP_ACK, TCP_SYN},
     tc_action::{DROP, PASS},
-    testing::Packet,
+    testing::{ClientHello, Packet},
 };
 use egress_tests::{
     ALLOWED_V4, Agent, TestPins, Topology, classic,
@@ -625,8 +625,14 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         let ack = ack.build();
         let denied = Packet::tcp(client, ip("198.51.100.99"), 443).build();
         let other_port = Packet::tcp(client, ip("198.51.100.99"), 80).build();
-        // Creates the flow the ACK case hits.
+        // Creates the flow the ACK case hits: its SYN, then a ClientHello naming an allowed
+        // server (`tls.sni: enforce`, the default).
         assert_eq!(h.egress(&syn), PASS);
+        let mut hello = Packet::tcp(client, dst, 443);
+        hello.tcp_flags = TCP_ACK;
+        hello.seq = 2;
+        hello.payload_bytes = Some(ClientHello::new("flow.bench.test").build());
+        assert_eq!(h.egress(&hello.build()), PASS);
         let empty = timed_path(&h, "empty", "empty", &ack, repeat, PASS, None);
         let mut case = |name: &str, frame: &[u8], verdict: i32, counter: u32| {
             let ns = timed_path(&h, name, "egress", frame, repeat, verdict, Some(counter));
@@ -641,12 +647,139 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
             PASS,
             counters::PASS_NOT_ENFORCED,
         );
+        if prefixes == 10 {
+            rows.extend(tls_rows(&h, repeat, dns_answers.min(5_000)));
+            rows.push(known_flow_without_sni(repeat, empty));
+        }
         for addresses in [1usize, 8, 32] {
             let (ns, base) = dns_answer_cost(&h, addresses, dns_answers);
             rows.push(json!({"case": format!("DNS answer, {addresses} address(es)"), "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": base, "ratio_to_empty": ns / base, "repeat": 1, "runs": dns_answers}));
         }
     }
     Value::Array(rows)
+}
+
+/// The TLS server-name judgment: a new connection's ClientHello (517 B, 1.9 KB with the name
+/// last, denied, in two segments), each on a connection of its own opened by an untimed SYN,
+/// `runs` connections per case; and QUIC denied (stateless, `repeat` runs).
+fn tls_rows(h: &Harness, repeat: u32, runs: usize) -> Vec<Value> {
+    let (client, dst) = (ip(CLIENT), ip(ALLOWED));
+    let hello = |name: &str, padding: usize| {
+        let mut c = ClientHello::new(name);
+        c.padding = padding;
+        c.build()
+    };
+    // 517 bytes, as curl's; about 1.9 KB with the name after a post-quantum-sized block.
+    let small = hello("cgr.bench.test", 517 - hello("cgr.bench.test", 0).len() - 4);
+    let large = hello(
+        "registry.bench.test",
+        1900 - hello("registry.bench.test", 0).len() - 4,
+    );
+    let denied = hello(
+        "mirror.other.test",
+        517 - hello("mirror.other.test", 0).len() - 4,
+    );
+    let mut sport = 10_000u16;
+    let mut rows = Vec::new();
+    // Each case: (name, segments of the ClientHello, verdict of the last, its counter).
+    let cases: [(&str, Vec<&[u8]>, i32, u32); 4] = [
+        (
+            "TLS ClientHello 517 B, allowed",
+            vec![&small],
+            PASS,
+            counters::PASS_TLS_SNI,
+        ),
+        (
+            "TLS ClientHello 1.9 KB, name last, allowed",
+            vec![&large],
+            PASS,
+            counters::PASS_TLS_SNI,
+        ),
+        (
+            "TLS ClientHello 517 B, denied",
+            vec![&denied],
+            DROP,
+            counters::DENY_TLS_SNI,
+        ),
+        (
+            "TLS ClientHello 1.9 KB in two segments (both timed)",
+            vec![&large[..1200], &large[1200..]],
+            PASS,
+            counters::PASS_TLS_SNI,
+        ),
+    ];
+    for (case, segments, verdict, counter) in cases {
+        let before = h.counter(counter);
+        let (mut total, mut baseline) = (0.0, 0.0);
+        for _ in 0..runs {
+            sport = sport.wrapping_add(1).max(10_000);
+            let mut p = Packet::tcp(client, dst, 443);
+            p.sport = sport;
+            p.seq = 1000;
+            p.tcp_flags = TCP_SYN;
+            assert_eq!(h.egress(&p.build()), PASS, "{case}: SYN");
+            let mut at = 1001u32;
+            for (i, seg) in segments.iter().enumerate() {
+                p.tcp_flags = TCP_ACK;
+                p.seq = at;
+                p.payload_bytes = Some(seg.to_vec());
+                let frame = p.build();
+                let (ns, ret) = per_run(h, "egress", &frame, 1);
+                let last = i + 1 == segments.len();
+                assert_eq!(ret, if last { verdict } else { PASS }, "{case}");
+                total += ns;
+                baseline += per_run(h, "empty", &frame, 1).0;
+                at += seg.len() as u32;
+            }
+        }
+        assert_eq!(
+            h.counter(counter) - before,
+            runs as u64,
+            "{case}: another path was timed"
+        );
+        let (ns, base) = (total / runs as f64, baseline / runs as f64);
+        rows.push(json!({"case": case, "learned_prefixes": 10, "ns_per_packet": ns, "empty_ns": base, "ratio_to_empty": ns / base, "repeat": 1, "runs": runs}));
+    }
+    let mut quic = Packet::udp(client, dst, 443);
+    quic.payload = 1200;
+    let quic = quic.build();
+    let empty = timed_path(h, "empty", "empty", &quic, repeat, PASS, None);
+    let ns = timed_path(
+        h,
+        "QUIC denied",
+        "egress",
+        &quic,
+        repeat,
+        DROP,
+        Some(counters::DENY_QUIC),
+    );
+    rows.push(json!({"case": "QUIC to a learned address, denied", "learned_prefixes": 10, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": repeat, "counter": "deny_quic"}));
+    rows
+}
+
+/// The known-flow case with server names off, in the same run: the judgment happens once per
+/// connection, so the known-flow path must cost the same either way (`empty` is the enforce
+/// harness's empty-program time on the same frame).
+fn known_flow_without_sni(repeat: u32, empty: f64) -> Value {
+    let mut h = Harness::new("allow:\n  names: [\"*.bench.test\"]\ntls:\n  sni: off\n");
+    learn_by_hand(&mut h.dp, ip(ALLOWED), clock::boot_ns() + 3_600_000_000_000);
+    let (client, dst) = (ip(CLIENT), ip(ALLOWED));
+    assert_eq!(h.egress(&Packet::tcp(client, dst, 443).build()), PASS);
+    let mut ack = Packet::tcp(client, dst, 443);
+    ack.tcp_flags = TCP_ACK;
+    let ack = ack.build();
+    let empty_here = timed_path(&h, "empty", "empty", &ack, repeat, PASS, None);
+    let case = "known flow (ACK), tls.sni off";
+    let ns = timed_path(
+        &h,
+        case,
+        "egress",
+        &ack,
+        repeat,
+        PASS,
+        Some(counters::PASS_FLOW),
+    );
+    json!({"case": case, "learned_prefixes": 10, "ns_per_packet": ns, "empty_ns": empty_here, "ratio_to_empty": ns / empty_here, "repeat": repeat, "counter": "pass_flow", "enforce_empty_ns": empty})
 }
 
 /// Runs the resolve-then-connect race in `world` and returns its JSON.
