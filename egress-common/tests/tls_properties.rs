@@ -22,8 +22,10 @@ const K0: u64 = 0x0123_4567_89ab_cdef;
 const K1: u64 = 0xfedc_ba98_7654_3210;
 
 fn label() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["a", "b", "cdn", "example", "com", "net", "x-1", "R2", "Cgr", "dev"])
-        .prop_map(str::to_owned)
+    prop::sample::select(vec![
+        "a", "b", "cdn", "example", "com", "net", "x-1", "R2", "Cgr", "dev",
+    ])
+    .prop_map(str::to_owned)
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -31,8 +33,15 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn hello() -> impl Strategy<Value = (String, ClientHello)> {
-    (name(), any::<bool>(), any::<bool>(), any::<bool>(), 0usize..3000, 0usize..33).prop_map(
-        |(n, sni_first, grease, ech, padding, session_id)| {
+    (
+        name(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        0usize..3000,
+        0usize..33,
+    )
+        .prop_map(|(n, sni_first, grease, ech, padding, session_id)| {
             let mut c = ClientHello::new(&n);
             c.sni_first = sni_first;
             c.grease = grease;
@@ -40,8 +49,7 @@ fn hello() -> impl Strategy<Value = (String, ClientHello)> {
             c.padding = padding;
             c.session_id = session_id;
             (n, c)
-        },
-    )
+        })
 }
 
 fn parse(bytes: &[u8]) -> Result<Hello, TlsError> {
@@ -60,8 +68,17 @@ fn kernel_allows(bytes: &[u8], exact: &HashSet<u64>, wild: &HashSet<u64>) -> Opt
     tls::client_hello(&buf, bytes.len(), &mut h).ok()?;
     let mut wire = Box::new([0u8; dns::BUF]);
     let mut copy = [0u8; MAX_NAME + 1];
-    let n = tls::sni_to_wire(&buf, h.sni_off.into(), h.sni_len.into(), &mut wire, &mut copy)?;
-    let q = dns::name(&wire, n, K0, K1, &mut [0; MAX_LABELS], |s| wild.contains(&s)).ok()?;
+    let n = tls::sni_to_wire(
+        &buf,
+        h.sni_off.into(),
+        h.sni_len.into(),
+        &mut wire,
+        &mut copy,
+    )?;
+    let q = dns::name(&wire, n, K0, K1, &mut [0; MAX_LABELS], |s| {
+        wild.contains(&s)
+    })
+    .ok()?;
     Some(q.suffix_matched || exact.contains(&q.full))
 }
 
