@@ -135,7 +135,8 @@ counters! {
     DENY_TLS_MALFORMED = 41, "deny_tls_malformed";
     /// Payload of a connection to a learned address on a TLS port that egress has no state for
     /// (no SYN seen, state evicted, connection older than enforcement), not from a socket
-    /// egress admitted; or from a host socket that is not a TCP stream (raw sockets).
+    /// egress admitted; or a SYN or payload from a raw (`SOCK_RAW`) or packet (`AF_PACKET`)
+    /// socket of this host.
     DENY_TLS_UNKNOWN = 42, "deny_tls_unknown";
     /// Later payload of a connection whose ClientHello was denied.
     DENY_TLS_DENIED_FLOW = 43, "deny_tls_denied_flow";

@@ -223,9 +223,12 @@ fn classify(
         Kind::Unparsed => match allowed(cfg, &p, now(), false) {
             // With server names enforced, a learned address needs a judged ClientHello, which
             // a packet without ports cannot be part of: only a static destination passes.
-            Some(counters::PASS_LEARNED) if cfg.sni() != tls_mode::OFF => {
-                deny(cfg, Some((&p, 0, [0; 2])), reason::MALFORMED)
-            }
+            Some(counters::PASS_LEARNED) if cfg.sni() != tls_mode::OFF => deny_as(
+                cfg,
+                tls_audit(cfg),
+                Some((&p, 0, [0; 2])),
+                reason::MALFORMED,
+            ),
             Some(counter) => {
                 count(counter);
                 PASS
@@ -286,7 +289,12 @@ fn enforce(
                 return JUDGE_TLS;
             }
             // Fail-closed: a TCP header that cannot be read cannot be judged.
-            return deny(cfg, Some((p, proto, dport)), reason::MALFORMED);
+            return deny_as(
+                cfg,
+                tls_audit(cfg),
+                Some((p, proto, dport)),
+                reason::MALFORMED,
+            );
         }
         Some(counter) => {
             if syn {
@@ -367,6 +375,21 @@ pub(crate) fn admit_socket(ctx: &TcContext, now: u64) {
     }
 }
 
+/// Forgets the packet's socket in `ADMITTED` (a local SYN on a TLS port: the connection is
+/// admitted by its ClientHello, not by what the socket did before).
+#[inline(always)]
+pub(crate) fn forget_socket(ctx: &TcContext) {
+    // SAFETY: reading the context's `sk` field (a nullable socket pointer) only to test it.
+    if unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null() {
+        return;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    if cookie != 0 {
+        let _ = ADMITTED.remove(&cookie);
+    }
+}
+
 /// Whether the packet's socket sent a SYN egress passed ([`admit_socket`]).
 #[inline(always)]
 pub(crate) fn admitted(ctx: &TcContext) -> bool {
@@ -436,7 +459,18 @@ fn hit(v: *mut LearnedValue) {
 #[inline(always)]
 fn deny(cfg: &Config, what: Option<(&IpPacket, u8, [u8; 2])>, why: u8) -> i32 {
     // Any mode other than audit enforces (fail-closed on a corrupted configuration).
-    let audit = cfg.mode == mode::AUDIT;
+    deny_as(cfg, cfg.mode == mode::AUDIT, what, why)
+}
+
+/// Whether what the TLS judgment would drop passes (`mode: audit` or `tls.sni: audit`).
+#[inline(always)]
+pub(crate) fn tls_audit(cfg: &Config) -> bool {
+    cfg.mode == mode::AUDIT || cfg.sni() == tls_mode::AUDIT
+}
+
+/// [`deny`], audited (passed and reported) if `audit`.
+#[inline(always)]
+fn deny_as(cfg: &Config, audit: bool, what: Option<(&IpPacket, u8, [u8; 2])>, why: u8) -> i32 {
     count(if audit {
         counters::AUDIT_DENIED
     } else {

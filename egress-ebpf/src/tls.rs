@@ -109,14 +109,26 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         count(counters::PASS_LEARNED);
         return TLS_PASS;
     }
+    let flags = s.seg.tcp_flags;
+    let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if !syn && s.seg.payload_len == 0 {
+        // ACK, FIN, RST: they carry no byte a server acts on (fail-open by design: dropping
+        // them would only stall the handshake egress needs to see the ClientHello, or keep a
+        // server's side of a refused connection open; the kernel sends its own resets and
+        // time-wait ACKs from a raw control socket, so this comes before the check below).
+        count(counters::PASS_TLS_BARE);
+        return TLS_PASS;
+    }
     if raw_socket(&ctx) {
-        // A raw or packet socket of this host: it could drive the state with segments its own
-        // TCP stack never sends (fail-closed).
+        // A raw or packet socket of this host: it could drive the state with SYNs and payload
+        // its own TCP stack never sends (fail-closed).
         return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN);
     }
-    let flags = s.seg.tcp_flags;
     let mut seq = s.seg.seq;
-    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    if syn {
+        // A socket reused for a new connection (`connect(AF_UNSPEC)` keeps its cookie) is
+        // admitted again only by this connection's ClientHello.
+        crate::forget_socket(&ctx);
         open(&key, seq, now);
         count(counters::PASS_LEARNED);
         if s.seg.payload_len == 0 {
@@ -124,11 +136,6 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         }
         // TCP Fast Open: the SYN's data is the stream's first bytes (sequence number ISN + 1).
         seq = seq.wrapping_add(1);
-    } else if s.seg.payload_len == 0 {
-        // ACK, FIN, RST: they carry no byte a server acts on (fail-open by design: dropping
-        // them would only stall the handshake egress needs to see the ClientHello).
-        count(counters::PASS_TLS_BARE);
-        return TLS_PASS;
     }
     let Some(flow) = TLS_PENDING.get_ptr_mut(&key) else {
         // Payload on a connection egress never saw open (state evicted, connection older than
@@ -166,9 +173,11 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
     let skip = match tls::admit(f.base, f.next, seq, s.seg.payload_len) {
         Segment::Gap => {
             count(counters::TLS_GAP);
-            if audit(cfg) {
-                // Audit admits what it cannot judge rather than stall it.
-                admit(&ctx, &key, now);
+            if crate::tls_audit(cfg) {
+                // Audit lets through what it cannot judge rather than stall it: the flow, not
+                // the socket (nothing admitted it).
+                let _ = TLS_PENDING.remove(&key);
+                let _ = FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0);
                 return TLS_PASS;
             }
             return TLS_DROP;
@@ -308,12 +317,6 @@ fn open(key: &FlowKey, isn: u32, now: u64) {
     let _ = TLS_PARTIAL.remove(key);
 }
 
-/// Whether audit lets through what the judgment would drop.
-#[inline(always)]
-fn audit(cfg: &Config) -> bool {
-    cfg.mode == mode::AUDIT || cfg.sni() == tls_mode::AUDIT
-}
-
 /// The connection is admitted: its flow is recorded and its socket (local traffic) too, so it
 /// survives the loss of its flow as other admitted connections do.
 #[inline(always)]
@@ -338,7 +341,7 @@ fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32
         s.event.name_len = 0;
     }
     count(counter);
-    if audit(cfg) {
+    if crate::tls_audit(cfg) {
         report(cfg, s, why, action::AUDITED);
         count(counters::AUDIT_DENIED);
         let _ = TLS_PENDING.remove(&key);
@@ -358,7 +361,7 @@ fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32
 fn refuse(cfg: &Config, s: &mut TlsScratch, why: u8, counter: u32) -> i32 {
     s.event.name_len = 0;
     count(counter);
-    if audit(cfg) {
+    if crate::tls_audit(cfg) {
         report(cfg, s, why, action::AUDITED);
         count(counters::AUDIT_DENIED);
         return TLS_PASS;

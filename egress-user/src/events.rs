@@ -137,10 +137,19 @@ fn record(
     let dst = destination(ev);
     let name = dst.and_then(|d| dp.answer_name(d));
     // A denied server name is what `egress suggest` proposes, not the allowed name whose
-    // address it shares.
+    // address it shares; a TLS connection refused for anything else (no name, not TLS, QUIC)
+    // is recorded under its address, whose name is already allowed (a CIDR is the remedy).
+    let by_address = matches!(
+        ev.reason,
+        reason::TLS_NO_SNI
+            | reason::TLS_NOT_HELLO
+            | reason::TLS_MALFORMED
+            | reason::TLS_UNKNOWN
+            | reason::QUIC
+    );
     if let Some(key) = sni
         .clone()
-        .or_else(|| name.clone())
+        .or_else(|| name.clone().filter(|_| !by_address))
         .or_else(|| dst.map(|d| d.to_string()))
         && !dp.record_denied(&key, ev.dport(), ev.proto, audited, sni.is_some())
     {

@@ -277,7 +277,31 @@ struct RawTls {
     #[serde(default)]
     quic: Quic,
     #[serde(default)]
-    ports: Option<Ports>,
+    ports: Option<TlsPorts>,
+}
+
+/// `tls.ports`: distinct ports (each must also be enforced, checked once both are read); an
+/// empty list judges no port by server name.
+struct TlsPorts(Vec<u16>);
+
+impl<'de> Deserialize<'de> for TlsPorts {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ports = Vec::<u64>::deserialize(d)?;
+        let mut seen = BTreeSet::new();
+        for &p in &ports {
+            if p == 0 || p > u64::from(u16::MAX) {
+                return Err(de::Error::custom(format!(
+                    "tls.ports: port {p} is out of range: ports are 1 to 65535"
+                )));
+            }
+            if !seen.insert(p) {
+                return Err(de::Error::custom(format!(
+                    "tls.ports: port {p} is listed twice"
+                )));
+            }
+        }
+        Ok(TlsPorts(ports.into_iter().map(|p| p as u16).collect()))
+    }
 }
 
 impl<'de> Deserialize<'de> for Quic {

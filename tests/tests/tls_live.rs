@@ -230,6 +230,10 @@ fn another_name_on_an_allowed_address_is_dropped_by_its_server_name() {
         suggested.contains("\"mirror.test\"  # ") && suggested.contains("TLS server name"),
         "{suggested}"
     );
+    // The refusals without a name (a bare address, -noservername) are recorded under the
+    // address, not under cgr.dev, which is allowed already.
+    assert!(!suggested.contains("\"cgr.dev\""), "{suggested}");
+    assert!(suggested.contains(&format!("{WEB_CGR}/32")), "{suggested}");
 }
 
 #[test]

@@ -452,3 +452,30 @@ fn ip_first_fragments_cannot_be_judged() {
     assert_eq!(h.egress(&p6.build()), DROP);
     assert_eq!(h.counter(counters::DENY_TLS_MALFORMED), 2);
 }
+
+#[test]
+fn a_packet_without_ports_to_a_learned_address_passes_only_by_static_cidr_or_audit() {
+    let tiny = |dst: &str| {
+        // A first fragment too short for the TCP header: the ports are unknown.
+        let mut p = Packet::tcp(ip(CLIENT_V4), ip(dst), 443);
+        p.transport_len = Some(8);
+        p.more_fragments = true;
+        p.build()
+    };
+    let h = harness("");
+    assert_eq!(
+        h.egress(&tiny(LEARNED)),
+        DROP,
+        "learned: it cannot carry a judged ClientHello"
+    );
+    assert_eq!(h.egress(&tiny(ALLOWED_V4)), PASS, "static");
+    let h = harness("tls:\n  sni: audit\n");
+    assert_eq!(
+        h.egress(&tiny(LEARNED)),
+        PASS,
+        "tls.sni: audit reports it and lets it through"
+    );
+    assert_eq!(h.counter(counters::AUDIT_DENIED), 1);
+    let h = harness("tls:\n  sni: off\n");
+    assert_eq!(h.egress(&tiny(LEARNED)), PASS, "by address");
+}

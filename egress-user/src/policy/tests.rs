@@ -258,3 +258,48 @@ fn durations_below_a_second_are_rejected_where_they_stand() {
     let p = ok("allow:\n  names: [cgr.dev]\ndns:\n  min_ttl: 2000ms\n");
     assert_eq!(p.dns.min_ttl, Duration::from_secs(2));
 }
+
+#[test]
+fn the_tls_section_defaults_to_enforce_deny_and_443_when_enforced() {
+    let p = ok("allow: {}\n");
+    assert_eq!(
+        p.tls,
+        Tls {
+            sni: Sni::Enforce,
+            quic: Quic::Deny,
+            ports: vec![443]
+        }
+    );
+    assert!(
+        ok("ports: [8443]\n").tls.ports.is_empty(),
+        "443 not enforced"
+    );
+    let p = ok("ports: [443, 8443]\ntls:\n  sni: audit\n  quic: address\n  ports: [8443, 443]\n");
+    assert_eq!((p.tls.sni, p.tls.quic), (Sni::Audit, Quic::Address));
+    assert_eq!(p.tls.ports, vec![443, 8443]);
+    assert!(
+        ok("tls:\n  ports: []\n").tls.ports.is_empty(),
+        "an empty list judges no port"
+    );
+    assert_eq!(ok("tls:\n  sni: off\n").tls.sni, Sni::Off);
+}
+
+#[test]
+fn tls_errors_name_where_they_stand() {
+    let e = err("ports: [443]\nallow: {}\ntls:\n  ports: [443, 8443]\n");
+    assert!(
+        e.starts_with("p.yaml:3:1: tls.ports lists 8443, which is not an enforced port"),
+        "{e}"
+    );
+    let e = err("tls:\n  quic: verify\n");
+    assert!(
+        e.starts_with("p.yaml:2:") && e.contains("not implemented"),
+        "{e}"
+    );
+    let e = err("tls:\n  sni: strict\n");
+    assert!(e.starts_with("p.yaml:2:"), "{e}");
+    let e = err("tls:\n  ports: [443, 443]\n");
+    assert!(e.contains("listed twice"), "{e}");
+    let e = err("tls:\n  snii: off\n");
+    assert!(e.contains("snii"), "{e}");
+}
