@@ -29,7 +29,7 @@ const ALLOWED: bool = true;
 const DROPPED: bool = false;
 
 enum Try {
-    Curl(&'static str),
+    Curl(&'static str, &'static [&'static str]),
     Tcp(&'static str, u16),
     Udp(&'static str, u16),
 }
@@ -55,42 +55,60 @@ fn main() -> anyhow::Result<()> {
     println!(
         "== agent ready; the client uses curl and its system resolver, as any program would\n"
     );
-    println!("{:<44} {:<9} detail", "attempt", "verdict");
+    println!("{:<60} {:<9} detail", "attempt", "verdict");
     // Each attempt with the verdict the demo expects; a different outcome is printed as a
     // mismatch and fails the demo, so it never shows a verdict that contradicts its reason.
     let attempts = [
         (
-            Try::Curl("https://cgr.dev/"),
+            Try::Curl("https://cgr.dev/", &[]),
             ALLOWED,
             "name in the policy: learned from the DNS answer",
         ),
         (
-            Try::Curl("https://packages.wolfi.dev/"),
+            Try::Curl("https://packages.wolfi.dev/", &[]),
             ALLOWED,
             "CNAME chain across two zones",
         ),
         (
-            Try::Curl("https://acct.r2.cloudflarestorage.com/"),
+            Try::Curl("https://acct.r2.cloudflarestorage.com/", &[]),
             ALLOWED,
             "matches *.r2.cloudflarestorage.com",
         ),
         (
-            Try::Curl("https://r2.cloudflarestorage.com/"),
+            Try::Curl("https://r2.cloudflarestorage.com/", &[]),
             DROPPED,
             "the apex: *. covers names below only",
         ),
         (
-            Try::Curl("https://denied.test/"),
+            Try::Curl("https://denied.test/", &[]),
             DROPPED,
             "name not in the policy",
         ),
         (
-            Try::Curl("https://198.18.0.13/"),
+            Try::Curl("https://mirror.test/", &[]),
+            DROPPED,
+            "resolves to cgr.dev's address: its TLS server name is not in the policy",
+        ),
+        (
+            Try::Curl(
+                "https://mirror.test/",
+                &["--resolve", "mirror.test:443:198.18.0.10"],
+            ),
+            DROPPED,
+            "forced onto cgr.dev's address: dropped by its TLS server name",
+        ),
+        (
+            Try::Curl("https://198.18.0.10/", &[]),
+            DROPPED,
+            "cgr.dev's address without a server name",
+        ),
+        (
+            Try::Curl("https://198.18.0.13/", &[]),
             DROPPED,
             "bare IP, never resolved from an allowed name",
         ),
         (
-            Try::Curl("https://198.18.0.2/"),
+            Try::Curl("https://198.18.0.2/", &[]),
             ALLOWED,
             "static CIDR 198.18.0.2/32",
         ),
@@ -109,9 +127,12 @@ fn main() -> anyhow::Result<()> {
         }
         let start = Instant::now();
         let (shown, ok) = match attempt {
-            Try::Curl(url) => (
-                format!("curl {url}"),
-                world.curl(url, &[], Duration::from_secs(2)).is_some(),
+            Try::Curl(url, args) => (
+                format!(
+                    "curl {}{url}",
+                    args.iter().map(|a| format!("{a} ")).collect::<String>()
+                ),
+                world.curl(url, args, Duration::from_secs(2)).is_some(),
             ),
             Try::Tcp(ip, port) => (
                 format!("tcp connect {ip}:{port}"),
@@ -137,7 +158,7 @@ fn main() -> anyhow::Result<()> {
             mismatches.push(shown.clone());
             "   <-- MISMATCH: expected the opposite"
         };
-        println!("{shown:<44} {verdict:<9} {detail}{flag}");
+        println!("{shown:<60} {verdict:<9} {detail}{flag}");
     }
     if !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(300));
