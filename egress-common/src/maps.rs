@@ -437,6 +437,8 @@ pub struct TlsScratch {
     pub labels: crate::dns::Labels,
     pub seg: TlsSegment,
     pub hello: crate::tls::Hello,
+    /// What [`FlowValue::rule`] records for the connection being admitted.
+    pub admitted_by: u64,
     pub event: TlsDenyEvent,
 }
 
@@ -879,6 +881,21 @@ pub struct FlowValue {
     /// `CLOCK_BOOTTIME` ns of the last packet (refreshed at most once per
     /// [`FLOW_TOUCH_INTERVAL_NS`] to keep the known-flow path read-mostly).
     pub last_seen_ns: u64,
+    /// The name that admitted the flow, for a connection admitted by its TLS server name: the
+    /// hash of the policy name, or of the wildcard's suffix, that matched. 0 for a flow
+    /// admitted by its address.
+    pub rule: u64,
+}
+
+impl FlowValue {
+    /// A flow admitted by its address.
+    #[inline(always)]
+    pub const fn by_address(now_ns: u64) -> Self {
+        Self {
+            last_seen_ns: now_ns,
+            rule: 0,
+        }
+    }
 }
 
 /// How stale `FlowValue::last_seen_ns` may get before a packet refreshes it.
@@ -1116,7 +1133,7 @@ const _: () = assert!(size_of::<AnswerValue>() == NAME_BYTES + 8 + 2 + 1 + 5);
 const _: () = assert!(size_of::<NameKey>() == NAME_BYTES);
 const _: () = assert!(size_of::<DeniedValue>() == 8 * 3 + 2 + 1 + 1 + 1 + 3);
 const _: () = assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
-const _: () = assert!(size_of::<FlowValue>() == 8);
+const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<RateState>() == 16);
 const _: () = assert!(size_of::<DenyEvent>() == 8 + 16 + 2 + 1 + 1 + 1 + 1 + 2);
 

@@ -323,10 +323,7 @@ fn enforce(
             return deny(cfg, Some((p, proto, dport)), reason::NOT_ALLOWED);
         }
     };
-    if flows
-        .insert(&key, &FlowValue { last_seen_ns: now }, 0)
-        .is_err()
-    {
+    if flows.insert(&key, &FlowValue::by_address(now), 0).is_err() {
         // The packet still passes: its destination is allowed right now.
         count(counters::FLOW_INSERT_FAILED);
     }

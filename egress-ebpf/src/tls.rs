@@ -105,7 +105,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             return refuse(cfg, s, reason::QUIC, counters::DENY_QUIC);
         }
         // `tls.quic: address`: judged by the address alone, as without `tls`.
-        let _ = FLOWS_UDP.insert(&key, &FlowValue { last_seen_ns: now }, 0);
+        let _ = FLOWS_UDP.insert(&key, &FlowValue::by_address(now), 0);
         count(counters::PASS_LEARNED);
         return TLS_PASS;
     }
@@ -145,7 +145,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             && crate::admitted(&ctx)
             && !crate::revoked(&key.daddr)
         {
-            let _ = FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0);
+            let _ = FLOWS.insert(&key, &FlowValue::by_address(now), 0);
             count(counters::PASS_SOCKET);
             return TLS_PASS;
         }
@@ -177,7 +177,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
                 // Audit lets through what it cannot judge rather than stall it: the flow, not
                 // the socket (nothing admitted it).
                 let _ = TLS_PENDING.remove(&key);
-                let _ = FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0);
+                let _ = FLOWS.insert(&key, &FlowValue::by_address(now), 0);
                 return TLS_PASS;
             }
             return TLS_DROP;
@@ -273,7 +273,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             if held > 0 {
                 let _ = TLS_PARTIAL.remove(&key);
             }
-            admit(&ctx, &key, now);
+            admit(&ctx, &key, now, s.admitted_by);
             count(counters::PASS_TLS_SNI);
             TLS_PASS
         }
@@ -320,12 +320,13 @@ fn open(key: &FlowKey, isn: u32, now: u64) {
 /// The connection is admitted: its flow is recorded and its socket (local traffic) too, so it
 /// survives the loss of its flow as other admitted connections do.
 #[inline(always)]
-fn admit(ctx: &TcContext, key: &FlowKey, now: u64) {
+fn admit(ctx: &TcContext, key: &FlowKey, now: u64, rule: u64) {
     let _ = TLS_PENDING.remove(key);
-    if FLOWS
-        .insert(key, &FlowValue { last_seen_ns: now }, 0)
-        .is_err()
-    {
+    let flow = FlowValue {
+        last_seen_ns: now,
+        rule,
+    };
+    if FLOWS.insert(key, &flow, 0).is_err() {
         count(counters::FLOW_INSERT_FAILED);
     }
     crate::admit_socket(ctx, now);
@@ -345,7 +346,7 @@ fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32
         report(cfg, s, why, action::AUDITED);
         count(counters::AUDIT_DENIED);
         let _ = TLS_PENDING.remove(&key);
-        let _ = FLOWS.insert(&key, &FlowValue { last_seen_ns: now }, 0);
+        let _ = FLOWS.insert(&key, &FlowValue::by_address(now), 0);
         return TLS_PASS;
     }
     f.state = tls_state::DENIED;
@@ -524,7 +525,14 @@ pub(crate) extern "C" fn tls_hash(wire: u32) -> i32 {
         &mut s.labels,
         |h| policy::wild_name(cfg, h),
     ) {
-        Ok(q) if q.suffix_matched || policy::policy_name(cfg, q.full) => NAME_ALLOWED,
+        Ok(q) if q.suffix_matched => {
+            s.admitted_by = q.suffix;
+            NAME_ALLOWED
+        }
+        Ok(q) if policy::policy_name(cfg, q.full) => {
+            s.admitted_by = q.full;
+            NAME_ALLOWED
+        }
         Ok(_) => NAME_DENIED,
         Err(_) => -1,
     }

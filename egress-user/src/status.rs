@@ -47,6 +47,9 @@ pub struct Status {
     pub learned_by_name: Vec<NameStatus>,
     pub learned: Vec<LearnedStatus>,
     pub flows: usize,
+    /// Flows admitted by a TLS server name, by the policy name or wildcard that matched (as far
+    /// as the answers on record name it), most first.
+    pub flows_by_name: Vec<(String, usize)>,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -188,6 +191,7 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
         learned_by_name,
         learned,
         flows: dp.flows().map_err(read)?.len(),
+        flows_by_name: flows_by_name(&dp, &cfg).map_err(read)?,
         counters: counters::NAMES.iter().copied().zip(counts).collect(),
     })
 }
@@ -233,6 +237,14 @@ pub fn render(s: &Status) -> String {
         s.names.exact, s.names.wildcard_suffixes, s.names.cname_targets
     );
     let _ = writeln!(o, "flows:      {}", s.flows);
+    if !s.flows_by_name.is_empty() {
+        let by: Vec<String> = s
+            .flows_by_name
+            .iter()
+            .map(|(n, c)| format!("{n} {c}"))
+            .collect();
+        let _ = writeln!(o, "  admitted by TLS server name: {}", by.join(", "));
+    }
     let _ = writeln!(o, "static CIDRs ({}):", s.static_cidrs.len());
     for c in &s.static_cidrs {
         let _ = writeln!(o, "  {c}");
@@ -263,4 +275,49 @@ pub fn render(s: &Status) -> String {
         let _ = writeln!(o, "  {name:<20} {v}");
     }
     o
+}
+
+/// Counts the flows admitted by a TLS server name under the policy name or wildcard that
+/// admitted them (`FlowValue::rule`). The kernel keeps only the rule's hash: it is named from
+/// the answers on record (each answered name and its suffixes, hashed with the maps' key), and
+/// shown as its hash when no answer names it.
+fn flows_by_name(
+    dp: &Datapath,
+    cfg: &egress_common::maps::Config,
+) -> Result<Vec<(String, usize)>, DatapathError> {
+    let mut counts: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    for (_, v) in dp.flows()? {
+        if v.rule != 0 {
+            *counts.entry(v.rule).or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    for a in dp.answers()? {
+        let lower = a.name.trim_end_matches('.').to_ascii_lowercase();
+        let (full, suffixes) = egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, &lower);
+        names.entry(full).or_insert_with(|| lower.clone());
+        let labels: Vec<&str> = lower.split('.').collect();
+        for (i, h) in suffixes.as_slice().iter().enumerate() {
+            names
+                .entry(*h)
+                .or_insert_with(|| format!("*.{}", labels[i + 1..].join(".")));
+        }
+    }
+    let mut out: Vec<(String, usize)> = counts
+        .into_iter()
+        .map(|(h, n)| {
+            (
+                names
+                    .get(&h)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{h:#018x}")),
+                n,
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
 }

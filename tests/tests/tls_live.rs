@@ -225,6 +225,10 @@ fn another_name_on_an_allowed_address_is_dropped_by_its_server_name() {
         status.contains("denied TLS server names:\n  mirror.test"),
         "{status}"
     );
+    assert!(
+        status.contains("admitted by TLS server name: cgr.dev "),
+        "{status}"
+    );
     let suggested = run_egress(&["suggest"], &pins);
     assert!(
         suggested.contains("\"mirror.test\"  # ") && suggested.contains("TLS server name"),

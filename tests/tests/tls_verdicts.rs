@@ -134,6 +134,15 @@ fn a_whole_client_hello_naming_an_allowed_server_admits_the_connection() {
     let c6 = Conn::open(&h, LEARNED_V6, 40_200);
     assert_eq!(c6.data(0, &hello("cgr.dev")), PASS, "IPv6");
     assert_eq!(h.counter(counters::PASS_TLS_SNI), 5);
+    // Each flow remembers the policy name, or the wildcard's suffix, that admitted it.
+    let cfg = h.dp.config().unwrap();
+    let hash = |n: &str| egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, n).0;
+    let mut rules: Vec<u64> = h.dp.flows().unwrap().iter().map(|(_, v)| v.rule).collect();
+    rules.sort_unstable();
+    let mut want = vec![hash("cgr.dev"), hash("cgr.dev"), hash("cgr.dev")];
+    want.extend([hash("example.org"), hash("example.org")]);
+    want.sort_unstable();
+    assert_eq!(rules, want);
 }
 
 #[test]
