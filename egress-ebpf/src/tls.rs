@@ -21,10 +21,7 @@ use aya_ebpf::{
 };
 use egress_common::{
     counters, dns,
-    maps::{
-        Config, FlowKey, FlowValue, TlsFlow, TlsScratch, action, quic_mode, reason, tls_mode,
-        tls_state,
-    },
+    maps::{Config, FlowKey, FlowValue, TlsFlow, TlsScratch, action, quic_mode, reason, tls_state},
     mode,
     packet::{IPPROTO_TCP, IPPROTO_UDP, IpPacket, TCP_ACK, TCP_DOFF_OFF, TCP_SEQ_OFF, TCP_SYN},
     tls::{self, Segment, TlsError, hello_flag},
