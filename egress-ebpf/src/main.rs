@@ -339,21 +339,28 @@ const HANDSHAKE_DONE: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9)
 /// traffic (pods behind a bridge or veth) carries no socket here.
 #[inline(always)]
 pub(crate) fn local_established(ctx: &TcContext) -> bool {
+    let Some(full) = full_socket(ctx) else {
+        return false;
+    };
+    // SAFETY: a full socket the helper returned; its fields are readable.
+    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
+    protocol == u32::from(IPPROTO_TCP) && state < 32 && HANDSHAKE_DONE & (1 << state) != 0
+}
+
+/// The packet's full socket: `None` for forwarded traffic (no socket) and for request and
+/// time-wait sockets (the kernel's own TCP).
+#[inline(always)]
+pub(crate) fn full_socket(ctx: &TcContext) -> Option<*mut aya_ebpf::bindings::bpf_sock> {
     // SAFETY: reading the context's `sk` field, which the verifier types as a nullable socket
     // pointer; it is only passed to the helper below after the null check.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return false;
+        return None;
     }
     // SAFETY: a non-null socket pointer from the context ("R1 type=sock_common_or_null
     // expected=sock_common" without the check above).
     let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        return false;
-    }
-    // SAFETY: a full socket the helper returned; its fields are readable.
-    let (protocol, state) = unsafe { ((*full).protocol, (*full).state) };
-    protocol == u32::from(IPPROTO_TCP) && state < 32 && HANDSHAKE_DONE & (1 << state) != 0
+    (!full.is_null()).then_some(full)
 }
 
 /// Records the sending socket of an allowed SYN (local traffic only: forwarded packets carry no

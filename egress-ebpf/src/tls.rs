@@ -14,11 +14,7 @@
 //! Every path ends in an explicit verdict: fail-closed wherever the bytes the server would
 //! read cannot be judged.
 
-use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::{bpf_sk_fullsock, bpf_skb_load_bytes},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcContext};
 use egress_common::{
     counters, dns,
     maps::{Config, FlowKey, FlowValue, TlsFlow, TlsScratch, action, quic_mode, reason, tls_state},
@@ -158,14 +154,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         return TLS_DROP;
     }
     if s.seg.unjudgeable != 0 {
-        return deny(
-            cfg,
-            s,
-            f,
-            reason::TLS_MALFORMED,
-            counters::DENY_TLS_MALFORMED,
-            now,
-        );
+        return malformed(cfg, s, f, now);
     }
     let skip = match tls::admit(f.base, f.next, seq, s.seg.payload_len) {
         Segment::Gap => {
@@ -188,26 +177,12 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
     let held = f.next.wrapping_sub(f.base) as usize;
     if held > 0 && !restore(&key, s, held) {
         count(counters::TLS_PARTIAL_LOST);
-        return deny(
-            cfg,
-            s,
-            f,
-            reason::TLS_MALFORMED,
-            counters::DENY_TLS_MALFORMED,
-            now,
-        );
+        return malformed(cfg, s, f, now);
     }
     let fresh = (s.seg.payload_len - skip) as usize;
     let n = fresh.min(tls::BUF - held);
     if n == 0 || !load(&ctx, s, s.seg.payload_off + skip, held, n) {
-        return deny(
-            cfg,
-            s,
-            f,
-            reason::TLS_MALFORMED,
-            counters::DENY_TLS_MALFORMED,
-            now,
-        );
+        return malformed(cfg, s, f, now);
     }
     let total = held + n;
     match tls_parse(total as u32) {
@@ -217,14 +192,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             s.held.len = total as u32;
             if TLS_PARTIAL.insert(&key, &s.held, 0).is_err() {
                 count(counters::TLS_PARTIAL_LOST);
-                return deny(
-                    cfg,
-                    s,
-                    f,
-                    reason::TLS_MALFORMED,
-                    counters::DENY_TLS_MALFORMED,
-                    now,
-                );
+                return malformed(cfg, s, f, now);
             }
             f.next = f.base.wrapping_add(total as u32);
             f.state = tls_state::PARTIAL;
@@ -252,14 +220,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             );
         }
         _ => {
-            return deny(
-                cfg,
-                s,
-                f,
-                reason::TLS_MALFORMED,
-                counters::DENY_TLS_MALFORMED,
-                now,
-            );
+            return malformed(cfg, s, f, now);
         }
     }
     match tls_name() {
@@ -275,14 +236,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             TLS_PASS
         }
         NAME_DENIED => deny(cfg, s, f, reason::TLS_SNI, counters::DENY_TLS_SNI, now),
-        _ => deny(
-            cfg,
-            s,
-            f,
-            reason::TLS_MALFORMED,
-            counters::DENY_TLS_MALFORMED,
-            now,
-        ),
+        _ => malformed(cfg, s, f, now),
     }
 }
 
@@ -351,6 +305,19 @@ fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32
     report(cfg, s, why, action::DROPPED);
     count(counters::DROP_DENIED);
     TLS_DROP
+}
+
+/// [`deny`] for a ClientHello, or a segment of one, that cannot be judged.
+#[inline(always)]
+fn malformed(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, now: u64) -> i32 {
+    deny(
+        cfg,
+        s,
+        f,
+        reason::TLS_MALFORMED,
+        counters::DENY_TLS_MALFORMED,
+        now,
+    )
 }
 
 /// Denies a packet of a connection with no judgment state (QUIC, unknown connections, raw
@@ -540,19 +507,9 @@ pub(crate) extern "C" fn tls_hash(wire: u32) -> i32 {
 /// sends. Forwarded traffic carries no socket; `BPF_PROG_TEST_RUN` a dummy one of neither kind.
 #[inline(always)]
 fn raw_socket(ctx: &TcContext) -> bool {
-    // SAFETY: reading the context's `sk` field (a nullable socket pointer) only to test it and
-    // pass it to the helper.
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
+    let Some(full) = crate::full_socket(ctx) else {
         return false;
-    }
-    // SAFETY: a non-null socket pointer from the context ("R1 type=sock_common_or_null
-    // expected=sock_common" without the check above).
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        // A request or time-wait socket: the kernel's own TCP.
-        return false;
-    }
+    };
     // SAFETY: a full socket the helper returned.
     let (family, kind) = unsafe { ((*full).family, (*full).type_) };
     // include/linux/socket.h and include/linux/net.h.

@@ -63,6 +63,21 @@ pub fn egress(ns: Option<&NetNs>, args: &[&std::ffi::OsStr]) -> std::process::Ou
     cmd.args(args).output().expect("run egress")
 }
 
+/// Runs `egress ARGS --pin-dir PINS` outside any namespace, expects success, and returns its
+/// standard output.
+pub fn egress_ok_at(args: &[&str], pins: &TestPins) -> String {
+    let mut full: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    full.push(std::ffi::OsStr::new("--pin-dir"));
+    full.push(pins.path().as_os_str());
+    let out = egress(None, &full);
+    assert!(
+        out.status.success(),
+        "egress {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A unique pin directory under `/sys/fs/bpf`, removed (with everything in it) on drop.
 pub struct TestPins {
     pub pins: PinDir,

@@ -17,16 +17,7 @@ use egress_tests::{
 const MAX: Duration = Duration::from_secs(3);
 
 fn run_egress(args: &[&str], pins: &TestPins) -> String {
-    let mut full: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    full.push(OsStr::new("--pin-dir"));
-    full.push(pins.path().as_os_str());
-    let out = egress(None, &full);
-    assert!(
-        out.status.success(),
-        "egress {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    egress_tests::egress_ok_at(args, pins)
 }
 
 /// The value of one Prometheus sample, e.g. `egress_reloads_total`.

@@ -3,7 +3,6 @@
 //! the real agent on its NIC. A denied name is proved denied by the server never answering.
 
 use std::{
-    ffi::OsStr,
     io::{Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
     process::Command,
@@ -12,7 +11,7 @@ use std::{
 
 use egress_common::{counters, testing::ClientHello};
 use egress_tests::{
-    Agent, TestPins, egress, ip,
+    Agent, TestPins, ip,
     live::{WEB_CGR, WEB_CGR_V6, World, WorldOptions, policy},
     sh, wait_for,
 };
@@ -43,16 +42,7 @@ fn resolve_to_cgr(name: &str) -> String {
 }
 
 fn run_egress(args: &[&str], pins: &TestPins) -> String {
-    let mut full: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    full.push(OsStr::new("--pin-dir"));
-    full.push(pins.path().as_os_str());
-    let out = egress(None, &full);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    egress_tests::egress_ok_at(args, pins)
 }
 
 /// `openssl s_client` from the client namespace: whether the TLS handshake completed.
