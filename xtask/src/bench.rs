@@ -54,8 +54,9 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
             &std::fs::read_to_string(root.join("results.json"))
                 .context("no bench/results.json: run `cargo xtask bench` first")?,
         )?;
-        std::fs::write(root.join("REPORT.md"), report(&results))?;
-        eprintln!("bench: rewrote bench/REPORT.md from bench/results.json");
+        let figures = crate::plots::write_all(&root, &results)?;
+        std::fs::write(root.join("REPORT.md"), report(&results, &figures))?;
+        eprintln!("bench: rewrote bench/REPORT.md and its figures from bench/results.json");
         return Ok(());
     }
     setup::run(&opts.setup)?;
@@ -153,8 +154,9 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         root.join("results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
     )?;
-    std::fs::write(root.join("REPORT.md"), report(&results))?;
-    eprintln!("bench: wrote bench/REPORT.md and bench/results.json");
+    let figures = crate::plots::write_all(&root, &results)?;
+    std::fs::write(root.join("REPORT.md"), report(&results, &figures))?;
+    eprintln!("bench: wrote bench/REPORT.md, its figures and bench/results.json");
     Ok(())
 }
 
@@ -208,8 +210,14 @@ fn range(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
         .fold((f64::NAN, f64::NAN), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
-fn report(r: &Value) -> String {
+/// The report; `figures` are the SVGs [`crate::plots::write_all`] drew, by section.
+fn report(r: &Value, figures: &[(&str, String)]) -> String {
     let mut o = String::new();
+    let figure = |o: &mut String, section: &str| {
+        for (_, md) in figures.iter().filter(|(s, _)| *s == section) {
+            let _ = writeln!(o, "{md}\n");
+        }
+    };
     let m = &r["machine"];
     let _ = writeln!(
         o,
@@ -218,8 +226,11 @@ fn report(r: &Value) -> String {
         text(&m["cpus"])
     );
     per_packet(&mut o, r);
+    figure(&mut o, "per_packet");
     learning(&mut o, r);
+    figure(&mut o, "learning");
     throughput(&mut o, r);
+    figure(&mut o, "throughput");
     let race = &r["race"];
     let slow = race["slow"].as_u64();
     let _ = writeln!(
@@ -238,6 +249,7 @@ fn report(r: &Value) -> String {
         text(&race["p99_us"]),
         text(&race["max_us"])
     );
+    figure(&mut o, "race");
     let c = &r["control"];
     let load = f(&c["load_s"]);
     let _ = writeln!(

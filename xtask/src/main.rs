@@ -5,6 +5,7 @@ mod demo;
 mod fuzz;
 mod image;
 mod lint;
+mod plots;
 mod run;
 mod setup;
 mod test;

@@ -16,6 +16,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Every percentile of `v`, 0 to 100, comma-separated (the report's CDF).
+fn quantiles(v: &[u64]) -> String {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    (0..=100)
+        .map(|p| {
+            v.get(((v.len() as f64 - 1.0) * f64::from(p) / 100.0) as usize)
+                .copied()
+                .unwrap_or(0)
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
     v.sort_unstable();
     let pct = |p: f64| {
@@ -66,10 +81,11 @@ fn main() {
         }
     }
     let connected = connect_us.len();
+    let cdf = quantiles(&connect_us);
     let (p50, p99, max) = percentiles(connect_us);
     let (r50, r99, rmax) = percentiles(resolve_us);
     println!(
-        "{{\"count\":{count},\"connected\":{connected},\"slow\":{slow},\"failed\":{failed},\"unresolved\":{unresolved},\"wrong_address\":{wrong},\"threshold_ms\":{},\"p50_us\":{p50},\"p99_us\":{p99},\"max_us\":{max},\"resolve_p50_us\":{r50},\"resolve_p99_us\":{r99},\"resolve_max_us\":{rmax},\"seconds\":{:.2}}}",
+        "{{\"connect_cdf_us\":[{cdf}],\"count\":{count},\"connected\":{connected},\"slow\":{slow},\"failed\":{failed},\"unresolved\":{unresolved},\"wrong_address\":{wrong},\"threshold_ms\":{},\"p50_us\":{p50},\"p99_us\":{p99},\"max_us\":{max},\"resolve_p50_us\":{r50},\"resolve_p99_us\":{r99},\"resolve_max_us\":{rmax},\"seconds\":{:.2}}}",
         threshold.as_millis(),
         started.elapsed().as_secs_f64()
     );
