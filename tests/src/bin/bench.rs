@@ -3,7 +3,7 @@
 //! prefixes. Prints one JSON document (the `cargo xtask bench` report is built from it).
 //!
 //! Usage: egress-bench packet [REPEAT] [DNS_ANSWERS] | race COUNT | iperf SECONDS ROUNDS [nft]
-//!        | control | scrape | classic COUNT
+//!        | pps SECONDS ROUNDS | control | scrape | classic COUNT
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -166,6 +166,7 @@ fn main() {
             },
         ),
         Some("classic") => side_by_side(arg(2, 10_000)),
+        Some("pps") => pps(arg(2, 3), arg(3, 3)),
         Some("control") => control(),
         Some("scrape") => scrape(arg(2, SCRAPE_LEARNED as u64) as u32),
         _ => packet(arg(2, 1_000_000) as u32, arg(3, 20_000) as usize),
@@ -258,6 +259,7 @@ fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
                 .expect("iperf3 server");
             std::thread::sleep(std::time::Duration::from_millis(300));
             let secs = seconds.to_string();
+            let stats = BpfStats::start();
             let out = egress_tests::sh(&[
                 "ip",
                 "netns",
@@ -273,6 +275,7 @@ fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
                 &secs,
             ])
             .expect("iperf3 client");
+            let bpf = stats.finish(seconds);
             let _ = server.wait();
             let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
             assert!(v["error"].is_null(), "iperf3 failed: {}", v["error"]);
@@ -300,7 +303,7 @@ fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
                     "the nftables set lost its element"
                 );
             }
-            runs.push(json!({"round": round, "position": position, "agent": with_agent, "gbit_per_s": bps / 1e9}));
+            runs.push(json!({"round": round, "position": position, "agent": with_agent, "gbit_per_s": bps / 1e9, "bpf": bpf}));
             drop(agent);
             drop(rules);
         }
@@ -333,6 +336,136 @@ fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
         n => (paired[n / 2 - 1] + paired[n / 2]) / 2.0,
     };
     json!({"runs": runs, "without_gbit_per_s": without, "with_gbit_per_s": with, "ratio": with / without, "median_paired_ratio": median, "paired_ratios": paired, "seconds": seconds, "rounds": rounds})
+}
+
+/// The kernel's own accounting of the egress programs during a run (`kernel.bpf_stats_enabled`):
+/// run time and run count of every loaded program named `egress` or `ingress`, before and after.
+struct BpfStats(std::collections::HashMap<u32, (u64, u64)>, Instant);
+
+impl BpfStats {
+    fn programs() -> std::collections::HashMap<u32, (u64, u64)> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| matches!(p.name_as_str(), Some("egress" | "ingress")))
+            .map(|p| (p.id(), (p.run_time().as_nanos() as u64, p.run_count())))
+            .collect()
+    }
+
+    fn start() -> Self {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("bpf_stats_enabled");
+        Self(Self::programs(), Instant::now())
+    }
+
+    /// The programs' time per run, their runs per second and their share of one CPU over the
+    /// run (`seconds` as the transfer's own length; the wall time measured is reported too).
+    fn finish(self, seconds: u64) -> Value {
+        let after = Self::programs();
+        let wall = self.1.elapsed().as_secs_f64();
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").expect("bpf_stats_enabled");
+        let (mut ns, mut runs) = (0u64, 0u64);
+        for (id, (t, n)) in after {
+            let (t0, n0) = self.0.get(&id).copied().unwrap_or((0, 0));
+            ns += t.saturating_sub(t0);
+            runs += n.saturating_sub(n0);
+        }
+        json!({
+            "run_ns": ns,
+            "runs": runs,
+            "ns_per_run": if runs > 0 { ns as f64 / runs as f64 } else { 0.0 },
+            "cpu_share": ns as f64 / 1e9 / seconds as f64,
+            "wall_s": wall,
+        })
+    }
+}
+
+/// Small packets: 64-byte UDP datagrams to port 443 of an allowed destination at the highest
+/// rate iperf3 sustains here, `seconds` per run, received packets per second with no
+/// enforcement, with egress and with the nftables ruleset of the side-by-side, in each round.
+fn pps(seconds: u64, rounds: u64) -> Value {
+    let topo = Topology::new().expect("topology");
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        for setup in ["none", "egress", "nftables"] {
+            let pins = TestPins::new();
+            let agent = (setup == "egress").then(|| {
+                Agent::start(&topo, &pins, &static_policy("enforce"), &[]).expect("agent")
+            });
+            let rules = (setup == "nftables").then(|| {
+                let r = classic::Rules::install(&topo.client).expect("nftables");
+                r.allow(ALLOWED_V4).expect("nft add element");
+                r
+            });
+            let mut server = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &topo.server.name,
+                    "iperf3",
+                    "-s",
+                    "-1",
+                    "-p",
+                    "443",
+                    "-B",
+                    ALLOWED_V4,
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("iperf3 server");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let secs = seconds.to_string();
+            let stats = BpfStats::start();
+            let out = egress_tests::sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &topo.client.name,
+                "iperf3",
+                "-J",
+                "-u",
+                "-l",
+                "64",
+                "-b",
+                "0",
+                "-c",
+                ALLOWED_V4,
+                "-p",
+                "443",
+                "-t",
+                &secs,
+            ])
+            .expect("iperf3 client");
+            let bpf = stats.finish(seconds);
+            let _ = server.wait();
+            let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
+            assert!(v["error"].is_null(), "iperf3 failed: {}", v["error"]);
+            let sum = &v["end"]["sum"];
+            let sent = sum["packets"].as_f64().unwrap_or(0.0);
+            let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+            let received_pps = (sent - lost) / seconds as f64;
+            assert!(received_pps > 0.0, "no datagram arrived ({setup})");
+            if let Some(agent) = &agent {
+                let c = agent.datapath().counters().expect("counters");
+                assert!(
+                    c[counters::PASS_FLOW as usize] > 0,
+                    "egress passed no datagram as a flow"
+                );
+            }
+            runs.push(json!({"round": round, "setup": setup, "sent_pps": sent / seconds as f64, "received_pps": received_pps, "bpf": bpf}));
+            drop(agent);
+            drop(rules);
+        }
+    }
+    let median = |setup: &str| {
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r["setup"] == setup)
+            .filter_map(|r| r["received_pps"].as_f64())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (none, egress, nft) = (median("none"), median("egress"), median("nftables"));
+    json!({"runs": runs, "seconds": seconds, "rounds": rounds, "median_pps": {"none": none, "egress": egress, "nftables": nft}, "egress_ratio": egress / none, "nftables_ratio": nft / none})
 }
 
 /// Learned addresses in the agent whose memory the control case measures.
