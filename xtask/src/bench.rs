@@ -274,6 +274,29 @@ fn report(r: &Value, figures: &[(&str, String)]) -> String {
         text(&c["learned_addresses"]),
         f(&c["agent_rss_kib"]) / 1024.0
     );
+    let s = &c["scale"];
+    if !s.is_null() {
+        let grow = |k: &str| f(&s[k]) / f(&c[k]);
+        let _ = writeln!(
+            o,
+            "At ten times the names ({} names, the same 10,000 CIDRs): parse {:.0} ms, in the maps {:.0} ms, reload {:.0} ms: {:.1}×, {:.1}× and {:.1}× the 10,000-name figures for 10× the names (linear or better: {}). With {} learned addresses in the agent, `egress status` takes {:.0} ms and `egress suggest` {:.0} ms (a separate process reading the pins).\n",
+            text(&s["names"]),
+            f(&s["parse_s"]) * 1e3,
+            f(&s["load_s"]) * 1e3,
+            f(&s["reload_s"]) * 1e3,
+            grow("parse_s"),
+            grow("load_s"),
+            grow("reload_s"),
+            verdict(
+                ["parse_s", "load_s", "reload_s"]
+                    .iter()
+                    .all(|k| grow(k) <= 12.0)
+            ),
+            text(&c["learned_addresses"]),
+            f(&c["status_s"]) * 1e3,
+            f(&c["suggest_s"]) * 1e3,
+        );
+    }
     scrape(&mut o, &r["scrape"]);
     side_by_side(&mut o, r);
     o

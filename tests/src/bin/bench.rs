@@ -473,10 +473,11 @@ const CONTROL_LEARNED: u32 = 100_000;
 
 /// Policy compile and apply time for 10,000 names and 10,000 CIDRs, a reload of a changed
 /// policy, and the agent's resident memory with 100,000 learned addresses.
-fn control() -> Value {
-    let big = |salt: u32| {
+/// A policy of `names` names and 10,000 CIDRs; `salt` shifts every one of them.
+fn big_policy(salt: u32, names: u32) -> String {
+    {
         let mut p = String::from("resolvers: [192.0.2.53]\nallow:\n  names:\n");
-        for i in 0..10_000u32 {
+        for i in 0..names {
             p.push_str(&format!(
                 "    - n{}.svc{}.example.com\n",
                 i,
@@ -489,8 +490,13 @@ fn control() -> Value {
             p.push_str(&format!("    - 10.{}.{}.0/24\n", (j >> 8) & 0xff, j & 0xff));
         }
         p
-    };
-    let (first, changed) = (big(0), big(1_000));
+    }
+}
+
+/// Parse, first load and a reload changing every name and CIDR, of a policy of `names` names:
+/// `(parse_s, load_s, reload_s)`.
+fn policy_times(names: u32) -> (f64, f64, f64) {
+    let (first, changed) = (big_policy(0, names), big_policy(1_000, names));
     let pins = TestPins::new();
     let mut ebpf = egress_user::ebpf::load(&pins.pins).expect("load");
     let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
@@ -505,6 +511,13 @@ fn control() -> Value {
     let reload_s = t.elapsed().as_secs_f64();
     drop(dp);
     drop(ebpf);
+    (parse_s, load_s, reload_s)
+}
+
+fn control() -> Value {
+    let (parse_s, load_s, reload_s) = policy_times(10_000);
+    // Scale: ten times the names, 100,000 (NAMES_EXACT holds 131,072).
+    let (big_parse_s, big_load_s, big_reload_s) = policy_times(100_000);
 
     // The real agent's memory with 100,000 learned addresses.
     let topo = Topology::new().expect("topology");
@@ -528,7 +541,17 @@ fn control() -> Value {
         })
         .unwrap_or(0);
     assert!(rss_kib > 0, "no VmRSS for the agent");
-    json!({"names": 10_000, "cidrs": 10_000, "parse_s": parse_s, "load_s": load_s, "reload_s": reload_s, "learned_addresses": CONTROL_LEARNED, "agent_rss_kib": rss_kib})
+    // The operator's commands at that size, as a separate process reads the pins.
+    let timed = |args: &[&str]| {
+        let t = Instant::now();
+        let _ = egress_tests::egress_ok_at(args, &apins);
+        t.elapsed().as_secs_f64()
+    };
+    let status_s = timed(&["status"]);
+    let suggest_s = timed(&["suggest"]);
+    json!({"names": 10_000, "cidrs": 10_000, "parse_s": parse_s, "load_s": load_s, "reload_s": reload_s, "learned_addresses": CONTROL_LEARNED, "agent_rss_kib": rss_kib,
+           "scale": {"names": 100_000, "parse_s": big_parse_s, "load_s": big_load_s, "reload_s": big_reload_s},
+           "status_s": status_s, "suggest_s": suggest_s})
 }
 
 /// Learned addresses per family for the scrape case: near the learned maps' capacity
