@@ -366,6 +366,9 @@ pub mod tls_state {
     pub const PARTIAL: u8 = 2;
     /// The ClientHello was denied: no more payload passes.
     pub const DENIED: u8 = 3;
+    /// The ClientHello was admitted: the flow is in `FLOWS`; the entry stays for a
+    /// retransmitted SYN (TCP Fast Open) and to record the flow again if it is lost.
+    pub const ADMITTED: u8 = 4;
 }
 
 /// Value of [`names::TLS_PENDING`].
@@ -385,6 +388,8 @@ pub struct TlsFlow {
     /// The [`reason`] of a denial.
     pub reason: u8,
     pub _pad: [u8; 2],
+    /// [`FlowValue::rule`] of an admitted connection.
+    pub rule: u64,
 }
 
 /// Value of [`names::TLS_PARTIAL`]: the bytes of a ClientHello that passed so far.
@@ -1099,7 +1104,7 @@ pub const fn v4_of_mapped(a: &[u8; 16]) -> [u8; 4] {
 
 // No implicit padding: sizes equal the sum of the fields.
 const _: () = assert!(size_of::<Config>() == 64);
-const _: () = assert!(size_of::<TlsFlow>() == 24);
+const _: () = assert!(size_of::<TlsFlow>() == 32);
 const _: () = assert!(size_of::<TlsHeld>() == 8 + crate::tls::BUF);
 const _: () = assert!(size_of::<TlsSegment>() == 40 + 4 * 3 + 4);
 const _: () = assert!(size_of::<TlsDenyEvent>() == 32 + 8 + crate::tls::MAX_NAME + 1);

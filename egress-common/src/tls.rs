@@ -154,6 +154,11 @@ pub fn client_hello(buf: &[u8; BUF], len: usize, out: &mut Hello) -> Result<(), 
     }
     let end = headers(buf, len)?;
     out.end = end as u16;
+    // The fixed part (version, random, session id length) must fit the record, or the reads
+    // below would look at bytes past it.
+    if end < BODY + 2 + 32 + 1 {
+        return Err(TlsError::Malformed);
+    }
     // legacy_version 3.x, random (32).
     if byte(buf, BODY) != 3 {
         return Err(TlsError::Malformed);
@@ -242,13 +247,23 @@ fn server_name(buf: &[u8; BUF], body: usize, ext: usize, out: &mut Hello) -> Res
     Ok(())
 }
 
-/// `CLASS[b]`: 1 for a dot, 2 for a byte no host name holds (NUL), 0 otherwise. A table, not
-/// comparisons: the verifier explores each branch, and a branch per byte over 255 bytes is
-/// past its budget (as `hash::MASKS` explains).
+/// `CLASS[b]`: 1 for a dot, 0 for a byte of a host name label (letters, digits, `-`, `_`),
+/// 2 for anything else (NUL, `/`, `\`, `%`, space, bytes of 0x80 and above): such a name
+/// equals no DNS host name, and under a wildcard (`*.example.com`) a front-end could read
+/// `evil.test/.example.com` as another name. A table, not comparisons: the verifier explores
+/// each branch, and a branch per byte over 255 bytes is past its budget (as `hash::MASKS`
+/// explains).
 const CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
+    let mut t = [2u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' {
+            t[b] = 0;
+        }
+        b += 1;
+    }
     t[b'.' as usize] = 1;
-    t[0] = 2;
     t
 };
 
@@ -258,7 +273,7 @@ pub const WIRE_AT: usize = 12;
 
 /// Writes the `len`-byte host name at `buf[off..]` in DNS wire form at `wire[WIRE_AT..]`, one
 /// trailing dot dropped, and returns the wire length (labels and the root byte), or `None` for
-/// an empty name or one with a NUL byte. An empty label (`.a`, `a..b`) leaves a 0 length byte
+/// an empty name or one with a byte no host name has (see [`CLASS`]). An empty label (`.a`, `a..b`) leaves a 0 length byte
 /// inside the name, so the name ends early: [`crate::dns::name`] refuses a name that does not
 /// end at the wire length, the hasher one with a label over 63 bytes or over 255 wire bytes.
 /// Every byte is also copied to `copy` (the deny record's name).

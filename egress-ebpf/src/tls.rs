@@ -97,13 +97,25 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         if cfg.quic() == quic_mode::DENY {
             return refuse(cfg, s, reason::QUIC, counters::DENY_QUIC);
         }
-        // `tls.quic: address`: judged by the address alone, as without `tls`.
-        let _ = FLOWS_UDP.insert(&key, &FlowValue::by_address(now), 0);
+        // `tls.quic: address`: judged by the address alone, as without `tls` (the datagram
+        // passes even if the flow cannot be recorded, as in `enforce`).
+        if FLOWS_UDP
+            .insert(&key, &FlowValue::by_address(now), 0)
+            .is_err()
+        {
+            count(counters::FLOW_INSERT_FAILED);
+        }
         count(counters::PASS_LEARNED);
         return TLS_PASS;
     }
     let flags = s.seg.tcp_flags;
     let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if s.seg.unjudgeable != 0 {
+        // Fail-closed: an IP first fragment's payload is not the whole segment (the rest follows
+        // in fragments that carry no ports), and urgent data leaves the receiver's stream; even
+        // a "bare" first fragment may be the header of a segment whose bytes come after.
+        return unjudgeable(cfg, s, &key, now);
+    }
     if !syn && s.seg.payload_len == 0 {
         // ACK, FIN, RST: they carry no byte a server acts on (fail-open by design: dropping
         // them would only stall the handshake egress needs to see the ClientHello, or keep a
@@ -119,10 +131,11 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
     }
     let mut seq = s.seg.seq;
     if syn {
-        // A socket reused for a new connection (`connect(AF_UNSPEC)` keeps its cookie) is
-        // admitted again only by this connection's ClientHello.
-        crate::forget_socket(&ctx);
-        open(&key, seq, now);
+        if open(&key, seq, now) {
+            // A socket reused for a new connection (`connect(AF_UNSPEC)` keeps its cookie) is
+            // admitted again only by this connection's ClientHello.
+            crate::forget_socket(&ctx);
+        }
         count(counters::PASS_LEARNED);
         if s.seg.payload_len == 0 {
             return TLS_PASS;
@@ -130,9 +143,14 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         // TCP Fast Open: the SYN's data is the stream's first bytes (sequence number ISN + 1).
         seq = seq.wrapping_add(1);
     }
-    let Some(flow) = TLS_PENDING.get_ptr_mut(&key) else {
+    // SAFETY: a read-only lookup; the value is copied at once. LRU entries are reused without a
+    // grace period, so this judgment works on its copy and writes back only to an entry that
+    // still has the connection's ISN ([`save`]).
+    let Some(mut f) = (unsafe { TLS_PENDING.get(&key) }).copied() else {
         // Payload on a connection egress never saw open (state evicted, connection older than
-        // enforcement, crafted): only a socket of this node admitted earlier goes on.
+        // enforcement, crafted): only a socket of this node admitted earlier goes on (fail-open
+        // for that socket, as in `enforce`: its SYN or ClientHello was judged); anything else
+        // is refused (fail-closed).
         if cfg.mode == mode::ENFORCE
             && crate::local_established(&ctx)
             && crate::admitted(&ctx)
@@ -144,31 +162,52 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         }
         return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN);
     };
-    // SAFETY: a value pointer from the lookup, valid for this program run (RCU); a racing
-    // update on another CPU can only make this judgment see older positions, and `admit`
-    // refuses bytes that do not continue them exactly.
-    let f = unsafe { &mut *flow };
-    if f.state == tls_state::DENIED {
-        count(counters::DENY_TLS_DENIED_FLOW);
-        count(counters::DROP_DENIED);
-        return TLS_DROP;
-    }
-    if s.seg.unjudgeable != 0 {
-        return malformed(cfg, s, f, now);
+    let f = &mut f;
+    match f.state {
+        tls_state::DENIED if crate::tls_audit(cfg) => {
+            // Denied before a reload to audit: audit drops nothing.
+            count(counters::AUDIT_DENIED);
+            return TLS_PASS;
+        }
+        tls_state::DENIED => {
+            // Fail-closed: nothing more of a denied connection passes.
+            count(counters::DENY_TLS_DENIED_FLOW);
+            count(counters::DROP_DENIED);
+            return TLS_DROP;
+        }
+        tls_state::ADMITTED => {
+            // Admitted by its server name, but its flow is gone (evicted, or removed by a
+            // retransmitted SYN of a TCP Fast Open connection): recorded again, passed.
+            let flow = FlowValue {
+                last_seen_ns: now,
+                rule: f.rule,
+            };
+            if FLOWS.insert(&key, &flow, 0).is_err() {
+                count(counters::FLOW_INSERT_FAILED);
+            }
+            count(counters::PASS_TLS_SNI);
+            return TLS_PASS;
+        }
+        _ => {}
     }
     let skip = match tls::admit(f.base, f.next, seq, s.seg.payload_len) {
         Segment::Gap => {
             count(counters::TLS_GAP);
             if crate::tls_audit(cfg) {
                 // Audit lets through what it cannot judge rather than stall it: the flow, not
-                // the socket (nothing admitted it).
-                let _ = TLS_PENDING.remove(&key);
+                // the socket (nothing judged it).
+                let _ = TLS_PARTIAL.remove(&key);
+                f.state = tls_state::ADMITTED;
+                save(&key, f);
                 let _ = FLOWS.insert(&key, &FlowValue::by_address(now), 0);
                 return TLS_PASS;
             }
+            // Fail-closed until the missing bytes have passed: the client sends this again.
             return TLS_DROP;
         }
         Segment::Resent => {
+            // Only bytes that passed already, resent (fail-open on their content: see
+            // threat-model.md 3.14, rewritten resends).
             count(counters::PASS_TLS_PREFIX);
             return TLS_PASS;
         }
@@ -196,6 +235,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             }
             f.next = f.base.wrapping_add(total as u32);
             f.state = tls_state::PARTIAL;
+            save(&key, f);
             count(counters::PASS_TLS_PREFIX);
             return TLS_PASS;
         }
@@ -231,7 +271,8 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
             if held > 0 {
                 let _ = TLS_PARTIAL.remove(&key);
             }
-            admit(&ctx, &key, now, s.admitted_by);
+            f.rule = s.admitted_by;
+            admit(&ctx, &key, f, now);
             count(counters::PASS_TLS_SNI);
             TLS_PASS
         }
@@ -240,17 +281,19 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
     }
 }
 
-/// A SYN: a connection (re)opens. A new initial sequence number, or a denied connection's
-/// tuple, starts afresh: the tuple's admitted flow is removed so a reused tuple cannot ride
-/// it past the judgment. A retransmitted SYN (same ISN) keeps the state.
+/// A SYN: a connection (re)opens; whether it is a new one. A new initial sequence number, or a
+/// denied connection's tuple, starts afresh: the tuple's admitted flow is removed so a reused
+/// tuple cannot ride it past the judgment. A retransmitted SYN (same ISN) keeps the state, an
+/// admitted one included (TCP Fast Open resends its SYN, without the data, when the SYN-ACK is
+/// late).
 #[inline(always)]
-fn open(key: &FlowKey, isn: u32, now: u64) {
+fn open(key: &FlowKey, isn: u32, now: u64) -> bool {
     // SAFETY: a read-only lookup of a plain value.
     if let Some(f) = unsafe { TLS_PENDING.get(key) }
         && f.isn == isn
         && f.state != tls_state::DENIED
     {
-        return;
+        return false;
     }
     let base = isn.wrapping_add(1);
     let flow = TlsFlow {
@@ -266,20 +309,42 @@ fn open(key: &FlowKey, isn: u32, now: u64) {
     let _ = TLS_PENDING.insert(key, &flow, 0);
     let _ = FLOWS.remove(key);
     let _ = TLS_PARTIAL.remove(key);
+    true
 }
 
-/// The connection is admitted: its flow is recorded and its socket (local traffic) too, so it
-/// survives the loss of its flow as other admitted connections do.
+/// Writes the judgment's copy `f` back to the connection's entry, if the entry is still this
+/// connection's (same ISN): between the lookup and now, the tuple may have reopened, or the
+/// LRU may have handed the slot to another connection.
 #[inline(always)]
-fn admit(ctx: &TcContext, key: &FlowKey, now: u64, rule: u64) {
-    let _ = TLS_PENDING.remove(key);
+fn save(key: &FlowKey, f: &TlsFlow) {
+    if let Some(p) = TLS_PENDING.get_ptr_mut(key) {
+        // SAFETY: a value pointer from the lookup just above; only plain fields are written.
+        unsafe {
+            if (*p).isn == f.isn {
+                (*p).next = f.next;
+                (*p).state = f.state;
+                (*p).reason = f.reason;
+                (*p).rule = f.rule;
+            }
+        }
+    }
+}
+
+/// The connection is admitted: its flow is recorded (with the rule that admitted it) and its
+/// socket (local traffic) too, so it survives the loss of its flow as other admitted
+/// connections do; its entry stays, marked admitted, for a retransmitted SYN and a lost flow.
+#[inline(always)]
+fn admit(ctx: &TcContext, key: &FlowKey, f: &mut TlsFlow, now: u64) {
     let flow = FlowValue {
         last_seen_ns: now,
-        rule,
+        rule: f.rule,
     };
     if FLOWS.insert(key, &flow, 0).is_err() {
+        // The packet still passes (its name is allowed): the entry below admits the rest.
         count(counters::FLOW_INSERT_FAILED);
     }
+    f.state = tls_state::ADMITTED;
+    save(key, f);
     crate::admit_socket(ctx, now);
 }
 
@@ -296,12 +361,16 @@ fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32
     if crate::tls_audit(cfg) {
         report(cfg, s, why, action::AUDITED);
         count(counters::AUDIT_DENIED);
-        let _ = TLS_PENDING.remove(&key);
+        f.state = tls_state::ADMITTED;
+        f.rule = 0;
+        save(&key, f);
         let _ = FLOWS.insert(&key, &FlowValue::by_address(now), 0);
         return TLS_PASS;
     }
+    // Fail-closed from here on: the entry's DENIED drops the connection's later payload.
     f.state = tls_state::DENIED;
     f.reason = why;
+    save(&key, f);
     report(cfg, s, why, action::DROPPED);
     count(counters::DROP_DENIED);
     TLS_DROP
@@ -318,6 +387,17 @@ fn malformed(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, now: u64) -> i32
         counters::DENY_TLS_MALFORMED,
         now,
     )
+}
+
+/// A segment that cannot be judged (IP first fragment, urgent data): its connection, if egress
+/// follows it, is denied; otherwise the packet is refused.
+#[inline(always)]
+fn unjudgeable(cfg: &Config, s: &mut TlsScratch, key: &FlowKey, now: u64) -> i32 {
+    // SAFETY: a read-only lookup; the value is copied at once (see `egress_tls`).
+    match (unsafe { TLS_PENDING.get(key) }).copied() {
+        Some(mut f) if f.state != tls_state::ADMITTED => malformed(cfg, s, &mut f, now),
+        _ => refuse(cfg, s, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED),
+    }
 }
 
 /// Denies a packet of a connection with no judgment state (QUIC, unknown connections, raw

@@ -273,15 +273,20 @@ fn reordered_resent_and_overlapping_segments_never_let_a_denied_client_hello_com
 }
 
 #[test]
-fn a_new_syn_on_an_admitted_tuple_is_judged_again() {
+fn a_new_syn_on_an_admitted_tuple_is_judged_again_and_a_resent_one_is_not() {
     let h = harness("");
     let c = Conn::open(&h, LEARNED, 45_000);
-    assert_eq!(c.data(0, &hello("cgr.dev")), PASS);
-    // The same 5-tuple reused with another initial sequence number: the old flow is gone.
-    let again = Conn {
-        isn: 77,
-        ..Conn::open(&h, LEARNED, 45_000)
-    };
+    let ch = hello("cgr.dev");
+    assert_eq!(c.data(0, &ch), PASS);
+    // The same SYN again (its ISN): the admitted connection goes on.
+    assert_eq!(c.syn(&[]), PASS);
+    assert_eq!(
+        c.data(ch.len(), b"more"),
+        PASS,
+        "a retransmitted SYN keeps the admission"
+    );
+    // The same 5-tuple reused with another initial sequence number: judged again.
+    let again = Conn { isn: 77, ..c };
     assert_eq!(again.syn(&[]), PASS);
     assert_eq!(again.data(0, &hello("mirror.test")), DROP);
     assert_eq!(again.data(4000, b"more"), DROP);
@@ -330,6 +335,21 @@ fn tcp_fast_open_data_is_the_client_hello() {
     assert_eq!(partial.syn(&ch[..1000]), PASS);
     assert_eq!(partial.data(1000, &ch[1000..]), PASS);
     assert_eq!(h.counter(counters::PASS_TLS_SNI), 2);
+    // The SYN-ACK of an admitted SYN with data is late: Linux resends the SYN, without the
+    // data, with the same ISN; the server acknowledged the data, so the next bytes follow it.
+    let late = Conn {
+        sport: 47_003,
+        isn: 40,
+        ..allowed
+    };
+    let small = hello("cgr.dev");
+    assert_eq!(late.syn(&small), PASS);
+    assert_eq!(late.syn(&[]), PASS, "the resent SYN");
+    assert_eq!(
+        late.data(small.len(), b"GET /"),
+        PASS,
+        "the connection goes on"
+    );
 }
 
 #[test]
@@ -460,6 +480,39 @@ fn ip_first_fragments_cannot_be_judged() {
     p6.payload_bytes = Some(hello("cgr.dev"));
     assert_eq!(h.egress(&p6.build()), DROP);
     assert_eq!(h.counter(counters::DENY_TLS_MALFORMED), 2);
+    // A first fragment holding only the TCP header: its payload comes in later fragments.
+    let c3 = Conn::open(&h, LEARNED, 53_002);
+    let mut bare = Packet::tcp(ip(CLIENT_V4), ip(LEARNED), 443);
+    bare.sport = 53_002;
+    bare.seq = c3.isn.wrapping_add(1);
+    bare.tcp_flags = PSH_ACK;
+    bare.more_fragments = true;
+    bare.payload_bytes = Some(Vec::new());
+    assert_eq!(h.egress(&bare.build()), DROP, "a bare first fragment");
+}
+
+#[test]
+fn a_reload_to_audit_lets_a_denied_connection_through() {
+    let mut h = harness("");
+    let ch = hello("mirror.test");
+    let isn = {
+        let c = Conn::open(&h, LEARNED, 54_000);
+        assert_eq!(c.data(0, &ch), DROP);
+        c.isn
+    };
+    h.reapply(&policy("tls:\n  sni: audit\n"));
+    relearn(&mut h);
+    let c = Conn {
+        h: &h,
+        dst: LEARNED,
+        sport: 54_000,
+        isn,
+    };
+    assert_eq!(
+        c.data(0, &ch),
+        PASS,
+        "audit drops nothing, a connection denied before included"
+    );
 }
 
 #[test]

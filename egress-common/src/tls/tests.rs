@@ -199,6 +199,10 @@ fn names_no_dns_name_equals_hash_to_nothing() {
         b"..",
         b".",
         b"a\0b",
+        b"evil.test/.example.org",
+        b"a b.example.org",
+        b"a%2fb.example.org",
+        "caf\u{e9}.example.org".as_bytes(),
         b"cgr.dev..",
         &[b'a'; 64],
     ] {
