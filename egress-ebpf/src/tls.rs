@@ -451,6 +451,8 @@ fn restore(key: &FlowKey, s: &mut TlsScratch, held: usize) -> bool {
         if w >= words {
             break;
         }
+        // The mask bounds the offset for the verifier, which otherwise refuses the map value
+        // access ("R1 unbounded memory access, make sure to bounds check any such access").
         let at = (w * 8) & (tls::BUF - 8);
         // SAFETY: `at + 8 <= BUF` in both buffers (masked just above); unaligned reads and
         // writes of plain bytes.
@@ -563,6 +565,9 @@ pub(crate) extern "C" fn tls_hash(wire: u32) -> i32 {
     let s = unsafe { &mut *s };
     match dns::name(
         &s.wire,
+        // A global function's scalar argument is unbounded to the verifier; the mask bounds the
+        // name's end inside the 4 KiB buffer (a wire name is at most 257 bytes) so the parser's
+        // offsets stay provably inside the map value ("invalid access to map value").
         (wire & 511) as usize,
         cfg.hash_k0,
         cfg.hash_k1,
