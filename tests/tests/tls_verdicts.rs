@@ -541,3 +541,28 @@ fn a_packet_without_ports_to_a_learned_address_passes_only_by_static_cidr_or_aud
     let h = harness("tls:\n  sni: off\n");
     assert_eq!(h.egress(&tiny(LEARNED)), PASS, "by address");
 }
+
+#[test]
+fn an_admitted_connection_whose_flow_was_evicted_is_recorded_again() {
+    let mut h = Harness::with_capacities(&policy(""), &[(egress_common::maps::names::FLOWS, 2)]);
+    relearn(&mut h);
+    let ch = hello("cgr.dev");
+    let first = Conn::open(&h, LEARNED, 55_000);
+    assert_eq!(first.data(0, &ch), PASS);
+    // Newer connections push its flow out of a two-entry flow table.
+    for sport in [55_001, 55_002, 55_003] {
+        assert_eq!(Conn::open(&h, LEARNED, sport).data(0, &ch), PASS);
+    }
+    let before = h.counter(counters::PASS_TLS_SNI);
+    assert_eq!(
+        first.data(ch.len(), b"more"),
+        PASS,
+        "forwarded traffic: no socket to fall back on"
+    );
+    assert_eq!(
+        h.counter(counters::PASS_TLS_SNI),
+        before + 1,
+        "recorded again from its entry"
+    );
+    assert_eq!(first.data(ch.len() + 4, b"and more"), PASS);
+}
