@@ -16,6 +16,19 @@ const COLORS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
+/// The series' legend, in the lower right corner.
+fn legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    Ok(())
+}
+
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -120,12 +133,7 @@ fn per_packet(path: &Path, r: &Value) -> anyhow::Result<bool> {
         ))
     });
     chart.draw_series(ticks)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    legend(&mut chart)?;
     root.present().context("per_packet.svg")?;
     Ok(true)
 }
@@ -166,12 +174,7 @@ fn cdf_chart(
                 PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    legend(&mut chart)?;
     root.present()?;
     Ok(())
 }
@@ -286,12 +289,7 @@ fn throughput(path: &Path, r: &Value) -> anyhow::Result<bool> {
             });
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    legend(&mut chart)?;
     root.present()?;
     Ok(true)
 }

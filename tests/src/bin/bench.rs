@@ -233,52 +233,13 @@ fn iperf(seconds: u64, rounds: u64, enforcer: Enforcer) -> Value {
         };
         for (position, with_agent) in order.into_iter().enumerate() {
             let pins = TestPins::new();
-            let agent = (with_agent && matches!(enforcer, Enforcer::Egress)).then(|| {
-                Agent::start(&topo, &pins, &static_policy("enforce"), &[]).expect("agent")
-            });
-            let rules = (with_agent && matches!(enforcer, Enforcer::Nft)).then(|| {
-                let r = classic::Rules::install(&topo.client).expect("nftables");
-                r.allow(ALLOWED_V4).expect("nft add element");
-                r
-            });
-            let mut server = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &topo.server.name,
-                    "iperf3",
-                    "-s",
-                    "-1",
-                    "-p",
-                    "443",
-                    "-B",
-                    ALLOWED_V4,
-                ])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("iperf3 server");
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            let secs = seconds.to_string();
-            let stats = BpfStats::start();
-            let out = egress_tests::sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &topo.client.name,
-                "iperf3",
-                "-J",
-                "-c",
-                ALLOWED_V4,
-                "-p",
-                "443",
-                "-t",
-                &secs,
-            ])
-            .expect("iperf3 client");
-            let bpf = stats.finish(seconds);
-            let _ = server.wait();
-            let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
-            assert!(v["error"].is_null(), "iperf3 failed: {}", v["error"]);
+            let setup = match (with_agent, &enforcer) {
+                (false, _) => Setup::None,
+                (true, Enforcer::Egress) => Setup::Egress,
+                (true, Enforcer::Nft) => Setup::Nftables,
+            };
+            let (agent, rules, mut server) = prepare(&topo, &pins, setup);
+            let (v, bpf) = iperf_client(&topo, &[], seconds, &mut server);
             let bps = v["end"]["sum_received"]["bits_per_second"]
                 .as_f64()
                 .expect("iperf3 measured nothing");
@@ -378,6 +339,79 @@ impl BpfStats {
     }
 }
 
+/// What enforces during a throughput run.
+#[derive(Clone, Copy)]
+enum Setup {
+    None,
+    Egress,
+    Nftables,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::None => "none",
+            Setup::Egress => "egress",
+            Setup::Nftables => "nftables",
+        }
+    }
+}
+
+/// Starts what `setup` needs in `topo` (the agent, or the nftables ruleset with the destination
+/// in its set) and a one-shot iperf3 server on the allowed destination's port 443.
+fn prepare(
+    topo: &Topology,
+    pins: &TestPins,
+    setup: Setup,
+) -> (Option<Agent>, Option<classic::Rules>, std::process::Child) {
+    let agent = matches!(setup, Setup::Egress)
+        .then(|| Agent::start(topo, pins, &static_policy("enforce"), &[]).expect("agent"));
+    let rules = matches!(setup, Setup::Nftables).then(|| {
+        let r = classic::Rules::install(&topo.client).expect("nftables");
+        r.allow(ALLOWED_V4).expect("nft add element");
+        r
+    });
+    let server = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "443",
+            "-B",
+            ALLOWED_V4,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    (agent, rules, server)
+}
+
+/// Runs the iperf3 client (`extra` options) in the client namespace against `server` for
+/// `seconds`, with the kernel's BPF statistics on: its JSON report and the programs' cost.
+fn iperf_client(
+    topo: &Topology,
+    extra: &[&str],
+    seconds: u64,
+    server: &mut std::process::Child,
+) -> (Value, Value) {
+    let secs = seconds.to_string();
+    let mut args = vec!["ip", "netns", "exec", &topo.client.name, "iperf3", "-J"];
+    args.extend_from_slice(extra);
+    args.extend(["-c", ALLOWED_V4, "-p", "443", "-t", &secs]);
+    let stats = BpfStats::start();
+    let out = egress_tests::sh(&args).expect("iperf3 client");
+    let bpf = stats.finish(seconds);
+    let _ = server.wait();
+    let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    assert!(v["error"].is_null(), "iperf3 failed: {}", v["error"]);
+    (v, bpf)
+}
+
 /// Small packets: 64-byte UDP datagrams to port 443 of an allowed destination at the highest
 /// rate iperf3 sustains here, `seconds` per run, received packets per second with no
 /// enforcement, with egress and with the nftables ruleset of the side-by-side, in each round.
@@ -385,64 +419,16 @@ fn pps(seconds: u64, rounds: u64) -> Value {
     let topo = Topology::new().expect("topology");
     let mut runs = Vec::new();
     for round in 0..rounds {
-        for setup in ["none", "egress", "nftables"] {
+        for setup in [Setup::None, Setup::Egress, Setup::Nftables] {
             let pins = TestPins::new();
-            let agent = (setup == "egress").then(|| {
-                Agent::start(&topo, &pins, &static_policy("enforce"), &[]).expect("agent")
-            });
-            let rules = (setup == "nftables").then(|| {
-                let r = classic::Rules::install(&topo.client).expect("nftables");
-                r.allow(ALLOWED_V4).expect("nft add element");
-                r
-            });
-            let mut server = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &topo.server.name,
-                    "iperf3",
-                    "-s",
-                    "-1",
-                    "-p",
-                    "443",
-                    "-B",
-                    ALLOWED_V4,
-                ])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("iperf3 server");
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            let secs = seconds.to_string();
-            let stats = BpfStats::start();
-            let out = egress_tests::sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &topo.client.name,
-                "iperf3",
-                "-J",
-                "-u",
-                "-l",
-                "64",
-                "-b",
-                "0",
-                "-c",
-                ALLOWED_V4,
-                "-p",
-                "443",
-                "-t",
-                &secs,
-            ])
-            .expect("iperf3 client");
-            let bpf = stats.finish(seconds);
-            let _ = server.wait();
-            let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
-            assert!(v["error"].is_null(), "iperf3 failed: {}", v["error"]);
+            let (agent, rules, mut server) = prepare(&topo, &pins, setup);
+            let (v, bpf) =
+                iperf_client(&topo, &["-u", "-l", "64", "-b", "0"], seconds, &mut server);
             let sum = &v["end"]["sum"];
             let sent = sum["packets"].as_f64().unwrap_or(0.0);
             let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
             let received_pps = (sent - lost) / seconds as f64;
-            assert!(received_pps > 0.0, "no datagram arrived ({setup})");
+            assert!(received_pps > 0.0, "no datagram arrived ({})", setup.name());
             if let Some(agent) = &agent {
                 let c = agent.datapath().counters().expect("counters");
                 assert!(
@@ -450,7 +436,7 @@ fn pps(seconds: u64, rounds: u64) -> Value {
                     "egress passed no datagram as a flow"
                 );
             }
-            runs.push(json!({"round": round, "setup": setup, "sent_pps": sent / seconds as f64, "received_pps": received_pps, "bpf": bpf}));
+            runs.push(json!({"round": round, "setup": setup.name(), "sent_pps": sent / seconds as f64, "received_pps": received_pps, "bpf": bpf}));
             drop(agent);
             drop(rules);
         }
