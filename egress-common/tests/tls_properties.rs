@@ -166,7 +166,7 @@ proptest! {
     #[test]
     fn every_proper_prefix_is_incomplete_and_the_whole_shows_its_name((n, c) in hello()) {
         let b = c.build();
-        for cut in [0, 1, 4, 5, 8, 9, 43, b.len() / 2, b.len() - 1] {
+        for cut in 0..b.len() {
             prop_assert_eq!(parse(&b[..cut]), Err(TlsError::Incomplete), "cut {}", cut);
         }
         let h = parse(&b).unwrap();

@@ -121,9 +121,14 @@ fn malformed_names_and_extensions_are_refused() {
 fn more_extensions_than_the_walk_bound_are_refused() {
     let c = ClientHello::new("cgr.dev");
     let mut b = c.build();
-    for _ in 0..MAX_EXTENSIONS {
-        b = append_extension(&b, 0x7777 + 1, &[]);
+    // The builder's own extensions, then empty ones up to exactly the bound: accepted.
+    let own = 7;
+    for _ in own..MAX_EXTENSIONS {
+        b = append_extension(&b, 0x7778, &[]);
     }
+    assert_eq!(name_of(&b), b"cgr.dev", "{MAX_EXTENSIONS} extensions");
+    // One more: past the walk.
+    let b = append_extension(&b, 0x7778, &[]);
     assert_eq!(parse(&b), Err(TlsError::Malformed));
 }
 
