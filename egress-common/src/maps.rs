@@ -94,8 +94,8 @@ pub mod names {
     /// its ClientHello (`tls.ports`).
     pub const TLS_PORTS: &str = "TLS_PORTS";
     /// `LruHashMap<FlowKey, TlsFlow>`: TCP connections to learned addresses on TLS ports whose
-    /// ClientHello has not been judged yet, or was denied (see `docs/design.md`, *TLS server
-    /// names*).
+    /// ClientHello has not been judged yet, was denied, or was admitted (see `docs/design.md`,
+    /// *TLS server names*).
     pub const TLS_PENDING: &str = "TLS_PENDING";
     /// `LruHashMap<FlowKey, TlsHeld>`: the bytes that passed of a ClientHello split over
     /// segments, until the segment that completes it.
