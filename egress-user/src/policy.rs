@@ -287,20 +287,9 @@ struct TlsPorts(Vec<u16>);
 impl<'de> Deserialize<'de> for TlsPorts {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let ports = Vec::<u64>::deserialize(d)?;
-        let mut seen = BTreeSet::new();
-        for &p in &ports {
-            if p == 0 || p > u64::from(u16::MAX) {
-                return Err(de::Error::custom(format!(
-                    "tls.ports: port {p} is out of range: ports are 1 to 65535"
-                )));
-            }
-            if !seen.insert(p) {
-                return Err(de::Error::custom(format!(
-                    "tls.ports: port {p} is listed twice"
-                )));
-            }
-        }
-        Ok(TlsPorts(ports.into_iter().map(|p| p as u16).collect()))
+        distinct_ports(ports, "tls.ports: ")
+            .map(TlsPorts)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -493,19 +482,27 @@ impl<'de> Deserialize<'de> for Ports {
                 ports.len()
             )));
         }
-        if let Some(bad) = ports.iter().find(|&&p| p == 0 || p > u64::from(u16::MAX)) {
-            return Err(de::Error::custom(format!(
-                "port {bad} is out of range: ports are 1 to 65535"
-            )));
-        }
-        let mut seen = BTreeSet::new();
-        for p in &ports {
-            if !seen.insert(p) {
-                return Err(de::Error::custom(format!("port {p} is listed twice")));
-            }
-        }
-        Ok(Ports(ports.into_iter().map(|p| p as u16).collect()))
+        distinct_ports(ports, "")
+            .map(Ports)
+            .map_err(de::Error::custom)
     }
+}
+
+/// A list of ports, each 1..=65535 and listed once; errors start with `prefix` (the key, for
+/// lists other than `ports`).
+fn distinct_ports(ports: Vec<u64>, prefix: &str) -> Result<Vec<u16>, String> {
+    if let Some(bad) = ports.iter().find(|&&p| p == 0 || p > u64::from(u16::MAX)) {
+        return Err(format!(
+            "{prefix}port {bad} is out of range: ports are 1 to 65535"
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for p in &ports {
+        if !seen.insert(p) {
+            return Err(format!("{prefix}port {p} is listed twice"));
+        }
+    }
+    Ok(ports.into_iter().map(|p| p as u16).collect())
 }
 
 /// A built-in list of names (`crate::presets`); an unknown one is a located error.

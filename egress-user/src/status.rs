@@ -135,6 +135,8 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
     let mut static_cidrs = dp.static_cidrs().map_err(read)?;
     static_cidrs.sort();
     let counts = dp.counters().map_err(read)?;
+    // Walked once: the count and the flows by admitting name come from the same pass.
+    let flows = dp.flows().map_err(read)?;
     Ok(Status {
         pin_dir: pins.root().display().to_string(),
         mode: match cfg.mode {
@@ -190,8 +192,8 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
         static_cidrs,
         learned_by_name,
         learned,
-        flows: dp.flows().map_err(read)?.len(),
-        flows_by_name: flows_by_name(&dp, &cfg).map_err(read)?,
+        flows: flows.len(),
+        flows_by_name: flows_by_name(&dp, &cfg, &flows).map_err(read)?,
         counters: counters::NAMES.iter().copied().zip(counts).collect(),
     })
 }
@@ -284,9 +286,10 @@ pub fn render(s: &Status) -> String {
 fn flows_by_name(
     dp: &Datapath,
     cfg: &egress_common::maps::Config,
+    flows: &[(egress_common::maps::FlowKey, egress_common::maps::FlowValue)],
 ) -> Result<Vec<(String, usize)>, DatapathError> {
     let mut counts: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
-    for (_, v) in dp.flows()? {
+    for (_, v) in flows {
         if v.rule != 0 {
             *counts.entry(v.rule).or_default() += 1;
         }
