@@ -422,6 +422,18 @@ impl PlayedResolver {
         inject_from(&self.topo.server, RESOLVER_V4, self.port, payload);
     }
 
+    /// Asks for `name`'s A record with `id` and plays the answer: `addr`, TTL 60.
+    pub fn resolve(&self, id: u16, name: &str, addr: &str) {
+        use crate::dnsmsg::{Rr, response};
+        self.ask(id, name);
+        self.answer(response(
+            id,
+            name,
+            hickory_proto::rr::RecordType::A,
+            &[Rr::Addr(name, addr, 60)],
+        ));
+    }
+
     /// CNAME targets the agent has allowed (entries of the exact-name map it adds).
     pub fn cname_targets(&self) -> usize {
         self.agent.datapath().name_counts().unwrap().1

@@ -253,13 +253,7 @@ fn a_flood_of_malformed_answers_teaches_nothing_and_stalls_nothing() {
     assert_eq!(count(counters::DNS_UNSOLICITED) - unsolicited, 0);
     assert!(!learned(&w.agent, WEB_DENIED), "a malformed answer taught");
     // Learning goes on: a whole answer is learned.
-    w.ask(0x7777, "app.example.");
-    w.answer(response(
-        0x7777,
-        "app.example.",
-        RecordType::A,
-        &[Rr::Addr("app.example.", WEB_DENIED, 60)],
-    ));
+    w.resolve(0x7777, "app.example.", WEB_DENIED);
     egress_tests::wait_for("the whole answer to be learned", || {
         learned(&w.agent, WEB_DENIED)
     });

@@ -301,20 +301,12 @@ fn info_names_the_version_and_the_mode_in_force_and_follows_a_reload() {
 /// `EGRESS_TEST_FAIL=dns-learning` makes the DNS learning loop panic at its first copy.
 #[test]
 fn a_dead_loop_turns_healthz_and_readyz_to_503_and_the_kernel_goes_on_enforcing() {
-    use egress_tests::dnsmsg::{Rr, response};
-    use hickory_proto::rr::RecordType;
     let w = PlayedResolver::with_env("app.example", &[("EGRESS_TEST_FAIL", "dns-learning")]);
     let code = |path: &str| http_get(&w.topo.client, path).map(|(c, _)| c);
     assert_eq!(code("/healthz"), Some(200));
     assert_eq!(code("/readyz"), Some(200));
     // An allowed answer: the kernel learns it, and its copy kills the agent's DNS loop.
-    w.ask(0x4242, "app.example.");
-    w.answer(response(
-        0x4242,
-        "app.example.",
-        RecordType::A,
-        &[Rr::Addr("app.example.", WEB_DENIED, 60)],
-    ));
+    w.resolve(0x4242, "app.example.", WEB_DENIED);
     wait_for("/healthz to report the dead loop", || {
         code("/healthz") == Some(503)
     });
@@ -325,13 +317,7 @@ fn a_dead_loop_turns_healthz_and_readyz_to_503_and_the_kernel_goes_on_enforcing(
     });
     // The kernel goes on: it learns an answer that arrives after the loop died, the addresses
     // it learned connect, and a denied one does not.
-    w.ask(0x4343, "app.example.");
-    w.answer(response(
-        0x4343,
-        "app.example.",
-        RecordType::A,
-        &[Rr::Addr("app.example.", ALLOWED_V4, 60)],
-    ));
+    w.resolve(0x4343, "app.example.", ALLOWED_V4);
     assert!(w.topo.connect(ALLOWED_V4, 443, MAX).is_ok());
     assert!(w.topo.connect(WEB_DENIED, 443, MAX).is_ok());
     assert!(
