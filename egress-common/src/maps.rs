@@ -102,9 +102,15 @@ pub mod names {
     pub const TLS_PARTIAL: &str = "TLS_PARTIAL";
     /// `PerCpuArray<TlsScratch>`: where a ClientHello is read and judged.
     pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
+    /// `PerCpuArray<FlowCache>`: the last known flow each CPU passed (see [`super::FlowCache`]).
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    /// `Array<u64>`, one entry: changed by whoever removes a flow (the agent, or the `egress`
+    /// program when a SYN reopens a tuple); a [`super::FlowCache`] entry of another epoch is
+    /// not used.
+    pub const FLOW_EPOCH: &str = "FLOW_EPOCH";
 
     /// Every map, for pinning, status and cleanup.
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 33] = [
         ACTIVE,
         CONFIG,
         PORTS,
@@ -136,6 +142,8 @@ pub mod names {
         TLS_PENDING,
         TLS_PARTIAL,
         TLS_SCRATCH,
+        FLOW_CACHE,
+        FLOW_EPOCH,
     ];
 }
 
@@ -760,6 +768,21 @@ pub mod dns_flag {
     pub const KERNEL_LEARNED: u8 = 2;
     /// More answers than the kernel walks: the agent must learn the rest.
     pub const INCOMPLETE: u8 = 4;
+    /// The kernel walked the answers and learned no address (a chain of CNAMEs that ends
+    /// without one, say): the agent may have a target to allow before the application asks
+    /// for it.
+    pub const NO_ADDRESS: u8 = 8;
+
+    /// Whether the agent must see the copy at once (the ring wakes it): it has something to
+    /// learn or allow that the kernel did not. The other copies (answers the kernel learned
+    /// whole, answers for names the policy does not allow) only feed the agent's records and
+    /// wait for its next timed read, so the application's answer never waits on a wake-up.
+    #[inline(always)]
+    pub const fn urgent(kind: u8, flags: u8) -> bool {
+        kind == super::dns_kind::TCP_PART
+            || (flags & ALLOWED != 0
+                && (flags & KERNEL_LEARNED == 0 || flags & (INCOMPLETE | NO_ADDRESS) != 0))
+    }
 }
 
 /// Header of a DNS copy for the agent.
@@ -905,6 +928,43 @@ impl FlowValue {
 
 /// How stale `FlowValue::last_seen_ns` may get before a packet refreshes it.
 pub const FLOW_TOUCH_INTERVAL_NS: u64 = NS_PER_S;
+
+/// Value of [`names::FLOW_CACHE`] (one per CPU): the flow the last packet of the known-flow path
+/// on this CPU belonged to, found in `FLOWS`/`FLOWS_UDP` at jiffy `tick` while
+/// [`names::FLOW_EPOCH`] was `epoch`. A later packet of the same flow passes without the
+/// flow-table lookup and without reading the clock, if it comes within [`FLOW_CACHE_JIFFIES`]
+/// and the epoch is unchanged: bulk traffic on a CPU is mostly one flow, and the lookup of a
+/// 40-byte key costs as much as the rest of the path (`bench/REPORT.md`, *Per-packet cost*).
+///
+/// Removing a flow changes the epoch (after the removal), so no CPU passes a removed flow from
+/// its cache: an entry is stamped with the epoch read *before* its lookup, hence a lookup that
+/// still saw the flow carries an epoch older than the change.
+///
+/// The key is kept as words so the comparison is five 8-byte compares (a [`FlowKey`] is
+/// byte-aligned). `tick == 0` means empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCache {
+    pub key: [u64; 5],
+    pub tick: u64,
+    pub epoch: u64,
+}
+
+/// How long, in jiffies, a [`FlowCache`] entry stands for the flow table: 2 (2 to 20 ms, by the
+/// kernel's `HZ`). It bounds how stale an entry's idle check is; removals do not wait for it
+/// (they change the epoch).
+pub const FLOW_CACHE_JIFFIES: u64 = 2;
+
+impl FlowKey {
+    /// The key as the words [`FlowCache`] compares.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 5] {
+        // SAFETY: `FlowKey` is `repr(C)`, 40 bytes of plain `u8` fields with no padding (the
+        // size assertion below), and every bit pattern is a valid `[u64; 5]`; a by-value
+        // transmute has no alignment requirement.
+        unsafe { core::mem::transmute::<Self, [u64; 5]>(*self) }
+    }
+}
 
 /// Per-CPU state of the event rate limit.
 #[repr(C)]
@@ -1138,6 +1198,7 @@ const _: () = assert!(size_of::<AnswerValue>() == NAME_BYTES + 8 + 2 + 1 + 5);
 const _: () = assert!(size_of::<NameKey>() == NAME_BYTES);
 const _: () = assert!(size_of::<DeniedValue>() == 8 * 3 + 2 + 1 + 1 + 1 + 3);
 const _: () = assert!(size_of::<FlowKey>() == 16 + 16 + 2 + 2 + 1 + 1 + 2);
+const _: () = assert!(size_of::<FlowCache>() == 56);
 const _: () = assert!(size_of::<FlowValue>() == 16);
 const _: () = assert!(size_of::<RateState>() == 16);
 const _: () = assert!(size_of::<DenyEvent>() == 8 + 16 + 2 + 1 + 1 + 1 + 1 + 2);
@@ -1156,6 +1217,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowCache {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: as above.

@@ -10,12 +10,13 @@ use egress_common::{
     maps::{
         ANSWERS_CAPACITY, ATTACHED_CAPACITY, AnswerValue, Config, DENIED_CAPACITY,
         DNS_CLIENTS_CAPACITY, DNS_EVENTS_BYTES, DNS_PENDING_CAPACITY, DNS_TCP_CAPACITY,
-        DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowKey, FlowValue, IFACE_BYTES,
-        LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey, LearnedValue, NAMES_EXACT_CAPACITY,
-        NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS, PendingKey, PendingValue,
-        RESOLVERS_MAP_CAPACITY, REVOKED_CAPACITY, RateState, SCRATCH_SLOTS, STATIC_MAP_CAPACITY,
-        SockPendingKey, StaticValue, TLS_PARTIAL_CAPACITY, TLS_PENDING_CAPACITY, TcpStream,
-        TcpStreamKey, TlsFlow, TlsHeld, TlsScratch, WildKey, generation,
+        DeniedValue, DnsBuf, EVENTS_BYTES, FLOW_CAPACITY, FlowCache, FlowKey, FlowValue,
+        IFACE_BYTES, LEARNED_BY_CAPACITY, LEARNED_CAPACITY, LearnedByKey, LearnedValue,
+        NAMES_EXACT_CAPACITY, NAMES_WILD_CAPACITY, NO_PREALLOC, NameKey, NameValue, PORT_WORDS,
+        PendingKey, PendingValue, RESOLVERS_MAP_CAPACITY, REVOKED_CAPACITY, RateState,
+        SCRATCH_SLOTS, STATIC_MAP_CAPACITY, SockPendingKey, StaticValue, TLS_PARTIAL_CAPACITY,
+        TLS_PENDING_CAPACITY, TcpStream, TcpStreamKey, TlsFlow, TlsHeld, TlsScratch, WildKey,
+        generation,
     },
 };
 
@@ -47,6 +48,10 @@ pub(crate) static LEARNED_BY: HashMap<LearnedByKey, u64> =
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
 #[map]
 pub(crate) static FLOWS_UDP: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
+#[map]
+pub(crate) static FLOW_CACHE: PerCpuArray<FlowCache> = PerCpuArray::pinned(1, 0);
+#[map]
+pub(crate) static FLOW_EPOCH: Array<u64> = Array::pinned(1, 0);
 #[map]
 pub(crate) static ADMITTED: LruHashMap<u64, u64> = LruHashMap::pinned(FLOW_CAPACITY, 0);
 #[map]

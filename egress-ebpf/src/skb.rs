@@ -1,6 +1,9 @@
 //! Reading frames, counting, and the clock.
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
+    programs::TcContext,
+};
 use egress_common::packet::Reader;
 
 use crate::maps::COUNTERS;
@@ -42,8 +45,23 @@ pub(crate) fn count(counter: u32) {
     }
 }
 
+/// This CPU's value of `counter` (a program run counts on one CPU, so two reads in one run
+/// tell how many times the run counted it in between).
+#[inline(always)]
+pub(crate) fn counted(counter: u32) -> u64 {
+    COUNTERS.get(counter).map_or(0, |c| *c)
+}
+
 #[inline(always)]
 pub(crate) fn now() -> u64 {
     // SAFETY: the helper takes no arguments and is available to TC programs since Linux 5.8.
     unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// The kernel's tick counter: a coarse clock for the flow cache's window, far cheaper than
+/// [`now`] (the verifier turns the helper into one load of `jiffies` on 64-bit JITs).
+#[inline(always)]
+pub(crate) fn jiffies() -> u64 {
+    // SAFETY: the helper takes no arguments and is available to TC programs since Linux 5.5.
+    unsafe { bpf_jiffies64() }
 }

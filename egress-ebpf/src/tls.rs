@@ -307,7 +307,11 @@ fn open(key: &FlowKey, isn: u32, now: u64) -> bool {
     // A failed insert leaves no state: the connection's payload is then refused
     // (`deny_tls_unknown`), fail-closed.
     let _ = TLS_PENDING.insert(key, &flow, 0);
-    let _ = FLOWS.remove(key);
+    // The tuple's old flow goes, and with it any CPU's cached copy: the new connection's
+    // payload must reach the judgment, not pass as the old connection's.
+    if FLOWS.remove(key).is_ok() {
+        crate::flow_cache::removed();
+    }
     let _ = TLS_PARTIAL.remove(key);
     true
 }

@@ -116,6 +116,9 @@ pub fn loader(pins: &PinDir) -> EbpfLoader<'_> {
 
 /// Name of the do-nothing baseline program in [`OBJECT`] (benchmarks only).
 pub const EMPTY_PROGRAM: &str = "empty";
+/// The known-flow path cut short after the header parse, and after the parse and one flow-table
+/// lookup (benchmarks only: the floor of the path, see `egress-ebpf/src/floor.rs`).
+pub const FLOOR_PROGRAMS: [&str; 2] = ["floor_parse", "floor_lookup"];
 /// A program that passes with a final verdict, ending the TCX chain (tests only, see
 /// `egress-ebpf`).
 pub const FINAL_PASS_PROGRAM: &str = "final_pass";

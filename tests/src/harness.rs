@@ -71,6 +71,13 @@ impl Harness {
         &self._pins.pins
     }
 
+    /// Loads one more classifier of the object (benchmarks: the floor programs).
+    pub fn load_classifier(&mut self, name: &str) {
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load()
+            .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
+    }
+
     /// A loaded program, for callers that need more than the verdict (durations, repeats).
     pub fn program(&self, name: &str) -> &aya::programs::Program {
         self.ebpf.program(name).expect("program in the object")
@@ -97,5 +104,33 @@ impl Harness {
 
     pub fn counter(&self, c: u32) -> u64 {
         self.dp.counters().unwrap()[c as usize]
+    }
+
+    /// The flow this CPU's `FLOW_CACHE` slot holds, as the key's words (`None`: empty).
+    pub fn cached_flow(&self, cpu: usize) -> Option<[u64; 5]> {
+        use aya::maps::{Map, MapData, PerCpuArray};
+        use egress_common::maps::{FlowCache, names};
+        let data = MapData::from_pin(self.pins().map(names::FLOW_CACHE)).expect("FLOW_CACHE pin");
+        let cache: PerCpuArray<MapData, FlowCache> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).expect("FLOW_CACHE");
+        let slots = cache.get(&0, 0).expect("FLOW_CACHE slot");
+        let c = slots[cpu];
+        (c.tick != 0).then_some(c.key)
+    }
+}
+
+/// Keeps the calling thread on `cpu`: `BPF_PROG_TEST_RUN` runs the program on the caller's CPU,
+/// so per-CPU state (the flow cache) is then the same from one run to the next.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed `cpu_set_t` is an empty set; `CPU_SET` and `sched_setaffinity` get a
+    // valid pointer to it and its size. Thread id 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity to CPU {cpu}"
+        );
     }
 }

@@ -274,6 +274,9 @@ fn reordered_resent_and_overlapping_segments_never_let_a_denied_client_hello_com
 
 #[test]
 fn a_new_syn_on_an_admitted_tuple_is_judged_again_and_a_resent_one_is_not() {
+    // One CPU, so the admitted flow is in the flow cache the reused tuple's segments look at:
+    // the SYN that reopens the tuple must empty it (`FLOW_EPOCH`), within its window.
+    egress_tests::harness::pin_to_cpu(0);
     let h = harness("");
     let c = Conn::open(&h, LEARNED, 45_000);
     let ch = hello("cgr.dev");
@@ -285,6 +288,7 @@ fn a_new_syn_on_an_admitted_tuple_is_judged_again_and_a_resent_one_is_not() {
         PASS,
         "a retransmitted SYN keeps the admission"
     );
+    assert!(h.cached_flow(0).is_some(), "the admitted flow is cached");
     // The same 5-tuple reused with another initial sequence number: judged again.
     let again = Conn { isn: 77, ..c };
     assert_eq!(again.syn(&[]), PASS);

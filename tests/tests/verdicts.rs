@@ -156,6 +156,63 @@ fn a_known_flow_keeps_passing_after_its_address_expires() {
     assert_eq!(h.run(&new_flow.build()), DROP);
 }
 
+/// The per-CPU cache of the last known flow (`FLOW_CACHE`) holds a flow after its packets pass,
+/// and never passes a flow the table lost: one the agent cut (its epoch change), within the
+/// cache's window of 2 jiffies. `tls_verdicts.rs` has the SYN that reopens a tuple.
+#[test]
+fn the_flow_cache_holds_the_last_flow_and_never_a_removed_one() {
+    egress_tests::harness::pin_to_cpu(0);
+    let mut h = Harness::new(&format!(
+        "ports: [443]\nallow:\n  cidrs: [{ALLOWED_V4}]\nrevoked_connections: cut\ntls:\n  sni: off\n"
+    ));
+    let flow = |h: &mut Harness, port: u16| {
+        learn_by_hand(&mut h.dp, ip(DENIED_V4), clock::boot_ns() + 60_000_000_000);
+        let mut syn = tcp(CLIENT_V4, DENIED_V4, 443);
+        syn.sport = port;
+        assert_eq!(h.run(&syn.build()), PASS);
+        let mut ack = syn;
+        ack.tcp_flags = TCP_ACK;
+        let ack = ack.build();
+        // The first ACK finds the flow in the table and caches it; the second passes from the
+        // cache (the same counter).
+        assert_eq!(h.run(&ack), PASS);
+        assert_eq!(h.run(&ack), PASS);
+        ack
+    };
+    let before = h.counter(counters::PASS_FLOW);
+    let ack = flow(&mut h, 40_100);
+    assert_eq!(h.counter(counters::PASS_FLOW) - before, 2);
+    let key = egress_common::maps::FlowKey::new(
+        egress_common::maps::v4_mapped(CLIENT_V4.parse::<std::net::Ipv4Addr>().unwrap().octets()),
+        egress_common::maps::v4_mapped(DENIED_V4.parse::<std::net::Ipv4Addr>().unwrap().octets()),
+        40_100u16.to_be_bytes(),
+        443u16.to_be_bytes(),
+        IPPROTO_TCP,
+        egress_common::maps::family::V4,
+    );
+    assert_eq!(h.cached_flow(0), Some(key.words()), "CPU 0 caches the flow");
+    // The agent cuts it (its address expired and a reload revoked it): the next packet, well
+    // inside the window, is judged afresh and dropped. Repeated, so a cut that happens to land
+    // after the window cannot hide a cache that outlives it.
+    for round in 0..20u16 {
+        let ack = if round == 0 {
+            ack.clone()
+        } else {
+            flow(&mut h, 40_100 + round)
+        };
+        expire_by_hand(h.pins(), ip(DENIED_V4));
+        let cut =
+            h.dp.cut_flows(clock::boot_ns(), &[ip(DENIED_V4)], &[])
+                .expect("cut");
+        assert_eq!(cut, 1, "round {round}: the flow was cut");
+        assert_eq!(
+            h.run(&ack),
+            DROP,
+            "round {round}: a cut flow passed from the cache"
+        );
+    }
+}
+
 #[test]
 fn ipv4_fragments() {
     let h = Harness::enforce();

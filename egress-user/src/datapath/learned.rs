@@ -319,6 +319,9 @@ impl Datapath {
         }
         // A flow already gone (LRU eviction, a racing collection) is not counted.
         let flows = stale.iter().filter(|k| self.forget_flow(k)).count();
+        if flows > 0 {
+            self.flows_removed()?;
+        }
         Ok((done, flows))
     }
 
@@ -372,6 +375,9 @@ impl Datapath {
                 cut += 1;
             }
         }
+        if cut > 0 {
+            self.flows_removed()?;
+        }
         Ok(cut)
     }
 
@@ -386,6 +392,20 @@ impl Datapath {
             .iter()
             .map(|e| e.map_err(op(names::FLOWS_UDP, "iterate")));
         tcp.chain(udp).collect()
+    }
+
+    /// Changes the flow epoch after flows were removed, so that no CPU passes a removed flow
+    /// from its cache (`egress_common::maps::FlowCache`). The programs change it too (a plain
+    /// increment there); a change racing with this one still leaves a value no entry stamped
+    /// before the removal carries.
+    fn flows_removed(&mut self) -> Result<()> {
+        let epoch = self
+            .flow_epoch
+            .get(&0, 0)
+            .map_err(op(names::FLOW_EPOCH, "read"))?;
+        self.flow_epoch
+            .set(0, epoch.wrapping_add(1), 0)
+            .map_err(op(names::FLOW_EPOCH, "write"))
     }
 
     /// Removes a flow from its table; whether it was there.

@@ -26,7 +26,7 @@ use egress_tests::{
     live::{World, WorldOptions, policy},
     static_policy,
 };
-use egress_user::{clock, datapath::Datapath};
+use egress_user::{clock, datapath::Datapath, ebpf};
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
 
@@ -486,7 +486,7 @@ fn policy_times(names: u32, changed: u32) -> (f64, f64, f64) {
         big_policy(1_000, names, changed),
     );
     let pins = TestPins::new();
-    let mut ebpf = egress_user::ebpf::load(&pins.pins).expect("load");
+    let mut ebpf = ebpf::load(&pins.pins).expect("load");
     let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
     let t = Instant::now();
     let p1 = egress_user::policy::parse(&first, "big.yaml".as_ref()).expect("policy");
@@ -763,6 +763,9 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
             ],
         );
         fill(&mut h, prefixes);
+        for prog in ebpf::FLOOR_PROGRAMS {
+            h.load_classifier(prog);
+        }
         let (client, dst) = (ip(CLIENT), ip(ALLOWED));
         let syn = Packet::tcp(client, dst, 443).build();
         let mut ack = Packet::tcp(client, dst, 443);
@@ -779,6 +782,19 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         hello.payload_bytes = Some(ClientHello::new("flow.bench.test").build());
         assert_eq!(h.egress(&hello.build()), PASS);
         let empty = timed_path(&h, "empty", "empty", &ack, repeat, PASS, None);
+        // The floor: the same ACK through the path cut short after the parse, and after the
+        // parse and one flow-table lookup (`egress-ebpf/src/floor.rs`).
+        for (name, prog) in [
+            ("floor: header parse only", ebpf::FLOOR_PROGRAMS[0]),
+            (
+                "floor: parse + one flow-table lookup",
+                ebpf::FLOOR_PROGRAMS[1],
+            ),
+        ] {
+            let ns = timed_path(&h, name, prog, &ack, repeat, PASS, None);
+            rows.push(json!({"case": name, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": repeat}));
+        }
+        rows.push(known_flow_cache_miss(&h, prefixes, dns_answers));
         let mut case = |name: &str, frame: &[u8], verdict: i32, counter: u32| {
             let ns = timed_path(&h, name, "egress", frame, repeat, verdict, Some(counter));
             rows.push(json!({"case": name, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": repeat, "counter": counters::NAMES[counter as usize]}));
@@ -802,6 +818,45 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         }
     }
     Value::Array(rows)
+}
+
+/// A known flow the CPU's flow cache does not hold: two flows' ACKs in turn, one run each
+/// (`repeat` 1, as the DNS rows, against the empty program run the same way), so every run
+/// misses the cache and takes the flow table.
+fn known_flow_cache_miss(h: &Harness, prefixes: usize, runs: usize) -> Value {
+    let (client, dst) = (ip(CLIENT), ip(ALLOWED));
+    let acks: Vec<Vec<u8>> = [41_000u16, 41_001]
+        .iter()
+        .map(|&sport| {
+            let mut syn = Packet::tcp(client, dst, 443);
+            syn.sport = sport;
+            assert_eq!(h.egress(&syn.build()), PASS);
+            let mut hello = syn.clone();
+            hello.tcp_flags = TCP_ACK;
+            hello.seq = 2;
+            hello.payload_bytes = Some(ClientHello::new("flow.bench.test").build());
+            assert_eq!(h.egress(&hello.build()), PASS);
+            let mut ack = syn;
+            ack.tcp_flags = TCP_ACK;
+            ack.build()
+        })
+        .collect();
+    let before = h.counter(counters::PASS_FLOW);
+    let (mut total, mut base) = (0.0, 0.0);
+    for i in 0..runs {
+        let ack = &acks[i % 2];
+        let (ns, ret) = per_run(h, "egress", ack, 1);
+        assert_eq!(ret, PASS, "known flow, cache miss: another verdict");
+        total += ns;
+        base += per_run(h, "empty", ack, 1).0;
+    }
+    assert_eq!(
+        h.counter(counters::PASS_FLOW) - before,
+        runs as u64,
+        "known flow, cache miss: another path was timed"
+    );
+    let (ns, empty) = (total / runs as f64, base / runs as f64);
+    json!({"case": "known flow (ACK), flow cache miss", "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": 1, "runs": runs, "counter": "pass_flow"})
 }
 
 /// The TLS server-name judgment: a new connection's ClientHello (517 B, 1.9 KB with the name
