@@ -6,15 +6,18 @@
 //! walks).
 
 use aya_ebpf::{
-    bindings::__sk_buff, helpers::bpf_skb_load_bytes, maps::LruHashMap, programs::TcContext,
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_skb_load_bytes,
+    maps::LruHashMap,
+    programs::TcContext,
 };
 use egress_common::{
     counters,
     dns::{self, Address, BUF, Question, rcode},
     maps::{
-        DNS_QUERIES_PER_CLIENT_PER_SEC, DNS_QUERY_TIMEOUT_NS, DnsBuf, DnsEventHeader, DnsPacket,
-        DnsParsed, NS_PER_S, PendingKey, PendingValue, RateState, Rule, SCRATCH_EGRESS,
-        SCRATCH_INGRESS, dns_flag, dns_kind, learn, v4_mapped, v4_of_mapped,
+        DNS_EVENTS_BYTES, DNS_QUERIES_PER_CLIENT_PER_SEC, DNS_QUERY_TIMEOUT_NS, DnsBuf,
+        DnsEventHeader, DnsPacket, DnsParsed, NS_PER_S, PendingKey, PendingValue, RateState, Rule,
+        SCRATCH_EGRESS, SCRATCH_INGRESS, dns_flag, dns_kind, learn, v4_mapped, v4_of_mapped,
     },
     mode,
     packet::{
@@ -26,7 +29,7 @@ use egress_common::{
 use crate::{
     maps::{DNS_CLIENTS, DNS_EVENTS, DNS_PENDING, DNS_SCRATCH, LEARNED_BY, LEARNED_V4, LEARNED_V6},
     policy,
-    skb::{Skb, count, now},
+    skb::{Skb, count, counted, now},
 };
 
 const UDP_HLEN: usize = 8;
@@ -479,6 +482,9 @@ pub(crate) fn learn_message(
             if walked & WALK_INCOMPLETE != 0 {
                 flags |= dns_flag::INCOMPLETE;
             }
+            if walked & WALK_NO_ADDRESS != 0 {
+                flags |= dns_flag::NO_ADDRESS;
+            }
         }
     }
     send_copy(slot, dns_kind::MESSAGE, flags, len, 0);
@@ -544,6 +550,8 @@ pub(crate) extern "C" fn dns_skip_name(slot: u32, len: u32, off: u32) -> i64 {
 
 /// Set in [`ingress_learn_answers`]' result when the answer has more records than it walks.
 const WALK_INCOMPLETE: i64 = 1;
+/// Set in [`ingress_learn_answers`]' result when the walk learned no address.
+const WALK_NO_ADDRESS: i64 = 2;
 
 /// Walks the answer section of the message in scratch `slot` and learns its addresses;
 /// negative if the section is malformed (nothing learned). A global function so the verifier
@@ -570,6 +578,7 @@ pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, an
         end: end as usize,
     };
     let now = now();
+    let learned_before = counted(counters::DNS_ADDR_LEARNED);
     let len = (len as usize).min(BUF);
     let skip = |off: usize| {
         let r = dns_skip_name(slot, len as u32, off as u32);
@@ -597,7 +606,9 @@ pub(crate) extern "C" fn ingress_learn_answers(slot: u32, len: u32, end: u32, an
     }) {
         Ok(walk) => {
             count(counters::DNS_ANSWER_LEARNED);
-            if walk.incomplete { WALK_INCOMPLETE } else { 0 }
+            let none = counted(counters::DNS_ADDR_LEARNED) == learned_before;
+            (if walk.incomplete { WALK_INCOMPLETE } else { 0 })
+                | (if none { WALK_NO_ADDRESS } else { 0 })
         }
         Err(_) => -1,
     }
@@ -722,7 +733,28 @@ pub(crate) fn send_copy(slot: u32, kind: u8, flags: u8, len: usize, tcp_seq: u32
             size_of::<DnsEventHeader>() + n as usize,
         )
     };
-    if DNS_EVENTS.output::<[u8]>(record, 0).is_err() {
+    if DNS_EVENTS
+        .output::<[u8]>(record, ring_flags(dns_flag::urgent(kind, flags)))
+        .is_err()
+    {
         count(counters::DNS_EVENT_LOST);
+    }
+}
+
+/// Past this much unread data in `DNS_EVENTS`, every copy wakes the agent, urgent or not, so
+/// that the ring drains long before it could fill (a quarter: 1 MiB, some 6,000 copies).
+const WAKE_ABOVE_BYTES: u64 = DNS_EVENTS_BYTES as u64 / 4;
+
+/// How a copy commits to the ring. An urgent copy forces the wake-up: the default would wake
+/// the agent only if it had read everything before, and a non-urgent copy may wait unread. A
+/// non-urgent one wakes nobody (`BPF_RB_NO_WAKEUP`: no irq_work, no scheduler wake-up inside
+/// the answer's path to the application); the agent reads it at its next timed read (see
+/// `egress-user/src/events.rs`, `DNS_READ_PERIOD`) or with the next urgent copy.
+#[inline(always)]
+fn ring_flags(urgent: bool) -> u64 {
+    if urgent || DNS_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) > WAKE_ABOVE_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }

@@ -367,8 +367,17 @@ impl Agent {
             // to 503 while the kernel goes on enforcing. Release builds have no such switch.
             #[cfg(debug_assertions)]
             let fail = std::env::var("EGRESS_TEST_FAIL").is_ok_and(|v| v == "dns-learning");
+            // Debug builds only: `EGRESS_TEST_DNS_READ_PERIOD_MS` stretches the timed read, so
+            // the tests can tell the copies the kernel wakes the agent for from the others.
+            #[cfg(debug_assertions)]
+            let period = std::env::var("EGRESS_TEST_DNS_READ_PERIOD_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(events::DNS_READ_PERIOD, Duration::from_millis);
+            #[cfg(not(debug_assertions))]
+            let period = events::DNS_READ_PERIOD;
             tasks.spawn(async move {
-                let drained = events::drain_ring(dns_ring, cancel, |item| {
+                let drained = events::drain_ring(dns_ring, cancel, Some(period), |item| {
                     #[cfg(debug_assertions)]
                     assert!(!fail, "EGRESS_TEST_FAIL=dns-learning");
                     let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());

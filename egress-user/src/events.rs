@@ -42,24 +42,53 @@ pub fn destination(ev: &DenyEvent) -> Option<IpAddr> {
     }
 }
 
-/// Hands every record of `ring` to `handle` as it arrives, until `cancel`.
+/// How often the agent reads `DNS_EVENTS` without being woken: the kernel wakes it only for
+/// copies it must act on at once (`dns_flag::urgent`), or when the ring is a quarter full; the
+/// rest (answers learned whole in the kernel, answers for names not allowed) only feed the
+/// records (`egress status`, log lines, `egress suggest`) and are read this often.
+pub const DNS_READ_PERIOD: Duration = Duration::from_millis(50);
+
 /// Records handled before a drain lets other tasks of the runtime run.
 const YIELD_EVERY: usize = 256;
 
+/// Hands every record of `ring` to `handle` as it arrives (when the kernel wakes the agent) and,
+/// with `period`, also at least that often (for records committed without a wake-up), until
+/// `cancel`.
 pub async fn drain_ring(
     ring: RingBuf<MapData>,
     cancel: CancellationToken,
+    period: Option<Duration>,
     mut handle: impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd for as long as it lives, and the `AsyncFd` owns
     // the ring buffer, so the descriptor stays open and the same until the `AsyncFd` drops.
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    let mut tick = period.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     loop {
-        let mut guard = tokio::select! {
+        let woken = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            guard = fd.readable_mut() => guard?,
+            guard = fd.readable_mut() => Some(guard?),
+            _ = async {
+                match tick.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => None,
         };
-        let ring = guard.get_inner_mut();
+        // Readiness is cleared before reading, so a wake-up that comes while the records are
+        // handled is not lost; a timed read leaves it alone.
+        let ring = match woken {
+            Some(mut guard) => {
+                guard.clear_ready();
+                drop(guard);
+                fd.get_mut()
+            }
+            None => fd.get_mut(),
+        };
         let mut handled = 0usize;
         while let Some(item) = ring.next() {
             handle(&item);
@@ -71,7 +100,6 @@ pub async fn drain_ring(
                 tokio::task::yield_now().await;
             }
         }
-        guard.clear_ready();
     }
 }
 
@@ -94,7 +122,7 @@ pub async fn drain(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let mut last_logged: HashMap<LogKey, Instant> = HashMap::new();
-    drain_ring(ring, cancel, |item| {
+    drain_ring(ring, cancel, None, |item| {
         if let Some(ev) = read_record::<DenyEvent>(item) {
             let sni = server_name(item);
             let mut dp = dp.lock().unwrap_or_else(|p| p.into_inner());

@@ -417,3 +417,44 @@ fn a_burst_of_answers_the_agent_only_records_does_not_crowd_out_a_dangling_cname
     );
     w.wait_for_cname_target();
 }
+
+/// The kernel wakes the agent only for the copies it must act on at once. With the agent's timed
+/// read stretched to an hour: a copy of an answer the kernel learned whole stays unread (its
+/// record does not appear), and the next copy the agent must act on (a chain ending in a CNAME
+/// without addresses) wakes it, and it reads both. Fails if every copy woke the agent, or if
+/// the urgent one did not (the default wake-up skips a ring with unread records).
+#[test]
+fn only_copies_the_agent_must_act_on_wake_it() {
+    use egress_tests::dnsmsg::{Rr, response};
+    let w = PlayedResolver::with_env(
+        "app.example, whole.example",
+        &[("EGRESS_TEST_DNS_READ_PERIOD_MS", "3600000")],
+    );
+    // Let the agent's first timed read (at start) pass.
+    std::thread::sleep(Duration::from_millis(300));
+    w.ask(0x0101, "whole.example.");
+    w.answer(response(
+        0x0101,
+        "whole.example.",
+        RecordType::A,
+        &[Rr::Addr("whole.example.", WEB_DENIED, 60)],
+    ));
+    egress_tests::wait_for("the kernel to learn the address", || {
+        learned(&w.agent, WEB_DENIED)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let recorded = || w.agent.datapath().answer_name(ip(WEB_DENIED)).is_some();
+    assert!(
+        !recorded(),
+        "a copy of an answer the kernel learned whole woke the agent"
+    );
+    w.ask(0x0202, "app.example.");
+    w.answer(response(
+        0x0202,
+        "app.example.",
+        RecordType::A,
+        &[Rr::Cname("app.example.", "edge.other.test.", 60)],
+    ));
+    w.wait_for_cname_target();
+    egress_tests::wait_for("the earlier copy to be read with it", recorded);
+}
