@@ -176,12 +176,15 @@ const LEARNING: [(u32, u32); 2] = [(100_000, 1), (20_000, 8)];
 mod target {
     /// A known-flow packet, as a multiple of the empty program's run.
     pub(super) const KNOWN_FLOW_RATIO: f64 = 1.5;
+    /// A new allowed SYN at 1,000,000 learned prefixes, in ns.
+    pub(super) const SYN_1M_NS: f64 = 150.0;
     /// A known-flow packet with server names enforced, against the same with them off.
     pub(super) const SNI_KNOWN_FLOW_RATIO: f64 = 1.05;
     /// Judging a new connection's ClientHello, in µs.
     pub(super) const CLIENT_HELLO_US: f64 = 10.0;
-    /// DNS answers learned per second of program time, with no address lost.
-    pub(super) const ANSWERS_PER_S: f64 = 100_000.0;
+    /// DNS answers of one address learned per second of program time, with no address lost
+    /// (answers of more addresses are reported, not judged).
+    pub(super) const ANSWERS_PER_S: f64 = 1_000_000.0;
     /// Throughput with enforcement, as a share of the throughput without (median of rounds).
     pub(super) const THROUGHPUT: f64 = 0.97;
     /// Connects slower than the race's threshold.
@@ -377,16 +380,32 @@ fn per_packet(o: &mut String, r: &Value) {
             f(&row["ratio_to_empty"])
         );
     }
-    let (best, worst) = range(
-        rows.iter()
-            .filter(|row| row["case"] == "known flow (ACK)")
-            .map(|row| f(&row["ratio_to_empty"])),
-    );
+    let ratios = |case: &str| {
+        range(
+            rows.iter()
+                .filter(|row| row["case"] == case)
+                .map(|row| f(&row["ratio_to_empty"])),
+        )
+    };
+    let (best, worst) = ratios("known flow (ACK)");
+    let (parse_lo, parse_hi) = ratios("floor: header parse only");
+    let (lookup_lo, lookup_hi) = ratios("floor: parse + one flow-table lookup");
+    let (miss_lo, miss_hi) = ratios("known flow (ACK), flow cache miss");
     let _ = writeln!(
         o,
-        "\n**Target: a known-flow packet at most {}× the empty program. Measured: {best:.2}× to {worst:.2}×: {}.** The empty program costs only the test-run overhead; a known flow adds the header parse, the enforced-port bitmap, one flow-table lookup, a clock read and a per-CPU counter.\n",
+        "\n**Target: a known-flow packet at most {}× the empty program. Measured: {best:.2}× to {worst:.2}×: {}.** The empty program costs only the test-run overhead. The floor, measured by the same path cut short (`egress-ebpf/src/floor.rs`): the header parse alone is {parse_lo:.2}× to {parse_hi:.2}× the empty program, so the target leaves almost nothing beyond reading the headers; the parse and one lookup of the 40-byte key in `FLOWS` is {lookup_lo:.2}× to {lookup_hi:.2}×, so no design that looks each packet up in a hash table comes near it. A known flow therefore passes from a per-CPU cache of the last flow the CPU passed (2 jiffies, invalidated by every flow removal; design.md, *The per-CPU flow cache*): no lookup and no clock, only the parse, the enforced-port bitmap, a 40-byte compare and a per-CPU counter, under the floor of any flow-table lookup. A flow the cache does not hold (two flows in turn, one run each, against the empty program run the same way) costs {miss_lo:.2}× to {miss_hi:.2}×. Before the cache (the previous report): 12.25× to 13.70×.\n",
         target::KNOWN_FLOW_RATIO,
         verdict(worst <= target::KNOWN_FLOW_RATIO)
+    );
+    let syn_1m = rows
+        .iter()
+        .find(|row| row["case"] == "new allowed SYN" && row["learned_prefixes"] == 1_000_000)
+        .map_or(f64::NAN, |row| f(&row["ns_per_packet"]));
+    let _ = writeln!(
+        o,
+        "**Target: a new allowed SYN at 1,000,000 learned prefixes in at most {} ns. Measured: {syn_1m:.0} ns: {}.** With server names enforced (the default), a SYN to a learned address on 443 does more than find its address: it opens the connection's `TLS_PENDING` entry (an LRU insert) for the ClientHello's judgment, and the learned lookup at a million entries misses the CPU caches.\n",
+        target::SYN_1M_NS,
+        verdict(syn_1m <= target::SYN_1M_NS)
     );
     tls_cost(o, &rows);
 }
@@ -433,7 +452,11 @@ fn learning(o: &mut String, r: &Value) {
     );
     for l in r["learning"].as_array().into_iter().flatten() {
         let rate = f(&l["answers_per_s_program"]);
-        let met = rate >= target::ANSWERS_PER_S && l["addresses_lost"] == 0;
+        let judged = if l["addresses_per_answer"] == 1 {
+            verdict(rate >= target::ANSWERS_PER_S && l["addresses_lost"] == 0)
+        } else {
+            "reported"
+        };
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
@@ -444,10 +467,13 @@ fn learning(o: &mut String, r: &Value) {
             rate,
             f(&l["answers_per_s_with_syscall"]),
             text(&l["addresses_lost"]),
-            verdict(met)
+            judged
         );
     }
-    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "\nThe 1-address target is not met: where the time goes (a `perf` profile, not part of this run) and what would be needed is in design.md, *The cost of learning*. The copies commit without waking the agent unless it must act (design.md, *CNAME targets, long answers*), and `dns-bench` reads them as the agent does, so no copy is lost.\n"
+    );
 }
 
 /// The lowest and highest Gbit/s of the iperf runs without (`with` false) or with enforcement.
