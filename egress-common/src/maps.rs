@@ -104,9 +104,9 @@ pub mod names {
     pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
     /// `PerCpuArray<FlowCache>`: the last known flow each CPU passed (see [`super::FlowCache`]).
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
-    /// `Array<u64>`, one entry: changed by whoever removes a flow (the agent, or the `egress`
-    /// program when a SYN reopens a tuple); a [`super::FlowCache`] entry of another epoch is
-    /// not used.
+    /// `Array<u64>`, one entry: set to the `CLOCK_BOOTTIME` time by whoever removes a flow,
+    /// after the removal (the agent, or the `egress` program when a SYN reopens a TLS tuple);
+    /// a [`super::FlowCache`] entry of another epoch is not used.
     pub const FLOW_EPOCH: &str = "FLOW_EPOCH";
 
     /// Every map, for pinning, status and cleanup.
@@ -774,14 +774,22 @@ pub mod dns_flag {
     pub const NO_ADDRESS: u8 = 8;
 
     /// Whether the agent must see the copy at once (the ring wakes it): it has something to
-    /// learn or allow that the kernel did not. The other copies (answers the kernel learned
-    /// whole, answers for names the policy does not allow) only feed the agent's records and
-    /// wait for its next timed read, so the application's answer never waits on a wake-up.
+    /// learn or allow that the kernel did not, or the answer is for a name the policy does not
+    /// allow (the name a drop of its addresses is logged and recorded under, for `egress
+    /// suggest`, right after). The other copies (answers for allowed names the kernel learned
+    /// whole) only feed the agent's records and wait for its next timed read, so the answer of
+    /// an allowed name never waits on a wake-up.
+    ///
+    /// `NO_ADDRESS` is the walk learning no address at all; an answer whose chain ends in a
+    /// CNAME but that also carries addresses of other owners is not urgent, and its dangling
+    /// target is allowed at the agent's next timed read (rare: resolvers answer the chain in
+    /// order).
     #[inline(always)]
     pub const fn urgent(kind: u8, flags: u8) -> bool {
         kind == super::dns_kind::TCP_PART
-            || (flags & ALLOWED != 0
-                && (flags & KERNEL_LEARNED == 0 || flags & (INCOMPLETE | NO_ADDRESS) != 0))
+            || flags & ALLOWED == 0
+            || flags & KERNEL_LEARNED == 0
+            || flags & (INCOMPLETE | NO_ADDRESS) != 0
     }
 }
 
@@ -936,9 +944,10 @@ pub const FLOW_TOUCH_INTERVAL_NS: u64 = NS_PER_S;
 /// and the epoch is unchanged: bulk traffic on a CPU is mostly one flow, and the lookup of a
 /// 40-byte key costs as much as the rest of the path (`bench/REPORT.md`, *Per-packet cost*).
 ///
-/// Removing a flow changes the epoch (after the removal), so no CPU passes a removed flow from
-/// its cache: an entry is stamped with the epoch read *before* its lookup, hence a lookup that
-/// still saw the flow carries an epoch older than the change.
+/// Removing a flow changes the epoch (after the removal, to the `CLOCK_BOOTTIME` time: a value
+/// never written before), so no CPU passes a removed flow from its cache: an entry is stamped
+/// with the epoch read *before* its lookup, hence a lookup that still saw the flow carries an
+/// epoch written before the change.
 ///
 /// The key is kept as words so the comparison is five 8-byte compares (a [`FlowKey`] is
 /// byte-aligned). `tick == 0` means empty.
@@ -951,8 +960,9 @@ pub struct FlowCache {
 }
 
 /// How long, in jiffies, a [`FlowCache`] entry stands for the flow table: 2 (2 to 20 ms, by the
-/// kernel's `HZ`). It bounds how stale an entry's idle check is; removals do not wait for it
-/// (they change the epoch).
+/// kernel's `HZ`, as long as jiffies advance: a CPU that keeps the tick from running stretches
+/// it). It bounds how stale an entry's idle check is, and how long an evicted flow passes;
+/// removals do not wait for it (they change the epoch).
 pub const FLOW_CACHE_JIFFIES: u64 = 2;
 
 impl FlowKey {

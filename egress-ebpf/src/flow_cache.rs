@@ -4,10 +4,18 @@
 //! after a flow-table hit that passed, and read before the next lookup. It never admits anything
 //! the flow table did not admit within the last [`FLOW_CACHE_JIFFIES`] and the same
 //! [`FLOW_EPOCH`] (whoever removes a flow changes the epoch after the removal).
+//!
+//! On weakly ordered CPUs (arm64) the epoch load and the flow-table walk are plain loads the CPU
+//! may reorder, so a lookup racing a removal may stamp the new epoch and the flow may pass for
+//! the window: the bound there is [`FLOW_CACHE_JIFFIES`], not the epoch (BPF has load-acquire
+//! only since Linux 6.15). x86 does not reorder loads with loads.
 
 use egress_common::maps::{FLOW_CACHE_JIFFIES, FlowKey};
 
-use crate::maps::{FLOW_CACHE, FLOW_EPOCH};
+use crate::{
+    maps::{FLOW_CACHE, FLOW_EPOCH},
+    skb::now,
+};
 
 /// The flow epoch now. Read before the flow-table lookup whose result [`remember`] stamps.
 #[inline(always)]
@@ -43,25 +51,25 @@ pub(crate) fn remember(key: &FlowKey, tick: u64, epoch: u64) {
     let Some(c) = FLOW_CACHE.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: as in `hit`. The slot is emptied before the key changes and stamped after, so
-    // even a reader in the middle (none can run on this CPU meanwhile) never pairs a fresh
-    // stamp with a half-written key.
+    // SAFETY: as in `hit`. Only this CPU uses the slot and TC programs do not nest on a CPU,
+    // so nothing reads it half-written.
     unsafe {
-        (*c).tick = 0;
         (*c).key = key.words();
         (*c).epoch = epoch;
         (*c).tick = tick;
     }
 }
 
-/// Changes the epoch after a flow was removed, so that no CPU passes it from its cache. A plain
-/// increment (`core` offers no atomic read-modify-write on the BPF target): two removals at the
-/// same instant may both write the same value, which still differs from every epoch stamped
-/// before either removal, and that is all the cache needs.
+/// Changes the epoch after a flow was removed, so that no CPU passes it from its cache. The new
+/// epoch is the `CLOCK_BOOTTIME` time, read after the removal, as the agent does: a value no
+/// earlier writer wrote (the clock is monotonic across CPUs, and every entry stamped with an
+/// epoch was stamped after that epoch was written, hence after the clock read of its writer),
+/// so no write, however late or out of order, can bring back an epoch an entry carries. A plain
+/// store: there is no read-modify-write to race.
 #[inline(always)]
 pub(crate) fn removed() {
     if let Some(e) = FLOW_EPOCH.get_ptr_mut(0) {
         // SAFETY: the array's only slot, from a successful lookup; an aligned 8-byte store.
-        unsafe { *e = (*e).wrapping_add(1) };
+        unsafe { *e = now() };
     }
 }

@@ -308,10 +308,11 @@ fn open(key: &FlowKey, isn: u32, now: u64) -> bool {
     // (`deny_tls_unknown`), fail-closed.
     let _ = TLS_PENDING.insert(key, &flow, 0);
     // The tuple's old flow goes, and with it any CPU's cached copy: the new connection's
-    // payload must reach the judgment, not pass as the old connection's.
-    if FLOWS.remove(key).is_ok() {
-        crate::flow_cache::removed();
-    }
+    // payload must reach the judgment, not pass as the old connection's. The epoch changes
+    // even if the table no longer held the flow: LRU eviction removes flows without changing
+    // it, and a CPU may still cache the evicted one.
+    let _ = FLOWS.remove(key);
+    crate::flow_cache::removed();
     let _ = TLS_PARTIAL.remove(key);
     true
 }

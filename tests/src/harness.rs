@@ -119,6 +119,19 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Removes a TCP flow from `FLOWS` as the LRU's eviction does: without the change of
+    /// `FLOW_EPOCH` that the agent's and the programs' removals make.
+    pub fn evict_flow(&self, key: &egress_common::maps::FlowKey) {
+        use aya::maps::{HashMap, Map, MapData};
+        use egress_common::maps::{FlowKey, FlowValue, names};
+        let data = MapData::from_pin(self.pins().map(names::FLOWS)).expect("FLOWS pin");
+        let mut flows: HashMap<MapData, FlowKey, FlowValue> =
+            HashMap::try_from(Map::LruHashMap(data)).expect("FLOWS");
+        flows.remove(key).expect("the flow to evict");
+    }
+}
+
 /// Keeps the calling thread on `cpu`: `BPF_PROG_TEST_RUN` runs the program on the caller's CPU,
 /// so per-CPU state (the flow cache) is then the same from one run to the next.
 pub fn pin_to_cpu(cpu: usize) {

@@ -296,6 +296,36 @@ fn a_new_syn_on_an_admitted_tuple_is_judged_again_and_a_resent_one_is_not() {
     assert_eq!(again.data(4000, b"more"), DROP);
 }
 
+/// The LRU evicts a flow without changing `FLOW_EPOCH`, and a CPU may still cache it: the SYN
+/// that reopens its tuple changes the epoch anyway, so the new connection's ClientHello is
+/// judged, not passed from the cache as the old connection's.
+#[test]
+fn a_reopened_tuple_whose_flow_was_evicted_is_judged_again() {
+    egress_tests::harness::pin_to_cpu(0);
+    let h = harness("");
+    let c = Conn::open(&h, LEARNED, 45_100);
+    let ch = hello("cgr.dev");
+    assert_eq!(c.data(0, &ch), PASS);
+    assert_eq!(c.data(ch.len(), b"more"), PASS);
+    let key = egress_common::maps::FlowKey::new(
+        egress_common::maps::v4_mapped(CLIENT_V4.parse::<std::net::Ipv4Addr>().unwrap().octets()),
+        egress_common::maps::v4_mapped(LEARNED.parse::<std::net::Ipv4Addr>().unwrap().octets()),
+        45_100u16.to_be_bytes(),
+        443u16.to_be_bytes(),
+        egress_common::packet::IPPROTO_TCP,
+        egress_common::maps::family::V4,
+    );
+    assert_eq!(h.cached_flow(0), Some(key.words()), "the flow is cached");
+    h.evict_flow(&key);
+    let again = Conn { isn: 77, ..c };
+    assert_eq!(again.syn(&[]), PASS);
+    assert_eq!(
+        again.data(0, &hello("mirror.test")),
+        DROP,
+        "the reopened tuple's ClientHello passed from the cache"
+    );
+}
+
 #[test]
 fn payload_on_a_connection_egress_never_saw_open_is_dropped() {
     let h = harness("");

@@ -395,16 +395,14 @@ impl Datapath {
     }
 
     /// Changes the flow epoch after flows were removed, so that no CPU passes a removed flow
-    /// from its cache (`egress_common::maps::FlowCache`). The programs change it too (a plain
-    /// increment there); a change racing with this one still leaves a value no entry stamped
-    /// before the removal carries.
+    /// from its cache (`egress_common::maps::FlowCache`). The new epoch is the `CLOCK_BOOTTIME`
+    /// time read after the removal, as the programs write it: a value never written before, so
+    /// no write, however late, brings back an epoch an entry carries (see `flow_cache.rs` in
+    /// `egress-ebpf`). One store, no read-modify-write to race with the programs or with the
+    /// agent's other map handle.
     fn flows_removed(&mut self) -> Result<()> {
-        let epoch = self
-            .flow_epoch
-            .get(&0, 0)
-            .map_err(op(names::FLOW_EPOCH, "read"))?;
         self.flow_epoch
-            .set(0, epoch.wrapping_add(1), 0)
+            .set(0, crate::clock::boot_ns(), 0)
             .map_err(op(names::FLOW_EPOCH, "write"))
     }
 
