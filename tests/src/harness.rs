@@ -132,6 +132,21 @@ impl Harness {
     }
 }
 
+/// The flow-table key of TCP from `src:sport` to `dst:dport` (IPv4 addresses, mapped as the
+/// programs store them).
+pub fn tcp_flow_key(src: &str, dst: &str, sport: u16, dport: u16) -> egress_common::maps::FlowKey {
+    use egress_common::maps::{FlowKey, family, v4_mapped};
+    let v4 = |a: &str| v4_mapped(a.parse::<std::net::Ipv4Addr>().expect("IPv4").octets());
+    FlowKey::new(
+        v4(src),
+        v4(dst),
+        sport.to_be_bytes(),
+        dport.to_be_bytes(),
+        egress_common::packet::IPPROTO_TCP,
+        family::V4,
+    )
+}
+
 /// Keeps the calling thread on `cpu`: `BPF_PROG_TEST_RUN` runs the program on the caller's CPU,
 /// so per-CPU state (the flow cache) is then the same from one run to the next.
 pub fn pin_to_cpu(cpu: usize) {

@@ -307,14 +307,7 @@ fn a_reopened_tuple_whose_flow_was_evicted_is_judged_again() {
     let ch = hello("cgr.dev");
     assert_eq!(c.data(0, &ch), PASS);
     assert_eq!(c.data(ch.len(), b"more"), PASS);
-    let key = egress_common::maps::FlowKey::new(
-        egress_common::maps::v4_mapped(CLIENT_V4.parse::<std::net::Ipv4Addr>().unwrap().octets()),
-        egress_common::maps::v4_mapped(LEARNED.parse::<std::net::Ipv4Addr>().unwrap().octets()),
-        45_100u16.to_be_bytes(),
-        443u16.to_be_bytes(),
-        egress_common::packet::IPPROTO_TCP,
-        egress_common::maps::family::V4,
-    );
+    let key = egress_tests::harness::tcp_flow_key(CLIENT_V4, LEARNED, 45_100, 443);
     assert_eq!(h.cached_flow(0), Some(key.words()), "the flow is cached");
     h.evict_flow(&key);
     let again = Conn { isn: 77, ..c };

@@ -182,14 +182,7 @@ fn the_flow_cache_holds_the_last_flow_and_never_a_removed_one() {
     let before = h.counter(counters::PASS_FLOW);
     let ack = flow(&mut h, 40_100);
     assert_eq!(h.counter(counters::PASS_FLOW) - before, 2);
-    let key = egress_common::maps::FlowKey::new(
-        egress_common::maps::v4_mapped(CLIENT_V4.parse::<std::net::Ipv4Addr>().unwrap().octets()),
-        egress_common::maps::v4_mapped(DENIED_V4.parse::<std::net::Ipv4Addr>().unwrap().octets()),
-        40_100u16.to_be_bytes(),
-        443u16.to_be_bytes(),
-        IPPROTO_TCP,
-        egress_common::maps::family::V4,
-    );
+    let key = egress_tests::harness::tcp_flow_key(CLIENT_V4, DENIED_V4, 40_100, 443);
     assert_eq!(h.cached_flow(0), Some(key.words()), "CPU 0 caches the flow");
     // The agent cuts it (its address expired and a reload revoked it): the next packet, well
     // inside the window, is judged afresh and dropped. Repeated, so a cut that happens to land
