@@ -41,8 +41,9 @@ pub(crate) fn hit(key: &FlowKey, tick: u64, epoch: u64) -> bool {
         | (c.key[3] ^ w[3])
         | (c.key[4] ^ w[4])
         | (c.epoch ^ epoch);
-    // `tick == 0` is an empty slot; a slot from the future (jiffies do not go back) is not used.
-    differ == 0 && c.tick != 0 && tick >= c.tick && tick - c.tick < FLOW_CACHE_JIFFIES
+    // An empty slot (`tick == 0`: jiffies start far above it) and a slot from the future
+    // (jiffies do not go back) both wrap to a huge age.
+    differ == 0 && tick.wrapping_sub(c.tick) < FLOW_CACHE_JIFFIES
 }
 
 /// Remembers `key` as found in the flow table at `tick`, by a lookup that started in `epoch`.

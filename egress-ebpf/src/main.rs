@@ -259,19 +259,25 @@ fn enforce(
     let key = FlowKey::new(p.saddr, p.daddr, sport, dport, proto, p.family);
     let tcp = proto == IPPROTO_TCP;
     let syn = tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // The flow this CPU passed last, found in the flow table a jiffy or two ago: passes with
-    // neither the lookup nor the clock (see `flow_cache`). Never a SYN, as below.
-    let tick = jiffies();
-    let epoch = flow_cache::epoch();
-    if !syn && flow_cache::hit(&key, tick, epoch) {
-        count(counters::PASS_FLOW);
-        return PASS;
-    }
-    let now = now();
     // A SYN opens a new connection: it is always judged by the allow maps, so a reused
-    // 5-tuple cannot ride on an old flow to an expired address.
+    // 5-tuple cannot ride on an old flow to an expired address. Any other packet first tries
+    // the flow this CPU passed last, found in the flow table a jiffy or two ago: it passes with
+    // neither the lookup nor the clock (see `flow_cache`).
+    let cached = if syn {
+        None
+    } else {
+        let (tick, epoch) = (jiffies(), flow_cache::epoch());
+        if flow_cache::hit(&key, tick, epoch) {
+            count(counters::PASS_FLOW);
+            return PASS;
+        }
+        Some((tick, epoch))
+    };
+    let now = now();
     let flows = if tcp { &FLOWS } else { &FLOWS_UDP };
-    if !syn && let Some(flow) = flows.get_ptr_mut(&key) {
+    if let Some((tick, epoch)) = cached
+        && let Some(flow) = flows.get_ptr_mut(&key)
+    {
         let idle = if tcp {
             cfg.tcp_idle_ns
         } else {
