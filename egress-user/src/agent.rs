@@ -24,9 +24,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    apply::{ApplyError, Overrides, apply},
+    apply::{ApplyError, Overrides, apply, apply_with_key},
     attach::{self, AttachError, AttachMode},
-    clock,
+    clock, layout,
     datapath::Datapath,
     ebpf, events,
     http::{self, HttpError, HttpState},
@@ -107,6 +107,8 @@ pub enum AgentErrorKind {
     Pins(#[from] PinError),
     #[error(transparent)]
     Layout(#[from] ebpf::LayoutError),
+    #[error(transparent)]
+    Migrate(#[from] layout::migrate::MigrateError),
     #[error("cannot load the eBPF object with maps pinned under {pin_dir} ({CAPS})")]
     Load {
         pin_dir: PathBuf,
@@ -247,11 +249,32 @@ impl Agent {
         let pins = PinDir::new(&pin_dir);
         pins.ensure()?;
 
+        // What is pinned decides: a first start, a restart, or an upgrade from an older layout
+        // (docs/design.md, *Layouts and upgrades*). Every refusal comes before any change.
+        let mut migration = match layout::migrate::prepare(&pins)? {
+            layout::migrate::Start::Plain => None,
+            layout::migrate::Start::Migrate(m) => Some(m),
+        };
         ebpf::check_pinned(&pins)?;
         let mut ebpf = ebpf::load(&pins).map_err(|source| AgentErrorKind::Load {
             pin_dir: pin_dir.clone(),
             source,
         })?;
+        // Both classifiers verified before anything in force changes (an upgrade's point of no
+        // return comes after this).
+        for hook in Hook::ALL {
+            let name = hook.name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(AgentErrorKind::Program { name, source: None })?
+                .try_into()
+                .map_err(|source| AgentErrorKind::Program {
+                    name,
+                    source: Some(source),
+                })?;
+            prog.load()
+                .map_err(|source| AgentErrorKind::Verifier { name, source })?;
+        }
         let ring = |ebpf: &mut aya::Ebpf, name: &'static str| {
             let map = ebpf
                 .take_map(name)
@@ -265,8 +288,23 @@ impl Agent {
         let events_ring = ring(&mut ebpf, names::EVENTS)?;
         let dns_ring = ring(&mut ebpf, names::DNS_EVENTS)?;
         let mut dp = Datapath::from_ebpf(&mut ebpf)?;
-        let applied = apply(&mut dp, &policy, &overrides)
-            .map_err(|source| AgentErrorKind::Apply { source })?;
+        let applied = match migration.as_mut() {
+            None => apply(&mut dp, &policy, &overrides),
+            Some(m) => {
+                let mut recorded = pins.linked_interfaces();
+                recorded.extend(dp.attached_interfaces()?);
+                m.built(&recorded, &ifaces)?;
+                m.fill()?;
+                // The carried key: a fresh one would change every rule hash and revoke every
+                // learned address.
+                let applied = apply_with_key(&mut dp, &policy, &overrides, m.key());
+                if applied.is_ok() {
+                    m.guard()?;
+                }
+                applied
+            }
+        }
+        .map_err(|source| AgentErrorKind::Apply { source })?;
         if applied.reconciled.revoked > 0 {
             tracing::info!(
                 revoked = applied.reconciled.revoked,
@@ -293,14 +331,15 @@ impl Agent {
                     name,
                     source: Some(source),
                 })?;
-            prog.load()
-                .map_err(|source| AgentErrorKind::Verifier { name, source })?;
             for iface in &ifaces {
                 let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
                 tracing::info!(iface, hook = name, ?how, "attached");
                 dp.record_attached(iface, how.record())?;
                 let index = attach::ifindex(iface).unwrap_or(0);
                 attachments.push((iface.clone(), hook, how, index));
+                if let Some(m) = &migration {
+                    m.swapped_one(attachments.len());
+                }
             }
             // The program pin is informational (links hold the program); replace it with ours.
             let prog_pin = pins.program(hook);
@@ -308,6 +347,9 @@ impl Agent {
             if let Err(e) = prog.pin(&prog_pin) {
                 tracing::warn!(error = %e, path = %prog_pin.display(), "cannot pin the program");
             }
+        }
+        if let Some(m) = migration.take() {
+            m.finish()?;
         }
         tracing::info!(
             mode = ?mode.unwrap_or(policy.mode),
@@ -560,7 +602,7 @@ impl Agent {
                 // A failure before the switch left the previous policy in force, whole; this
                 // makes it so after a failure past it too (revocation, flow cuts).
                 let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-                match crate::apply::apply_with_key(
+                match apply_with_key(
                     &mut dp,
                     &self.policy,
                     &self.overrides,
@@ -715,7 +757,7 @@ impl Agent {
                 .get_or_create(&vec![("map".to_owned(), (*map).to_owned())])
                 .inc();
         }
-        match crate::apply::apply_with_key(dp, &self.policy, &self.overrides, self.key()) {
+        match apply_with_key(dp, &self.policy, &self.overrides, self.key()) {
             Ok(applied) => {
                 self.count_reconciled(&applied.reconciled);
                 Some(applied.written)

@@ -94,6 +94,11 @@ fn hash_key(dp: &Datapath) -> Result<(u64, u64), ApplyError> {
     if cfg.mode != egress_common::mode::UNSET {
         return Ok((cfg.hash_k0, cfg.hash_k1));
     }
+    random_key()
+}
+
+/// 128 fresh random bits for the name hash.
+pub fn random_key() -> Result<(u64, u64), ApplyError> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))

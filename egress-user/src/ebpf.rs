@@ -1,7 +1,10 @@
 //! The embedded eBPF object, how it is loaded against a pin directory, and the check that the
 //! maps pinned there have the layout this version needs.
 
-use std::path::PathBuf;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -47,53 +50,97 @@ fn type_name(kind: u32) -> String {
         .map_or_else(|| kind.to_string(), |t| format!("{t:?}"))
 }
 
+/// What the kernel knows of a map's shape: what must match for a pinned map to be adopted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    pub kind: u32,
+    pub flags: u32,
+    pub key: u32,
+    pub value: u32,
+    pub entries: u32,
+}
+
+impl std::fmt::Display for MapDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, flags {:#x}, key size {}, value size {} and {} entries",
+            type_name(self.kind),
+            self.flags,
+            self.key,
+            self.value,
+            self.entries
+        )
+    }
+}
+
+impl MapDef {
+    /// The definition of the map pinned at `path`.
+    pub fn pinned(path: &Path) -> Result<Self, LayoutError> {
+        let info = MapInfo::from_pin(path).map_err(|source| LayoutError::Inspect {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            // An unknown type reads as u32::MAX: it differs from every type asked for.
+            kind: info.map_type().map_or(u32::MAX, |t| t as u32),
+            flags: info.map_flags(),
+            key: info.key_size(),
+            value: info.value_size(),
+            entries: info.max_entries(),
+        })
+    }
+}
+
+/// The definition of every map of the embedded object, by name.
+pub fn object_defs() -> Result<BTreeMap<String, MapDef>, LayoutError> {
+    defs_of(OBJECT)
+}
+
+/// The definition of every pinned map of an eBPF object: the global-data maps (`.rodata`,
+/// `.bss`, `.data`) are never pinned and are not part of the layout.
+pub fn defs_of(object: &[u8]) -> Result<BTreeMap<String, MapDef>, LayoutError> {
+    let obj = aya_obj::Object::parse(object).map_err(|source| LayoutError::Object { source })?;
+    Ok(obj
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, m)| {
+            let def = MapDef {
+                kind: m.map_type(),
+                flags: m.map_flags(),
+                key: m.key_size(),
+                value: m.value_size(),
+                entries: m.max_entries(),
+            };
+            (name.clone(), def)
+        })
+        .collect())
+}
+
 /// Checks every map already pinned under `pins` against the object's definition of it (type,
 /// flags, key size, value size, entries). aya adopts a pinned map by its file descriptor without
 /// comparing, and a map of another size would then be used as if it were right (a shorter
 /// counter array silently drops the new counters; a shorter scratch array leaves a program
 /// without its slot), so this runs before every load.
 pub fn check_pinned(pins: &PinDir) -> Result<(), LayoutError> {
-    let obj = aya_obj::Object::parse(OBJECT).map_err(|source| LayoutError::Object { source })?;
-    let mut names: Vec<&String> = obj.maps.keys().collect();
-    names.sort();
-    for name in names {
-        let map = &obj.maps[name];
-        let path = pins.map(name);
+    check_dir(&pins.maps_dir(), &object_defs()?)
+}
+
+/// Checks every map pinned in `dir` whose name `defs` holds against its definition there.
+pub fn check_dir(dir: &Path, defs: &BTreeMap<String, MapDef>) -> Result<(), LayoutError> {
+    for (name, want) in defs {
+        let path = dir.join(name);
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path).map_err(|source| LayoutError::Inspect {
-            path: path.clone(),
-            source,
-        })?;
-        let describe = |kind: u32, flags: u32, key: u32, value: u32, entries: u32| {
-            format!(
-                "type {}, flags {flags:#x}, key size {key}, value size {value} and {entries} entries",
-                type_name(kind)
-            )
-        };
-        // An unknown type reads as u32::MAX: it differs from every type the object asks for.
-        let pinned_type = info.map_type().map_or(u32::MAX, |t| t as u32);
-        let have = describe(
-            pinned_type,
-            info.map_flags(),
-            info.key_size(),
-            info.value_size(),
-            info.max_entries(),
-        );
-        let want = describe(
-            map.map_type(),
-            map.map_flags(),
-            map.key_size(),
-            map.value_size(),
-            map.max_entries(),
-        );
-        if have != want {
+        let have = MapDef::pinned(&path)?;
+        if have != *want {
             return Err(LayoutError::Mismatch {
                 name: name.clone(),
                 path,
-                have,
-                want,
+                have: have.to_string(),
+                want: want.to_string(),
             });
         }
     }
@@ -108,9 +155,9 @@ pub fn load(pins: &PinDir) -> Result<Ebpf, EbpfError> {
 }
 
 /// The loader [`load`] uses, for callers that adjust it (benchmarks size maps up).
-pub fn loader(pins: &PinDir) -> EbpfLoader<'_> {
+pub fn loader(pins: &PinDir) -> EbpfLoader<'static> {
     let mut l = EbpfLoader::new();
-    l.default_map_pin_directory(pins.root());
+    l.default_map_pin_directory(pins.maps_dir());
     l
 }
 

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod ebpf;
 pub mod events;
 pub mod http;
+pub mod layout;
 pub mod learn;
 pub mod metrics;
 pub mod name;

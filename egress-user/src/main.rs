@@ -296,6 +296,19 @@ fn detach(pins: &PinDir, ifaces: Vec<String>, all: bool) -> anyhow::Result<()> {
         for name in egress_common::maps::names::ALL {
             let _ = std::fs::remove_file(pins.map(name));
         }
+        let _ = std::fs::remove_dir(pins.maps_dir());
+        // Layout 0's maps (pins not migrated), the layout record and its guard (layout 0's
+        // `CONFIG` name), and what a stopped write of either left.
+        for name in egress_user::layout::v0::defs().keys() {
+            let _ = std::fs::remove_file(pins.flat_map(name));
+        }
+        for path in [pins.layout_record(), pins.guard()] {
+            let _ = std::fs::remove_file(path.with_file_name(format!(
+                "{}_next",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )));
+            let _ = std::fs::remove_file(path);
+        }
         for hook in egress_user::pins::Hook::ALL {
             let _ = std::fs::remove_file(pins.program(hook));
         }

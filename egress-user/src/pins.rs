@@ -1,9 +1,17 @@
 //! The one place that knows where things are pinned.
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/egress`):
-//! - one file per map, named as in `egress_common::maps::names` (aya pins by name);
+//! - `v<N>/`: one file per map of layout N ([`crate::layout::VERSION`]), named as in
+//!   `egress_common::maps::names` (aya pins by name). Layout 0 (egress before layout versions)
+//!   pinned its maps in the directory itself; [`PinDir::flat_map`] names those;
+//! - `LAYOUT`: the layout record (version, fingerprint, migration journal), and the same map
+//!   pinned again as `CONFIG`, the guard that makes layout-0 builds refuse these pins;
 //! - `prog_egress`, `prog_ingress`: the enforcing and the DNS-learning programs;
-//! - `link_egress_<iface>`, `link_ingress_<iface>`: their TCX links (kernels >= 6.6).
+//! - `link_egress_<iface>`, `link_ingress_<iface>`: their TCX links (kernels >= 6.6);
+//! - `link_sock_query`, `link_sock_answer`: the socket programs' cgroup links.
+//!
+//! Links and program pins stay at the top whatever the layout, so that an upgrade swaps the
+//! program inside the same link.
 
 use std::{
     io,
@@ -95,8 +103,39 @@ impl PinDir {
         &self.root
     }
 
+    /// Where this version's maps are pinned: `v<N>/` of [`crate::layout::VERSION`].
+    pub fn maps_dir(&self) -> PathBuf {
+        self.layout_dir(crate::layout::VERSION)
+    }
+
+    /// Where the maps of layout `version` are pinned (layout 0: the directory itself).
+    pub fn layout_dir(&self, version: u32) -> PathBuf {
+        if version == 0 {
+            self.root.clone()
+        } else {
+            self.root.join(format!("v{version}"))
+        }
+    }
+
+    /// This version's pin of the map `name`.
     pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// The pin of the map `name` of layout 0, which pinned maps in the directory itself.
+    pub fn flat_map(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+
+    /// The layout record ([`crate::layout::Record`]).
+    pub fn layout_record(&self) -> PathBuf {
+        self.root.join(crate::layout::RECORD_PIN)
+    }
+
+    /// The layout record pinned again where layout 0 keeps its `CONFIG` map, so that a
+    /// layout-0 build finds a map of another size there and refuses before it attaches.
+    pub fn guard(&self) -> PathBuf {
+        self.root.join(egress_common::maps::names::CONFIG)
     }
 
     pub fn program(&self, hook: Hook) -> PathBuf {
@@ -158,6 +197,10 @@ impl PinDir {
         }
         std::fs::create_dir_all(&self.root).map_err(|source| PinError::Io {
             path: self.root.clone(),
+            source,
+        })?;
+        std::fs::create_dir_all(self.maps_dir()).map_err(|source| PinError::Io {
+            path: self.maps_dir(),
             source,
         })?;
         let fs = fs_type(&self.root)?;

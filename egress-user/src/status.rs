@@ -34,6 +34,7 @@ pub enum StatusError {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub pin_dir: String,
+    pub layout: LayoutStatus,
     pub mode: &'static str,
     pub interfaces: Vec<String>,
     pub ports: Vec<u16>,
@@ -61,6 +62,47 @@ pub struct TlsStatus {
     pub ports: Vec<u16>,
     /// Denied ClientHellos' server names, most denied first (at most 20).
     pub denied_names: Vec<(String, u64)>,
+}
+
+/// The datapath's layout (docs/design.md, *Layouts and upgrades*).
+#[derive(Debug, Serialize)]
+pub struct LayoutStatus {
+    /// The layout in force (the source while migrating).
+    pub version: u32,
+    pub fingerprint: String,
+    /// `stable` or `migrating`.
+    pub state: &'static str,
+    /// While migrating: the target layout, the last step done and when it began.
+    pub target: u32,
+    pub step: &'static str,
+    pub started_unix_s: u64,
+}
+
+impl LayoutStatus {
+    fn read(pins: &PinDir) -> Self {
+        match crate::layout::read(pins) {
+            Ok(r) => Self {
+                version: r.version,
+                fingerprint: format!("{:016x}", r.fingerprint),
+                state: if r.state == crate::layout::state::MIGRATING {
+                    "migrating"
+                } else {
+                    "stable"
+                },
+                target: r.target,
+                step: crate::layout::migrate::Step::name(r.step),
+                started_unix_s: r.started_unix_s,
+            },
+            Err(_) => Self {
+                version: crate::layout::VERSION,
+                fingerprint: "(no record)".into(),
+                state: "unrecorded",
+                target: crate::layout::VERSION,
+                step: "none",
+                started_unix_s: 0,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -139,6 +181,7 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
     let flows = dp.flows().map_err(read)?;
     Ok(Status {
         pin_dir: pins.root().display().to_string(),
+        layout: LayoutStatus::read(pins),
         mode: match cfg.mode {
             mode::ENFORCE => "enforce",
             mode::AUDIT => "audit",
@@ -201,6 +244,19 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "pin dir:    {}", s.pin_dir);
+    let l = &s.layout;
+    let _ = match l.state {
+        "migrating" => writeln!(
+            o,
+            "layout:     migrating {} -> {}, last step {}, began at {} (unix s)",
+            l.version, l.target, l.step, l.started_unix_s
+        ),
+        _ => writeln!(
+            o,
+            "layout:     {} (fingerprint {}, maps under {}/v{})",
+            l.version, l.fingerprint, s.pin_dir, l.version
+        ),
+    };
     let _ = writeln!(o, "mode:       {}", s.mode);
     let _ = writeln!(
         o,

@@ -107,6 +107,17 @@ impl Drop for TestPins {
     }
 }
 
+/// The agent binary of layout 0 (main at the commit named in `tests/fixtures/layouts.toml`),
+/// built by `cargo xtask fixture` (which `cargo xtask test` runs) and found through
+/// `EGRESS_OLD_BIN_0`.
+pub fn old_bin() -> PathBuf {
+    let p: PathBuf = std::env::var_os("EGRESS_OLD_BIN_0")
+        .expect("EGRESS_OLD_BIN_0 is unset: run the tests with `cargo xtask test`, which builds the layout-0 agent (`cargo xtask fixture`) and sets it")
+        .into();
+    assert!(p.exists(), "EGRESS_OLD_BIN_0={} does not exist: run `cargo xtask fixture`", p.display());
+    p
+}
+
 /// The real agent, running in the client namespace on the topology's interface.
 pub struct Agent {
     child: Option<Child>,
@@ -119,6 +130,8 @@ pub struct Agent {
     iface_flag: bool,
     /// Environment variables for the agent's process (the debug build's test switches).
     env: Vec<(String, String)>,
+    /// Another `egress` binary than the tree's (an earlier build, for upgrades).
+    bin: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -204,8 +217,42 @@ impl Agent {
             iface: iface.to_owned(),
             iface_flag,
             env: Vec::new(),
+            bin: None,
             _dir: dir,
         })
+    }
+
+    /// An agent for `topo` with `policy`, not started yet ([`Agent::spawn`] starts it).
+    pub fn unstarted_on(topo: &Topology, pins: &TestPins, policy: &str) -> anyhow::Result<Self> {
+        Self::unstarted(&topo.client, &topo.iface, pins, policy, true)
+    }
+
+    /// Runs `bin` instead of the tree's agent from the next [`Agent::spawn`] on (`None`: the
+    /// tree's again).
+    pub fn set_bin(&mut self, bin: Option<PathBuf>) {
+        self.bin = bin;
+    }
+
+    /// Replaces the environment variables of the next [`Agent::spawn`].
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
+    /// Waits up to `max` for the agent to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, max: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline {
+            let status = self.child.as_mut()?.try_wait().ok()?;
+            if let Some(status) = status {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Starts (again) on the same pin directory, policy and interface.
@@ -218,7 +265,7 @@ impl Agent {
         };
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(egress_bin())
+            .arg(self.bin.clone().unwrap_or_else(egress_bin))
             .arg("run")
             .args(iface)
             .args(["--metrics-addr", "127.0.0.1:9090"])

@@ -74,7 +74,7 @@ impl Setup {
 
     /// The answer-stream position the kernel holds for the connection from `client_port`.
     fn stream(&self, client_port: u16) -> Option<StreamState> {
-        let data = MapData::from_pin(self.pins.path().join(names::DNS_TCP)).unwrap();
+        let data = MapData::from_pin(self.pins.pins.map(names::DNS_TCP)).unwrap();
         let map: BpfHashMap<_, TcpStreamKey, StreamState> =
             BpfHashMap::try_from(Map::LruHashMap(data)).unwrap();
         map.iter()

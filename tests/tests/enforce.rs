@@ -626,7 +626,7 @@ fn without_an_attachment_record_detach_keeps_the_pins_and_detach_all_still_finds
     .unwrap();
     agent.kill9();
     // Pins as an older egress left them: no record of where clsact filters are.
-    std::fs::remove_file(pins.path().join(names::ATTACHED)).unwrap();
+    std::fs::remove_file(pins.pins.map(names::ATTACHED)).unwrap();
     egress_ok(&topo, &pins, &["detach", "--iface", "nonexistent0"]);
     assert!(
         pins.path().exists(),

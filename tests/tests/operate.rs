@@ -470,7 +470,7 @@ fn an_agent_refuses_pinned_maps_of_another_layout_naming_the_map_and_keeps_them_
     agent.kill9();
     // What another version would have pinned: a counter array of another size. The program
     // attached keeps its own array; only a new agent would adopt this one.
-    let pin = pins.path().join(names::COUNTERS);
+    let pin = pins.pins.map(names::COUNTERS);
     std::fs::remove_file(&pin).unwrap();
     aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(counters::COUNT - 5, 0)
         .unwrap()
@@ -521,7 +521,7 @@ fn an_agent_refuses_pinned_maps_of_another_type_or_flags() {
         err
     };
     // Flags: the same key, value and entries, preallocated.
-    let pin = pins.path().join(names::NAMES_WILD);
+    let pin = pins.pins.map(names::NAMES_WILD);
     std::fs::remove_file(&pin).unwrap();
     aya::maps::HashMap::<aya::maps::MapData, [u8; size_of::<WildKey>()], u32>::create(
         NAMES_WILD_CAPACITY,
@@ -536,7 +536,7 @@ fn an_agent_refuses_pinned_maps_of_another_type_or_flags() {
     assert!(err.contains("flags 0x1,"), "{err}");
     // Type: a plain array of the counters' size where a per-CPU one is wanted (checked first:
     // maps are checked by name).
-    let pin = pins.path().join(names::COUNTERS);
+    let pin = pins.pins.map(names::COUNTERS);
     std::fs::remove_file(&pin).unwrap();
     aya::maps::Array::<aya::maps::MapData, u64>::create(counters::COUNT, 0)
         .unwrap()

@@ -9,6 +9,7 @@
 //! - `crate::records`: the agent's records (`ANSWERS`, `DENIED`).
 
 mod family;
+pub(crate) use family::NOEXIST;
 mod learned;
 mod policy;
 mod take;

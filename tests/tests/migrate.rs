@@ -1,0 +1,330 @@
+//! Upgrades across a change of the datapath's layout, with a real earlier build: the layout-0
+//! agent (`old_bin`, built from the commit in tests/fixtures/layouts.toml) runs first, then this
+//! tree's agent takes over its pins (docs/design.md, *Layouts and upgrades*).
+
+use std::{
+    io::{Read, Write},
+    os::unix::process::ExitStatusExt,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, MapData, MapInfo};
+use egress_common::maps::{LearnedValue, names};
+use egress_tests::{
+    Agent, Servers, TestPins, egress, ip, kernel_has_tcx,
+    live::{RACE_NET, RESOLVER_V4, WEB_CGR, WEB_DENIED, World, WorldOptions, tls_exchange, tls_open},
+    old_bin,
+};
+use egress_user::layout;
+
+/// A policy both layouts read: 8443 is enforced by address only (no TLS port), so a plain echo
+/// stream can cross it.
+fn policy() -> String {
+    format!(
+        "mode: enforce\nports: [443, 8443]\nresolvers: [{RESOLVER_V4}]\n\
+         allow:\n  names: [cgr.dev, \"*.race.test\"]\n"
+    )
+}
+
+const ECHO_PORT: u16 = 8443;
+
+/// A TCP connection to a learned address that sends 64 bytes every 10 ms and waits for their
+/// echo, from before the upgrade until stopped: the largest gap between two echoes, and the
+/// first error.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(usize, Duration, Option<String>)>,
+}
+
+impl Stream {
+    fn open(w: &World) -> Self {
+        let mut conn = w
+            .topo
+            .connect(WEB_CGR, ECHO_PORT, Duration::from_secs(3))
+            .expect("the stream connects to the learned address");
+        conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut echoed, mut max_gap, mut last) = (0, Duration::ZERO, Instant::now());
+            let msg = [0x5au8; 64];
+            let mut back = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) {
+                if let Err(e) = conn.write_all(&msg).and_then(|()| conn.read_exact(&mut back)) {
+                    return (echoed, max_gap, Some(e.to_string()));
+                }
+                echoed += 1;
+                max_gap = max_gap.max(last.elapsed());
+                last = Instant::now();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (echoed, max_gap, None)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the stream and asserts that every message came back, none later than `max`.
+    fn finish(self, max: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (echoed, gap, err) = self.thread.join().unwrap();
+        eprintln!("stream: {echoed} echoes, largest gap {gap:?}");
+        assert_eq!(err, None, "the established connection broke ({echoed} echoes)");
+        assert!(gap < max, "the established connection stalled for {gap:?}");
+    }
+}
+
+/// `count` fresh names resolved and connected at once (`egress-race`), the first at
+/// `198.19.0.0 + offset`: none may fail or wait on a dropped first SYN.
+fn race(w: &World, count: u32, offset: u32) -> serde_json::Value {
+    let race = Path::new(env!("CARGO_BIN_EXE_egress-race"));
+    assert_eq!(RACE_NET, "198.19.0.0/16");
+    let first = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0)) + offset);
+    let out = w
+        .run_in_client(race, &[&count.to_string(), "race.test", "200", &first.to_string()])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["connected"], count, "{out}");
+    assert_eq!(v["slow"], 0, "connects slower than 200 ms: {out}");
+    v
+}
+
+fn world() -> (World, Servers) {
+    let w = World::new(WorldOptions::default()).expect("world");
+    let servers = Servers::start(&w.topo.server, &[ECHO_PORT]);
+    (w, servers)
+}
+
+/// The layout-0 agent, ready, with `cgr.dev` learned through the real resolver.
+fn old_agent(w: &World, pins: &TestPins) -> Agent {
+    let mut agent = Agent::unstarted_on(&w.topo, pins, &policy()).unwrap();
+    agent.set_bin(Some(old_bin()));
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&w.topo.client).unwrap();
+    assert!(
+        w.curl("https://cgr.dev/", &[], Duration::from_secs(5)).is_some(),
+        "the layout-0 agent did not learn cgr.dev: {}",
+        agent.log_text()
+    );
+    agent
+}
+
+fn enforcing(w: &World) {
+    assert!(
+        w.topo
+            .connect(WEB_DENIED, 443, Duration::from_millis(800))
+            .is_err(),
+        "a denied destination was reached: no program enforces"
+    );
+    w.topo
+        .connect(WEB_CGR, ECHO_PORT, Duration::from_secs(3))
+        .expect("the learned address is no longer allowed");
+}
+
+fn learned_v4(path: &Path, addr: &str) -> Option<LearnedValue> {
+    let data = MapData::from_pin(path).ok()?;
+    let map: HashMap<MapData, [u8; 4], LearnedValue> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    let std::net::IpAddr::V4(a) = ip(addr) else {
+        unreachable!()
+    };
+    map.get(&a.octets(), 0).ok()
+}
+
+fn status(pins: &TestPins) -> serde_json::Value {
+    let args: Vec<&std::ffi::OsStr> = ["status", "--json", "--pin-dir"]
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .chain([pins.path().as_os_str()])
+        .collect();
+    let out = egress(None, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn link_id(pin: &Path) -> u32 {
+    let link = aya::programs::links::FdLink::from(
+        aya::programs::links::PinnedLink::from_pin(pin).unwrap(),
+    );
+    link.info().unwrap().id()
+}
+
+/// Layout 0's maps no longer pinned, the guard in place, the record stable at this layout.
+fn migrated(pins: &TestPins) {
+    for name in layout::v0::defs().keys() {
+        if name != names::CONFIG {
+            assert!(
+                !pins.pins.flat_map(name).exists(),
+                "layout 0's {name} still pinned"
+            );
+        }
+    }
+    let s = status(pins);
+    assert_eq!(s["layout"]["version"], layout::VERSION, "{s}");
+    assert_eq!(s["layout"]["state"], "stable", "{s}");
+    assert!(layout::guarded(&pins.pins), "no guard");
+}
+
+/// The layout-0 build, started on pins this build has taken over, refuses and changes nothing.
+fn old_refuses(w: &World, agent: &mut Agent) {
+    agent.set_bin(Some(old_bin()));
+    agent.set_env(&[]);
+    agent.spawn(&[]).unwrap();
+    let status = agent
+        .wait_exit(Duration::from_secs(60))
+        .expect("the layout-0 agent ran on newer pins");
+    assert!(!status.success());
+    let log = agent.log_text();
+    assert!(
+        log.contains("map CONFIG pinned at") && log.contains("another egress version"),
+        "{log}"
+    );
+    enforcing(w);
+}
+
+/// The upgrade in full while traffic runs: an established connection keeps flowing (its
+/// largest gap under 200 ms), an admitted TLS connection keeps passing, 1,000 fresh names
+/// resolved and connected across it wait on no dropped SYN, learned addresses stay allowed in
+/// the very same map with their expiry, and the layout-0 build refuses the result.
+#[test]
+fn an_upgrade_from_layout_0_keeps_connections_learned_addresses_and_enforcement() {
+    let (w, _servers) = world();
+    let pins = TestPins::new();
+    let mut agent = old_agent(&w, &pins);
+    let learned_before =
+        learned_v4(&pins.pins.flat_map(names::LEARNED_V4), WEB_CGR).expect("cgr.dev learned");
+    let map_before = MapInfo::from_pin(pins.pins.flat_map(names::LEARNED_V4))
+        .unwrap()
+        .id();
+    let link = pins.pins.link(egress_user::pins::Hook::Egress, &w.topo.iface);
+    let link_before = kernel_has_tcx().then(|| link_id(&link));
+    let mut tls = tls_open(&w.topo, WEB_CGR, "cgr.dev").expect("TLS to cgr.dev");
+    let stream = Stream::open(&w);
+
+    // Resolve-then-connect across the upgrade: rounds of 100 fresh names, one after the other,
+    // from before the old agent stops until after the new one is ready (at least 1,000).
+    let ready = AtomicBool::new(false);
+    let rounds = std::thread::scope(|s| {
+        let racer = s.spawn(|| {
+            let (mut before, mut after, mut names) = (0, 0, 0);
+            for round in 0..600 {
+                let done = ready.load(Ordering::Relaxed);
+                if done && after >= 2 && names >= 1000 {
+                    break;
+                }
+                race(&w, 100, 1 + 100 * round);
+                names += 100;
+                if done {
+                    after += 1;
+                } else {
+                    before += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (before, after, names)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(agent.terminate().unwrap().success());
+        agent.set_bin(None);
+        agent.spawn(&[]).unwrap();
+        agent.wait_ready(&w.topo.client).unwrap();
+        ready.store(true, Ordering::Relaxed);
+        racer.join().unwrap()
+    });
+    eprintln!("race rounds before ready, after, names: {rounds:?}");
+    assert!(
+        rounds.0 >= 2 && rounds.1 >= 2,
+        "the race did not cover the upgrade: {rounds:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stream.finish(Duration::from_millis(200));
+    tls_exchange(&mut tls).expect("the TLS connection admitted before the upgrade was cut");
+
+    let log = agent.log_text();
+    assert!(log.contains("migrated from layout 0 to 1"), "{log}");
+    migrated(&pins);
+    // The same kernel map, the same entry: nothing re-resolved, nothing copied.
+    let v1 = pins.pins.map(names::LEARNED_V4);
+    assert_eq!(MapInfo::from_pin(&v1).unwrap().id(), map_before);
+    let after = learned_v4(&v1, WEB_CGR).expect("cgr.dev no longer learned");
+    assert_eq!(after.expires_ns, learned_before.expires_ns);
+    if let Some(before) = link_before {
+        assert_eq!(link_id(&link), before, "the TCX link was replaced, not updated");
+    }
+    enforcing(&w);
+    race(&w, 20, 60_001);
+
+    // Downgrade: refused, the datapath untouched.
+    agent.kill9();
+    old_refuses(&w, &mut agent);
+    race(&w, 20, 60_101);
+}
+
+/// A `kill -9` at each step of the migration: with no agent running the node still enforces
+/// (a denied destination is dropped), learns (fresh names connect at once) and keeps the
+/// established connection; the layout-0 build takes the pins back before the point of no
+/// return and refuses them after it; this build's next start finishes the migration.
+#[test]
+fn a_crash_at_any_migration_step_leaves_a_datapath_enforcing_and_the_next_start_finishes() {
+    const POINTS: [(&str, bool); 8] = [
+        ("prepared", false),
+        ("built", false),
+        ("filled", false),
+        ("guarded", true),
+        ("swap-1", true),
+        ("swapped", true),
+        ("settled", true),
+        ("cleanup-1", true),
+    ];
+    for (i, (point, past_return)) in POINTS.into_iter().enumerate() {
+        eprintln!("crash point {point}");
+        let (w, _servers) = world();
+        let pins = TestPins::new();
+        let mut agent = old_agent(&w, &pins);
+        let stream = Stream::open(&w);
+        assert!(agent.terminate().unwrap().success());
+
+        agent.set_bin(None);
+        let fail = format!("migrate:{point}");
+        agent.set_env(&[("EGRESS_TEST_FAIL", &fail)]);
+        agent.spawn(&[]).unwrap();
+        let status = agent
+            .wait_exit(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{point}: the agent did not stop: {}", agent.log_text()));
+        assert_eq!(status.signal(), Some(9), "{point}: {}", agent.log_text());
+
+        // No agent: enforcing and learning, by whichever programs are in the hooks.
+        enforcing(&w);
+        let third = 61_000 + 100 * i as u32;
+        race(&w, 20, third);
+
+        if past_return {
+            old_refuses(&w, &mut agent);
+        } else {
+            agent.set_bin(Some(old_bin()));
+            agent.set_env(&[]);
+            agent.spawn(&[]).unwrap();
+            agent
+                .wait_ready(&w.topo.client)
+                .unwrap_or_else(|e| panic!("{point}: the layout-0 agent did not take back: {e}"));
+            race(&w, 20, third + 30);
+            assert!(agent.terminate().unwrap().success());
+        }
+
+        agent.set_bin(None);
+        agent.set_env(&[]);
+        agent.spawn(&[]).unwrap();
+        agent
+            .wait_ready(&w.topo.client)
+            .unwrap_or_else(|e| panic!("{point}: the next start did not finish: {e}"));
+        migrated(&pins);
+        race(&w, 20, third + 60);
+        enforcing(&w);
+        stream.finish(Duration::from_millis(200));
+    }
+}
