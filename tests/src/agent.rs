@@ -114,7 +114,11 @@ pub fn old_bin() -> PathBuf {
     let p: PathBuf = std::env::var_os("EGRESS_OLD_BIN_0")
         .expect("EGRESS_OLD_BIN_0 is unset: run the tests with `cargo xtask test`, which builds the layout-0 agent (`cargo xtask fixture`) and sets it")
         .into();
-    assert!(p.exists(), "EGRESS_OLD_BIN_0={} does not exist: run `cargo xtask fixture`", p.display());
+    assert!(
+        p.exists(),
+        "EGRESS_OLD_BIN_0={} does not exist: run `cargo xtask fixture`",
+        p.display()
+    );
     p
 }
 

@@ -18,7 +18,9 @@ use aya::maps::{HashMap, MapData, MapInfo};
 use egress_common::maps::{LearnedValue, names};
 use egress_tests::{
     Agent, Servers, TestPins, egress, ip, kernel_has_tcx,
-    live::{RACE_NET, RESOLVER_V4, WEB_CGR, WEB_DENIED, World, WorldOptions, tls_exchange, tls_open},
+    live::{
+        RACE_NET, RESOLVER_V4, WEB_CGR, WEB_DENIED, World, WorldOptions, tls_exchange, tls_open,
+    },
     old_bin,
 };
 use egress_user::layout;
@@ -56,7 +58,10 @@ impl Stream {
             let msg = [0x5au8; 64];
             let mut back = [0u8; 64];
             while !flag.load(Ordering::Relaxed) {
-                if let Err(e) = conn.write_all(&msg).and_then(|()| conn.read_exact(&mut back)) {
+                if let Err(e) = conn
+                    .write_all(&msg)
+                    .and_then(|()| conn.read_exact(&mut back))
+                {
                     return (echoed, max_gap, Some(e.to_string()));
                 }
                 echoed += 1;
@@ -74,7 +79,10 @@ impl Stream {
         self.stop.store(true, Ordering::Relaxed);
         let (echoed, gap, err) = self.thread.join().unwrap();
         eprintln!("stream: {echoed} echoes, largest gap {gap:?}");
-        assert_eq!(err, None, "the established connection broke ({echoed} echoes)");
+        assert_eq!(
+            err, None,
+            "the established connection broke ({echoed} echoes)"
+        );
         assert!(gap < max, "the established connection stalled for {gap:?}");
     }
 }
@@ -84,9 +92,13 @@ impl Stream {
 fn race(w: &World, count: u32, offset: u32) -> serde_json::Value {
     let race = Path::new(env!("CARGO_BIN_EXE_egress-race"));
     assert_eq!(RACE_NET, "198.19.0.0/16");
-    let first = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0)) + offset);
+    let first =
+        std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0)) + offset);
     let out = w
-        .run_in_client(race, &[&count.to_string(), "race.test", "200", &first.to_string()])
+        .run_in_client(
+            race,
+            &[&count.to_string(), "race.test", "200", &first.to_string()],
+        )
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["connected"], count, "{out}");
@@ -107,14 +119,16 @@ fn old_agent(w: &World, pins: &TestPins) -> Agent {
     agent.spawn(&[]).unwrap();
     agent.wait_ready(&w.topo.client).unwrap();
     assert!(
-        w.curl("https://cgr.dev/", &[], Duration::from_secs(5)).is_some(),
+        w.curl("https://cgr.dev/", &[], Duration::from_secs(5))
+            .is_some(),
         "the layout-0 agent did not learn cgr.dev: {}",
         agent.log_text()
     );
     agent
 }
 
-fn enforcing(w: &World) {
+/// A denied destination is dropped and a learned one (`allowed`) connects.
+fn enforcing_with(w: &World, allowed: &str) {
     assert!(
         w.topo
             .connect(WEB_DENIED, 443, Duration::from_millis(800))
@@ -122,8 +136,42 @@ fn enforcing(w: &World) {
         "a denied destination was reached: no program enforces"
     );
     w.topo
-        .connect(WEB_CGR, ECHO_PORT, Duration::from_secs(3))
+        .connect(allowed, ECHO_PORT, Duration::from_secs(3))
         .expect("the learned address is no longer allowed");
+}
+
+fn enforcing(w: &World) {
+    enforcing_with(w, WEB_CGR);
+}
+
+/// The address of the race name at `offset` (see [`race`]).
+fn race_addr(offset: u32) -> String {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0)) + offset).to_string()
+}
+
+/// Empties the map of sockets admitted by their first packet.
+fn forget_admitted(path: &Path) {
+    let data = MapData::from_pin(path).unwrap();
+    let mut map: HashMap<MapData, u64, u64> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
+    let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+    assert!(!keys.is_empty(), "no admitted socket");
+    for k in keys {
+        map.remove(&k).unwrap();
+    }
+}
+
+/// Makes a learned address expired, as the passing of its TTL would.
+fn expire(path: &Path, addr: &str) {
+    let data = MapData::from_pin(path).unwrap();
+    let mut map: HashMap<MapData, [u8; 4], LearnedValue> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    let std::net::IpAddr::V4(a) = ip(addr) else {
+        unreachable!()
+    };
+    let mut v = map.get(&a.octets(), 0).unwrap();
+    v.expires_ns = egress_user::clock::boot_ns() - 1;
+    map.insert(a.octets(), v, 0).unwrap();
 }
 
 fn learned_v4(path: &Path, addr: &str) -> Option<LearnedValue> {
@@ -143,7 +191,11 @@ fn status(pins: &TestPins) -> serde_json::Value {
         .chain([pins.path().as_os_str()])
         .collect();
     let out = egress(None, &args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -171,7 +223,7 @@ fn migrated(pins: &TestPins) {
 }
 
 /// The layout-0 build, started on pins this build has taken over, refuses and changes nothing.
-fn old_refuses(w: &World, agent: &mut Agent) {
+fn old_refuses(w: &World, agent: &mut Agent, allowed: &str) {
     agent.set_bin(Some(old_bin()));
     agent.set_env(&[]);
     agent.spawn(&[]).unwrap();
@@ -184,7 +236,7 @@ fn old_refuses(w: &World, agent: &mut Agent) {
         log.contains("map CONFIG pinned at") && log.contains("another egress version"),
         "{log}"
     );
-    enforcing(w);
+    enforcing_with(w, allowed);
 }
 
 /// The upgrade in full while traffic runs: an established connection keeps flowing (its
@@ -196,14 +248,24 @@ fn an_upgrade_from_layout_0_keeps_connections_learned_addresses_and_enforcement(
     let (w, _servers) = world();
     let pins = TestPins::new();
     let mut agent = old_agent(&w, &pins);
-    let learned_before =
-        learned_v4(&pins.pins.flat_map(names::LEARNED_V4), WEB_CGR).expect("cgr.dev learned");
     let map_before = MapInfo::from_pin(pins.pins.flat_map(names::LEARNED_V4))
         .unwrap()
         .id();
-    let link = pins.pins.link(egress_user::pins::Hook::Egress, &w.topo.iface);
+    let link = pins
+        .pins
+        .link(egress_user::pins::Hook::Egress, &w.topo.iface);
     let link_before = kernel_has_tcx().then(|| link_id(&link));
     let mut tls = tls_open(&w.topo, WEB_CGR, "cgr.dev").expect("TLS to cgr.dev");
+    // Addresses learned for a wildcard rule, to find again after the upgrade.
+    race(&w, 20, 59_001);
+    let wildcard_learned = |path: &Path| {
+        (1..=20u32)
+            .filter(|i| learned_v4(path, &race_addr(59_000 + i)).is_some())
+            .count()
+    };
+    assert_eq!(wildcard_learned(&pins.pins.flat_map(names::LEARNED_V4)), 20);
+    let learned_before = learned_v4(&pins.pins.flat_map(names::LEARNED_V4), &race_addr(59_001))
+        .expect("a race name learned");
     let stream = Stream::open(&w);
 
     // Resolve-then-connect across the upgrade: rounds of 100 fresh names, one after the other,
@@ -230,6 +292,12 @@ fn an_upgrade_from_layout_0_keeps_connections_learned_addresses_and_enforcement(
         });
         std::thread::sleep(Duration::from_millis(300));
         assert!(agent.terminate().unwrap().success());
+        // The stream's address expires while no agent runs: from now on only its flow lets
+        // it pass (connections outlive the TTL of the answer that allowed them).
+        expire(&pins.pins.flat_map(names::LEARNED_V4), WEB_CGR);
+        // And it loses its socket's admission, as a pod's connection forwarded by the node
+        // never had one: only the copied flow can carry it across.
+        forget_admitted(&pins.pins.flat_map(names::ADMITTED));
         agent.set_bin(None);
         agent.spawn(&[]).unwrap();
         agent.wait_ready(&w.topo.client).unwrap();
@@ -247,21 +315,36 @@ fn an_upgrade_from_layout_0_keeps_connections_learned_addresses_and_enforcement(
 
     let log = agent.log_text();
     assert!(log.contains("migrated from layout 0 to 1"), "{log}");
+    // The same policy: nothing may be revoked (a name-hash key not carried over revokes every
+    // learned address).
+    assert!(!log.contains("were revoked"), "{log}");
     migrated(&pins);
-    // The same kernel map, the same entry: nothing re-resolved, nothing copied.
+    // The same kernel map, the same entries: nothing re-resolved, nothing copied.
     let v1 = pins.pins.map(names::LEARNED_V4);
     assert_eq!(MapInfo::from_pin(&v1).unwrap().id(), map_before);
-    let after = learned_v4(&v1, WEB_CGR).expect("cgr.dev no longer learned");
-    assert_eq!(after.expires_ns, learned_before.expires_ns);
+    let first = race_addr(59_001);
+    assert_eq!(
+        learned_v4(&v1, &first).map(|l| l.expires_ns),
+        Some(learned_before.expires_ns)
+    );
+    assert_eq!(
+        wildcard_learned(&v1),
+        20,
+        "addresses learned for *.race.test were lost"
+    );
     if let Some(before) = link_before {
-        assert_eq!(link_id(&link), before, "the TCX link was replaced, not updated");
+        assert_eq!(
+            link_id(&link),
+            before,
+            "the TCX link was replaced, not updated"
+        );
     }
-    enforcing(&w);
+    enforcing_with(&w, &race_addr(59_001));
     race(&w, 20, 60_001);
 
     // Downgrade: refused, the datapath untouched.
     agent.kill9();
-    old_refuses(&w, &mut agent);
+    old_refuses(&w, &mut agent, &race_addr(59_001));
     race(&w, 20, 60_101);
 }
 
@@ -304,7 +387,7 @@ fn a_crash_at_any_migration_step_leaves_a_datapath_enforcing_and_the_next_start_
         race(&w, 20, third);
 
         if past_return {
-            old_refuses(&w, &mut agent);
+            old_refuses(&w, &mut agent, WEB_CGR);
         } else {
             agent.set_bin(Some(old_bin()));
             agent.set_env(&[]);
