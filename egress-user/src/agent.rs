@@ -26,11 +26,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     apply::{ApplyError, Overrides, apply, apply_with_key},
     attach::{self, AttachError, AttachMode},
-    clock, layout,
+    clock,
     datapath::Datapath,
     ebpf, events,
     http::{self, HttpError, HttpState},
-    learn,
+    layout, learn,
     metrics::{self, AgentMetrics},
     pins::{Hook, PinDir, PinError},
     policy::{self, Mode, Policy, PolicyError},
@@ -602,12 +602,7 @@ impl Agent {
                 // A failure before the switch left the previous policy in force, whole; this
                 // makes it so after a failure past it too (revocation, flow cuts).
                 let mut dp = self.dp.lock().unwrap_or_else(|p| p.into_inner());
-                match apply_with_key(
-                    &mut dp,
-                    &self.policy,
-                    &self.overrides,
-                    self.key(),
-                ) {
+                match apply_with_key(&mut dp, &self.policy, &self.overrides, self.key()) {
                     Ok(restored) => self.written = restored.written,
                     Err(e) => {
                         tracing::error!(error = %error_chain(&e), "cannot restore the previous policy")

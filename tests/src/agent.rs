@@ -107,7 +107,7 @@ impl Drop for TestPins {
     }
 }
 
-/// The agent binary of layout 0 (main at the commit named in `tests/fixtures/layouts.toml`),
+/// The agent binary of layout 0 (main at the commit named in `xtask/src/fixture.rs`),
 /// built by `cargo xtask fixture` (which `cargo xtask test` runs) and found through
 /// `EGRESS_OLD_BIN_0`.
 pub fn old_bin() -> PathBuf {

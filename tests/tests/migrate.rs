@@ -1,5 +1,5 @@
 //! Upgrades across a change of the datapath's layout, with a real earlier build: the layout-0
-//! agent (`old_bin`, built from the commit in tests/fixtures/layouts.toml) runs first, then this
+//! agent (`old_bin`, built from the commit in xtask/src/fixture.rs) runs first, then this
 //! tree's agent takes over its pins (docs/design.md, *Layouts and upgrades*).
 
 use std::{

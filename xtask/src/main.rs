@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fixture;
 mod fuzz;
 mod image;
 mod lint;
@@ -32,6 +33,8 @@ enum Task {
     Demo(setup::SetupArgs),
     /// Benchmarks; writes bench/REPORT.md and bench/results.json (needs root).
     Bench(bench::Options),
+    /// Build (once) the earlier egress the upgrade tests start from; prints its path.
+    Fixture,
     /// Run the cargo-fuzz targets for a while each (nightly; installs cargo-fuzz).
     Fuzz(fuzz::Options),
     /// Build the static binary and the minimal container image (buildah; needs root).
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup(opts) => setup::run(&opts),
         Task::Test(opts) => test::run(&opts),
         Task::Lint => lint::run(),
+        Task::Fixture => fixture::run(),
         Task::Demo(opts) => demo::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Bench(opts) => bench::run(&opts),

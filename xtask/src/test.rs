@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::{lint, run, setup, vm};
+use crate::{fixture, lint, run, setup, vm};
 
 #[derive(clap::Args)]
 pub(crate) struct Options {
@@ -29,8 +29,10 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     if !opts.no_lint {
         lint::run()?;
     }
+    // The earlier build the upgrade tests start from (built once, then cached).
+    let old = fixture::layout_0()?;
     if opts.vm {
-        return vm::run(opts.kernel, &opts.cargo_test_args);
+        return vm::run(opts.kernel, &opts.cargo_test_args, &old);
     }
     // Builds the eBPF object too (egress-user/build.rs).
     run::status(Command::new("cargo").args(["build", "--package", "egress-user", "--bins"]))?;
@@ -41,6 +43,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         Command::new("cargo")
             .args(["test", "--no-fail-fast"])
             .args(&opts.cargo_test_args)
-            .env("EGRESS_BIN", bin),
+            .env("EGRESS_BIN", bin)
+            .env(fixture::LAYOUT_0_ENV, old),
     )
 }

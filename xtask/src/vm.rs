@@ -297,7 +297,7 @@ struct Outcome {
     verifier: Vec<String>,
 }
 
-pub(crate) fn run(kernels: Kernels, filter: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(kernels: Kernels, filter: &[String], old: &Path) -> anyhow::Result<()> {
     prepare_tools()?;
     status(Command::new("cargo").args(["build", "--package", "egress-user", "--bins"]))?;
     status(Command::new("cargo").args([
@@ -316,7 +316,7 @@ pub(crate) fn run(kernels: Kernels, filter: &[String]) -> anyhow::Result<()> {
         .to_owned();
     let script = cache().join("guest.sh");
     std::fs::create_dir_all(cache())?;
-    std::fs::write(&script, guest_script(&root, &target, &bins, filter))
+    std::fs::write(&script, guest_script(&root, &target, &bins, filter, old))
         .with_context(|| format!("cannot write {}", script.display()))?;
     let mut outcomes = Vec::new();
     for series in kernels.series() {
@@ -356,16 +356,19 @@ fn guest_script(
     target: &Path,
     bins: &[(String, PathBuf)],
     filter: &[String],
+    old: &Path,
 ) -> String {
     // The guest shares this root filesystem but not this environment: tools installed per user
     // (pyenv shims such as kubernetes-validate, cargo's bin) need the same PATH.
     let path = std::env::var("PATH").unwrap_or_default();
     let pyenv = std::env::var("PYENV_ROOT").unwrap_or_default();
     let mut script = format!(
-        "cd {}/tests && export EGRESS_BIN={} RUST_BACKTRACE=0 PATH='{path}' PYENV_ROOT='{pyenv}'; uname -r; fails=0; \
+        "cd {}/tests && export EGRESS_BIN={} {}={} RUST_BACKTRACE=0 PATH='{path}' PYENV_ROOT='{pyenv}'; uname -r; fails=0; \
          {} | sed 's/^/EGRESS_VM_VERIFIER: /'; ",
         root.display(),
         target.join("egress").display(),
+        crate::fixture::LAYOUT_0_ENV,
+        old.display(),
         target.join("verifier-stats").display(),
     );
     for (name, exe) in bins {

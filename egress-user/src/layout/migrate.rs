@@ -67,14 +67,14 @@ pub enum MigrateError {
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error(transparent)]
-    Layout(#[from] LayoutError),
+    Layout(Box<LayoutError>),
     #[error(
         "the maps under {dir} were pinned by an egress build without layout versions whose maps differ from layout 0 ({source}); no migration exists from them. Nothing was changed and the pinned datapath keeps enforcing; run `egress detach --all` with that build (or this one) first (enforcement stops until this agent is ready)"
     )]
     UnknownFlat {
         dir: PathBuf,
         #[source]
-        source: LayoutError,
+        source: Box<LayoutError>,
     },
     #[error(
         "the pins under {dir} are layout {found} (newer than this build's {VERSION}): nothing was changed and the layout-{found} datapath keeps enforcing. Run an egress of layout {found} or later, or `egress detach --all` with one (enforcement stops until a new start)",
@@ -130,6 +130,12 @@ pub enum MigrateError {
     Key(#[from] crate::apply::ApplyError),
 }
 
+impl From<LayoutError> for MigrateError {
+    fn from(e: LayoutError) -> Self {
+        Self::Layout(Box::new(e))
+    }
+}
+
 type Result<T> = std::result::Result<T, MigrateError>;
 
 /// What the start found and what it must do about it.
@@ -159,8 +165,7 @@ struct Copied {
 /// point, so the tests can show that a crash at any step leaves a datapath enforcing.
 fn fail(point: &str) {
     #[cfg(debug_assertions)]
-    if std::env::var("EGRESS_TEST_FAIL").is_ok_and(|v| v.strip_prefix("migrate:") == Some(point))
-    {
+    if std::env::var("EGRESS_TEST_FAIL").is_ok_and(|v| v.strip_prefix("migrate:") == Some(point)) {
         tracing::warn!(point, "EGRESS_TEST_FAIL: killing the agent");
         // SAFETY: kill(2) on our own pid; no memory is involved.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -254,17 +259,19 @@ fn begin(pins: &PinDir, ours: u64, stopped: Option<Record>) -> Result<Start> {
     }
     ebpf::check_dir(pins.root(), &old).map_err(|source| MigrateError::UnknownFlat {
         dir: pins.root().to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     let new = ebpf::object_defs()?;
     for (name, def) in &old {
         if v0::rule(name) == Some(Rule::Share) && new.get(name) != Some(def) {
             // Guarded by a unit test; checked again so a broken build cannot corrupt state.
-            return Err(MigrateError::Layout(LayoutError::Mismatch {
+            return Err(MigrateError::from(LayoutError::Mismatch {
                 name: name.clone(),
                 path: pins.flat_map(name),
                 have: def.to_string(),
-                want: new.get(name).map_or("no such map".into(), |d| d.to_string()),
+                want: new
+                    .get(name)
+                    .map_or("no such map".into(), |d| d.to_string()),
             }));
         }
     }
@@ -287,8 +294,15 @@ fn begin(pins: &PinDir, ours: u64, stopped: Option<Record>) -> Result<Start> {
     };
     super::write(pins, &record)?;
     tracing::info!(
-        shared = old.keys().filter(|n| v0::rule(n) == Some(Rule::Share)).count(),
-        fresh = new.len() - old.keys().filter(|n| v0::rule(n) == Some(Rule::Share)).count(),
+        shared = old
+            .keys()
+            .filter(|n| v0::rule(n) == Some(Rule::Share))
+            .count(),
+        fresh = new.len()
+            - old
+                .keys()
+                .filter(|n| v0::rule(n) == Some(Rule::Share))
+                .count(),
         "migrating pinned maps from layout 0 to {}",
         super::VERSION
     );
@@ -465,9 +479,7 @@ impl Migration {
                 }
             }
         }
-        if let Some(old) =
-            self.open_old::<HashMap<MapData, u64, NameValue>>(names::NAMES_EXACT)?
-        {
+        if let Some(old) = self.open_old::<HashMap<MapData, u64, NameValue>>(names::NAMES_EXACT)? {
             let mut new: HashMap<MapData, u64, NameValue> = self.open_new(names::NAMES_EXACT)?;
             for (key, v) in snapshot(&old) {
                 if v.expires_ns != NAME_PERMANENT
@@ -505,10 +517,18 @@ impl Migration {
                 .map(|(a, b)| a.wrapping_add(*b))
                 .collect();
             let zero = vec![0u64; sum.len()];
-            new.set(i, PerCpuValues::try_from(sum).map_err(|e| w(1, e.into()))?, 0)
-                .map_err(|e| w(1, e))?;
-            old.set(i, PerCpuValues::try_from(zero).map_err(|e| w(0, e.into()))?, 0)
-                .map_err(|e| w(0, e))?;
+            new.set(
+                i,
+                PerCpuValues::try_from(sum).map_err(|e| w(1, e.into()))?,
+                0,
+            )
+            .map_err(|e| w(1, e))?;
+            old.set(
+                i,
+                PerCpuValues::try_from(zero).map_err(|e| w(0, e.into()))?,
+                0,
+            )
+            .map_err(|e| w(0, e))?;
         }
         Ok(())
     }

@@ -104,7 +104,10 @@ pub enum RecordError {
     #[error(
         "the layout record {path} was not written by egress (magic {magic:#x}); nothing was changed"
     )]
-    Foreign { path: std::path::PathBuf, magic: u64 },
+    Foreign {
+        path: std::path::PathBuf,
+        magic: u64,
+    },
 }
 
 /// The canonical text of a set of definitions: `NAME type flags key value entries`, sorted.
@@ -178,9 +181,7 @@ pub fn detect(pins: &PinDir) -> Result<OnDisk, RecordError> {
     if pins.layout_record().exists() {
         return Ok(OnDisk::Recorded(read(pins)?));
     }
-    let flat = v0::defs()
-        .keys()
-        .any(|name| pins.flat_map(name).exists());
+    let flat = v0::defs().keys().any(|name| pins.flat_map(name).exists());
     Ok(if flat { OnDisk::Flat } else { OnDisk::Empty })
 }
 
@@ -196,10 +197,12 @@ fn open(path: &Path) -> Result<Array<MapData, Record>, RecordError> {
 /// The record pinned under `pins`.
 pub fn read(pins: &PinDir) -> Result<Record, RecordError> {
     let path = pins.layout_record();
-    let r = open(&path)?.get(&0, 0).map_err(|source| RecordError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let r = open(&path)?
+        .get(&0, 0)
+        .map_err(|source| RecordError::Open {
+            path: path.clone(),
+            source,
+        })?;
     if r.magic != MAGIC {
         return Err(RecordError::Foreign {
             path,
@@ -220,21 +223,21 @@ pub fn write(pins: &PinDir, record: &Record) -> Result<(), RecordError> {
             1,
             0,
         );
-        let data = MapData::create(def, RECORD_PIN, None).map_err(|source| {
-            RecordError::Create {
+        let data =
+            MapData::create(def, RECORD_PIN, None).map_err(|source| RecordError::Create {
                 path: path.clone(),
                 source,
-            }
-        })?;
+            })?;
         let mut map: Array<MapData, Record> =
             Array::try_from(Map::Array(data)).map_err(|source| RecordError::Create {
                 path: path.clone(),
                 source,
             })?;
-        map.set(0, record, 0).map_err(|source| RecordError::Create {
-            path: path.clone(),
-            source,
-        })?;
+        map.set(0, record, 0)
+            .map_err(|source| RecordError::Create {
+                path: path.clone(),
+                source,
+            })?;
         // Written before it is pinned: nobody ever reads a record without magic.
         let pin_at = path.with_file_name(format!("{RECORD_PIN}_next"));
         let _ = std::fs::remove_file(&pin_at);
@@ -248,14 +251,17 @@ pub fn write(pins: &PinDir, record: &Record) -> Result<(), RecordError> {
         });
     }
     let mut map = open(&path)?;
-    map.set(0, record, 0).map_err(|source| RecordError::Open { path, source })
+    map.set(0, record, 0)
+        .map_err(|source| RecordError::Open { path, source })
 }
 
 /// Pins the record again as the guard, in place of layout 0's `CONFIG`: a rename over it, so the
 /// name is never missing (a layout-0 build finding no `CONFIG` would create an empty one and
 /// adopt the rest).
 pub fn guard(pins: &PinDir) -> Result<(), RecordError> {
-    let next = pins.root().join(format!("{}_next", egress_common::maps::names::CONFIG));
+    let next = pins
+        .root()
+        .join(format!("{}_next", egress_common::maps::names::CONFIG));
     let _ = std::fs::remove_file(&next);
     let data = MapData::from_pin(pins.layout_record()).map_err(|source| RecordError::Open {
         path: pins.layout_record(),
@@ -306,8 +312,7 @@ mod tests {
             std::fs::write(&path, &now).unwrap();
         }
         assert_eq!(
-            now,
-            TEXTS[VERSION as usize],
+            now, TEXTS[VERSION as usize],
             "the eBPF object's maps changed: bump layout::VERSION, commit layouts/v<N>.txt with this text and add a migration step (docs/design.md, *Layouts and upgrades*)"
         );
     }

@@ -96,7 +96,10 @@ mod tests {
             if rule == Rule::Share {
                 assert_eq!(now.get(&name), Some(&def), "{name} is shared but changed");
             } else {
-                assert!(now.contains_key(&name), "{name} has no successor in layout 1");
+                assert!(
+                    now.contains_key(&name),
+                    "{name} has no successor in layout 1"
+                );
             }
         }
         if let Some(path) = std::env::var_os("EGRESS_V0_OBJECT") {
