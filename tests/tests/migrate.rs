@@ -346,6 +346,39 @@ fn an_upgrade_from_layout_0_keeps_connections_learned_addresses_and_enforcement(
     agent.kill9();
     old_refuses(&w, &mut agent, &race_addr(59_001));
     race(&w, 20, 60_101);
+
+    // Roll back the hard way: the layout-0 build's own `detach --all` (it cannot remove the
+    // directory: `LAYOUT` and `v1/` are not its) and its start afresh, learning again. This
+    // build then migrates those new flat maps, not the stale `v1/`.
+    let detach = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", w.topo.client.name))
+        .arg(old_bin())
+        .args(["detach", "--all", "--pin-dir"])
+        .arg(pins.path())
+        .output()
+        .unwrap();
+    assert!(
+        !pins.pins.guard().exists(),
+        "{}",
+        String::from_utf8_lossy(&detach.stderr)
+    );
+    let mut old = old_agent(&w, &pins);
+    race(&w, 20, 60_201);
+    assert!(old.terminate().unwrap().success());
+    old.set_bin(None);
+    old.spawn(&[]).unwrap();
+    old.wait_ready(&w.topo.client).unwrap();
+    assert!(
+        old.log_text().contains("migrating them afresh"),
+        "{}",
+        old.log_text()
+    );
+    migrated(&pins);
+    assert!(
+        learned_v4(&pins.pins.map(names::LEARNED_V4), &race_addr(60_201)).is_some(),
+        "what the layout-0 build learned after the roll back was lost"
+    );
+    enforcing(&w);
 }
 
 /// A `kill -9` at each step of the migration: with no agent running the node still enforces
@@ -354,15 +387,18 @@ fn an_upgrade_from_layout_0_keeps_connections_learned_addresses_and_enforcement(
 /// return and refuses them after it; this build's next start finishes the migration.
 #[test]
 fn a_crash_at_any_migration_step_leaves_a_datapath_enforcing_and_the_next_start_finishes() {
-    const POINTS: [(&str, bool); 8] = [
+    const POINTS: [(&str, bool); 10] = [
         ("prepared", false),
         ("built", false),
         ("filled", false),
+        // The guard renamed over layout 0's `CONFIG`, the record not yet told.
+        ("guard-renamed", true),
         ("guarded", true),
         ("swap-1", true),
         ("swapped", true),
         ("settled", true),
         ("cleanup-1", true),
+        ("cleaned", true),
     ];
     for (i, (point, past_return)) in POINTS.into_iter().enumerate() {
         eprintln!("crash point {point}");
@@ -410,4 +446,75 @@ fn a_crash_at_any_migration_step_leaves_a_datapath_enforcing_and_the_next_start_
         enforcing(&w);
         stream.finish(Duration::from_millis(200));
     }
+}
+
+/// The time an upgrade takes at 100,000 learned addresses (each with its justification) and
+/// 100,000 TCP flows, written into the layout-0 pins while no agent runs. A measurement for
+/// the record (docs/design.md, *Layouts and upgrades*), not a check: run by hand with
+/// `cargo test -p egress-tests --test migrate -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn migration_time_at_100k_learned_addresses_and_100k_flows() {
+    use egress_common::maps::{Config, FlowKey, LearnedByKey, Rule};
+    const N: u32 = 100_000;
+    let (w, _servers) = world();
+    let pins = TestPins::new();
+    let mut agent = old_agent(&w, &pins);
+    assert!(agent.terminate().unwrap().success());
+    let open = |name: &str| MapData::from_pin(pins.pins.flat_map(name)).unwrap();
+    let active: aya::maps::Array<MapData, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(open(names::ACTIVE))).unwrap();
+    let config: aya::maps::Array<MapData, Config> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(open(names::CONFIG))).unwrap();
+    let cfg = config.get(&active.get(&0, 0).unwrap(), 0).unwrap();
+    let rule =
+        Rule::wild(egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, "race.test").0);
+    let now = egress_user::clock::boot_ns();
+    let until = now + 3_600_000_000_000;
+    let mut learned: HashMap<MapData, [u8; 4], LearnedValue> =
+        HashMap::try_from(aya::maps::Map::HashMap(open(names::LEARNED_V4))).unwrap();
+    let mut by: HashMap<MapData, LearnedByKey, u64> =
+        HashMap::try_from(aya::maps::Map::HashMap(open(names::LEARNED_BY))).unwrap();
+    let mut flows: HashMap<MapData, FlowKey, layout::v0::FlowValue> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(open(names::FLOWS))).unwrap();
+    let base = u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0));
+    for i in 1..=N {
+        let a = std::net::Ipv4Addr::from(base + i);
+        let value = LearnedValue {
+            expires_ns: until,
+            refreshed_ns: now,
+            ..LearnedValue::default()
+        };
+        learned.insert(a.octets(), value, 0).unwrap();
+        let key = LearnedByKey {
+            addr: a.to_ipv6_mapped().octets(),
+            rule,
+        };
+        by.insert(key, until, 0).unwrap();
+        let mut fk = FlowKey::default();
+        fk.saddr = std::net::Ipv4Addr::new(198, 18, 0, 2)
+            .to_ipv6_mapped()
+            .octets();
+        fk.daddr = a.to_ipv6_mapped().octets();
+        fk.sport = ((i % 60_000) as u16 + 1024).to_be_bytes();
+        fk.dport = 443u16.to_be_bytes();
+        fk.proto = 6;
+        fk.family = 4;
+        flows
+            .insert(fk, layout::v0::FlowValue { last_seen_ns: now }, 0)
+            .unwrap();
+    }
+    let t = Instant::now();
+    agent.set_bin(None);
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&w.topo.client).unwrap();
+    let log = agent.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("migrated from layout 0 to 1"))
+        .unwrap_or_else(|| panic!("{log}"));
+    eprintln!("start to ready {:?}; {line}", t.elapsed());
+    assert!(!log.contains("were revoked"), "{log}");
+    let flows = status(&pins)["flows"].as_u64().unwrap();
+    assert!(flows >= u64::from(N), "{flows} flows after the upgrade");
 }

@@ -180,7 +180,33 @@ fn fail(point: &str) {
 pub fn prepare(pins: &PinDir) -> Result<Start> {
     let ours = super::current_fingerprint()?;
     let dir = pins.root().to_owned();
-    match super::detect(pins)? {
+    let found = super::detect(pins)?;
+    if let OnDisk::Recorded(r) = &found
+        && !super::guarded(pins)
+    {
+        if pins.flat_map(names::CONFIG).exists() {
+            // A layout-0 build runs on these pins again: its own `CONFIG` where the guard was
+            // (it detached and started afresh after a roll back, or took over a start that was
+            // killed before the guard). Its flat maps are the live datapath; whatever `v1/` holds
+            // is stale: migrate them afresh, with its key.
+            tracing::warn!(
+                state = r.state,
+                step = Step::name(r.step),
+                "a layout-0 build has pinned its maps again beside a layout record; migrating them afresh"
+            );
+            return begin(pins, ours, None);
+        }
+        if r.state == super::state::MIGRATING && r.step < Step::Guarded as u32 {
+            // The old datapath went (detached) before the point of no return: nothing is left
+            // to migrate, and `v1/` was never in force.
+            tracing::warn!("layout 0's maps are gone: starting afresh");
+            clear_dir(&pins.maps_dir())?;
+            super::write(pins, &super::stable(ours, (0, 0)))?;
+            super::guard(pins)?;
+            return Ok(Start::Plain);
+        }
+    }
+    match found {
         OnDisk::Empty => {
             super::write(pins, &super::stable(ours, (0, 0)))?;
             super::guard(pins)?;
@@ -275,9 +301,11 @@ fn begin(pins: &PinDir, ours: u64, stopped: Option<Record>) -> Result<Start> {
             }));
         }
     }
+    // Layout 0's `CONFIG` holds the key until the guard replaced it; from then on only the
+    // record does.
     let key = match stopped {
-        Some(r) => (r.hash_k0, r.hash_k1),
-        None => old_key(pins)?,
+        Some(r) if guarded => (r.hash_k0, r.hash_k1),
+        _ => old_key(pins)?,
     };
     let record = Record {
         version: 0,
@@ -412,6 +440,7 @@ impl Migration {
         if !super::guarded(&self.pins) {
             super::guard(&self.pins)?;
         }
+        fail("guard-renamed");
         self.record_step(Step::Guarded)?;
         fail("guarded");
         Ok(())
