@@ -275,6 +275,9 @@ impl Agent {
             prog.load()
                 .map_err(|source| AgentErrorKind::Verifier { name, source })?;
         }
+        if let Some(cgroup) = &dns_cgroup {
+            sockets::verify(&mut ebpf, cgroup)?;
+        }
         let ring = |ebpf: &mut aya::Ebpf, name: &'static str| {
             let map = ebpf
                 .take_map(name)

@@ -82,9 +82,8 @@ pub enum SocketsError {
     },
 }
 
-/// Attaches both socket programs of `ebpf` to the cgroup at `cgroup` and pins their links,
-/// replacing the links of a previous run.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), SocketsError> {
+/// The cgroup directory, checked to be on cgroup v2.
+fn open_cgroup(cgroup: &Path) -> Result<std::fs::File, SocketsError> {
     let dir = std::fs::File::open(cgroup).map_err(|source| SocketsError::Open {
         path: cgroup.to_owned(),
         source,
@@ -102,18 +101,42 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), Socke
             fs_type,
         });
     }
+    Ok(dir)
+}
+
+/// Checks the cgroup and loads (verifies) both socket programs, attaching nothing: an upgrade
+/// does this before its point of no return. [`attach`] does it too if it was not done.
+pub fn verify(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), SocketsError> {
+    open_cgroup(cgroup)?;
     for hook in SockHook::ALL {
-        let name = hook.name();
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(name)
-            .ok_or(SocketsError::Program { name, source: None })?
-            .try_into()
-            .map_err(|source| SocketsError::Program {
-                name,
-                source: Some(source),
-            })?;
+        load(ebpf, hook.name())?;
+    }
+    Ok(())
+}
+
+fn load<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, SocketsError> {
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(name)
+        .ok_or(SocketsError::Program { name, source: None })?
+        .try_into()
+        .map_err(|source| SocketsError::Program {
+            name,
+            source: Some(source),
+        })?;
+    if prog.fd().is_err() {
         prog.load()
             .map_err(|source| SocketsError::Load { name, source })?;
+    }
+    Ok(prog)
+}
+
+/// Attaches both socket programs of `ebpf` to the cgroup at `cgroup` and pins their links,
+/// replacing the links of a previous run.
+pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), SocketsError> {
+    let dir = open_cgroup(cgroup)?;
+    for hook in SockHook::ALL {
+        let name = hook.name();
+        let prog = load(ebpf, name)?;
         let attach_type = match hook {
             SockHook::Query => CgroupSkbAttachType::Egress,
             SockHook::Answer => CgroupSkbAttachType::Ingress,

@@ -491,15 +491,17 @@ fn migration_time_at_100k_learned_addresses_and_100k_flows() {
             rule,
         };
         by.insert(key, until, 0).unwrap();
-        let mut fk = FlowKey::default();
-        fk.saddr = std::net::Ipv4Addr::new(198, 18, 0, 2)
-            .to_ipv6_mapped()
-            .octets();
-        fk.daddr = a.to_ipv6_mapped().octets();
-        fk.sport = ((i % 60_000) as u16 + 1024).to_be_bytes();
-        fk.dport = 443u16.to_be_bytes();
-        fk.proto = 6;
-        fk.family = 4;
+        let fk = FlowKey {
+            saddr: std::net::Ipv4Addr::new(198, 18, 0, 2)
+                .to_ipv6_mapped()
+                .octets(),
+            daddr: a.to_ipv6_mapped().octets(),
+            sport: ((i % 60_000) as u16 + 1024).to_be_bytes(),
+            dport: 443u16.to_be_bytes(),
+            proto: 6,
+            family: 4,
+            ..FlowKey::default()
+        };
         flows
             .insert(fk, layout::v0::FlowValue { last_seen_ns: now }, 0)
             .unwrap();
