@@ -264,14 +264,7 @@ impl Agent {
         // return comes after this).
         for hook in Hook::ALL {
             let name = hook.name();
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(AgentErrorKind::Program { name, source: None })?
-                .try_into()
-                .map_err(|source| AgentErrorKind::Program {
-                    name,
-                    source: Some(source),
-                })?;
+            let prog = classifier(&mut ebpf, hook)?;
             prog.load()
                 .map_err(|source| AgentErrorKind::Verifier { name, source })?;
         }
@@ -326,14 +319,7 @@ impl Agent {
         let mut attachments = Vec::new();
         for hook in Hook::ALL {
             let name = hook.name();
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(AgentErrorKind::Program { name, source: None })?
-                .try_into()
-                .map_err(|source| AgentErrorKind::Program {
-                    name,
-                    source: Some(source),
-                })?;
+            let prog = classifier(&mut ebpf, hook)?;
             for iface in &ifaces {
                 let how = attach::attach(prog, hook, iface, &pins, attach_mode)?;
                 tracing::info!(iface, hook = name, ?how, "attached");
@@ -831,6 +817,21 @@ impl Agent {
 }
 
 /// Logs the policy's patterns that allow more than they seem (`warnings.rs`).
+/// The classifier of `hook` in the loaded object.
+fn classifier(ebpf: &mut aya::Ebpf, hook: Hook) -> Result<&mut SchedClassifier> {
+    let name = hook.name();
+    ebpf.program_mut(name)
+        .ok_or(AgentErrorKind::Program { name, source: None })?
+        .try_into()
+        .map_err(|source| {
+            AgentErrorKind::Program {
+                name,
+                source: Some(source),
+            }
+            .into()
+        })
+}
+
 fn warn_broad(policy: &Policy) {
     for w in crate::warnings::policy(policy) {
         tracing::warn!("{w}");
