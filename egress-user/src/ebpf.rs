@@ -92,9 +92,15 @@ impl MapDef {
     }
 }
 
-/// The definition of every map of the embedded object, by name.
-pub fn object_defs() -> Result<BTreeMap<String, MapDef>, LayoutError> {
-    defs_of(OBJECT)
+/// The definition of every map of the embedded object, by name: parsed once per process (the
+/// start reads it for the layout record, the migration and the pin check).
+pub fn object_defs() -> Result<&'static BTreeMap<String, MapDef>, LayoutError> {
+    static DEFS: std::sync::OnceLock<BTreeMap<String, MapDef>> = std::sync::OnceLock::new();
+    if let Some(defs) = DEFS.get() {
+        return Ok(defs);
+    }
+    let defs = defs_of(OBJECT)?;
+    Ok(DEFS.get_or_init(|| defs))
 }
 
 /// The definition of every pinned map of an eBPF object: the global-data maps (`.rodata`,
@@ -124,7 +130,7 @@ pub fn defs_of(object: &[u8]) -> Result<BTreeMap<String, MapDef>, LayoutError> {
 /// counter array silently drops the new counters; a shorter scratch array leaves a program
 /// without its slot), so this runs before every load.
 pub fn check_pinned(pins: &PinDir) -> Result<(), LayoutError> {
-    check_dir(&pins.maps_dir(), &object_defs()?)
+    check_dir(&pins.maps_dir(), object_defs()?)
 }
 
 /// Checks every map pinned in `dir` whose name `defs` holds against its definition there.

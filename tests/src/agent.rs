@@ -445,10 +445,16 @@ pub fn learn_as(dp: &mut Datapath, name: &str, addr: IpAddr, until: u64) {
 /// Makes a learned address expired now, as the passing of its TTL would (the kernel compares
 /// the expiry with its clock on every lookup), without a test waiting for the clock.
 pub fn expire_by_hand(pins: &PinDir, addr: IpAddr) {
+    expire_pinned(|name| pins.map(name), addr);
+}
+
+/// [`expire_by_hand`] in the learned map pinned at `pin(name)` (a layout-0 pin directory,
+/// say).
+pub fn expire_pinned(pin: impl Fn(&str) -> PathBuf, addr: IpAddr) {
     use aya::maps::{HashMap, Map, MapData};
     use egress_common::maps::{LearnedValue, names};
-    fn expire<const N: usize>(pins: &PinDir, name: &str, key: [u8; N]) {
-        let data = MapData::from_pin(pins.map(name)).expect("pinned learned map");
+    fn expire<const N: usize>(path: PathBuf, key: [u8; N]) {
+        let data = MapData::from_pin(path).expect("pinned learned map");
         let mut map: HashMap<MapData, [u8; N], LearnedValue> =
             HashMap::try_from(Map::HashMap(data)).expect("learned map");
         let mut v = map.get(&key, 0).expect("a learned entry to expire");
@@ -456,7 +462,16 @@ pub fn expire_by_hand(pins: &PinDir, addr: IpAddr) {
         map.insert(key, v, 0).expect("expire");
     }
     match addr {
-        IpAddr::V4(a) => expire(pins, names::LEARNED_V4, a.octets()),
-        IpAddr::V6(a) => expire(pins, names::LEARNED_V6, a.octets()),
+        IpAddr::V4(a) => expire(pin(names::LEARNED_V4), a.octets()),
+        IpAddr::V6(a) => expire(pin(names::LEARNED_V6), a.octets()),
     }
+}
+
+/// The kernel's id of the link pinned at `pin` (the handle is closed again at once: holding
+/// it would keep the link alive).
+pub fn link_id(pin: &Path) -> u32 {
+    let link = aya::programs::links::FdLink::from(
+        aya::programs::links::PinnedLink::from_pin(pin).unwrap(),
+    );
+    link.info().unwrap().id()
 }

@@ -18,8 +18,9 @@ mod servers;
 mod topology;
 
 pub use agent::{
-    Agent, BY_HAND, TestPins, egress, egress_bin, egress_ok_at, expire_by_hand, http_get,
-    kernel_has_tcx, learn_as, learn_by_hand, metric, old_bin, static_policy, wait_for,
+    Agent, BY_HAND, TestPins, egress, egress_bin, egress_ok_at, expire_by_hand, expire_pinned,
+    http_get, kernel_has_tcx, learn_as, learn_by_hand, link_id, metric, old_bin, static_policy,
+    wait_for,
 };
 pub use netns::{NetNs, sh, unique};
 pub use servers::{Servers, echo_once};

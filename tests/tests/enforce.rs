@@ -9,7 +9,7 @@ use egress_common::{
 };
 use egress_tests::{
     ALLOWED_V4, ALLOWED_V6, Agent, DENIED_V4, DENIED_V6, Servers, TestPins, Topology, echo_once,
-    egress, expire_by_hand, http_get, ip, learn_by_hand, static_policy,
+    egress, expire_by_hand, http_get, ip, learn_by_hand, link_id, static_policy,
 };
 use egress_user::{clock, pins::Hook};
 
@@ -640,15 +640,6 @@ fn without_an_attachment_record_detach_keeps_the_pins_and_detach_all_still_finds
     assert!(!pins.path().exists(), "pin dir left behind");
     topo.connect(DENIED_V4, 443, CONNECT)
         .expect("still enforcing after detach --all");
-}
-
-/// The kernel's id of the link pinned at `pin` (the handle is closed again at once: holding
-/// it would keep the link alive).
-fn link_id(pin: &std::path::Path) -> u32 {
-    let link = aya::programs::links::FdLink::from(
-        aya::programs::links::PinnedLink::from_pin(pin).unwrap(),
-    );
-    link.info().unwrap().id()
 }
 
 /// The revision of the TCX egress chain of the topology's interface and the names of the

@@ -17,7 +17,7 @@ use std::{
 use aya::maps::{HashMap, MapData, MapInfo};
 use egress_common::maps::{LearnedValue, names};
 use egress_tests::{
-    Agent, Servers, TestPins, egress, ip, kernel_has_tcx,
+    Agent, Servers, TestPins, egress_ok_at, expire_pinned, ip, kernel_has_tcx, link_id,
     live::{
         RACE_NET, RESOLVER_V4, WEB_CGR, WEB_DENIED, World, WorldOptions, tls_exchange, tls_open,
     },
@@ -161,19 +161,6 @@ fn forget_admitted(path: &Path) {
     }
 }
 
-/// Makes a learned address expired, as the passing of its TTL would.
-fn expire(path: &Path, addr: &str) {
-    let data = MapData::from_pin(path).unwrap();
-    let mut map: HashMap<MapData, [u8; 4], LearnedValue> =
-        HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
-    let std::net::IpAddr::V4(a) = ip(addr) else {
-        unreachable!()
-    };
-    let mut v = map.get(&a.octets(), 0).unwrap();
-    v.expires_ns = egress_user::clock::boot_ns() - 1;
-    map.insert(a.octets(), v, 0).unwrap();
-}
-
 fn learned_v4(path: &Path, addr: &str) -> Option<LearnedValue> {
     let data = MapData::from_pin(path).ok()?;
     let map: HashMap<MapData, [u8; 4], LearnedValue> =
@@ -185,25 +172,7 @@ fn learned_v4(path: &Path, addr: &str) -> Option<LearnedValue> {
 }
 
 fn status(pins: &TestPins) -> serde_json::Value {
-    let args: Vec<&std::ffi::OsStr> = ["status", "--json", "--pin-dir"]
-        .iter()
-        .map(std::ffi::OsStr::new)
-        .chain([pins.path().as_os_str()])
-        .collect();
-    let out = egress(None, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn link_id(pin: &Path) -> u32 {
-    let link = aya::programs::links::FdLink::from(
-        aya::programs::links::PinnedLink::from_pin(pin).unwrap(),
-    );
-    link.info().unwrap().id()
+    serde_json::from_str(&egress_ok_at(&["status", "--json"], pins)).unwrap()
 }
 
 /// Layout 0's maps no longer pinned, the guard in place, the record stable at this layout.
@@ -294,7 +263,7 @@ fn an_upgrade_from_layout_0_keeps_connections_learned_addresses_and_enforcement(
         assert!(agent.terminate().unwrap().success());
         // The stream's address expires while no agent runs: from now on only its flow lets
         // it pass (connections outlive the TTL of the answer that allowed them).
-        expire(&pins.pins.flat_map(names::LEARNED_V4), WEB_CGR);
+        expire_pinned(|name| pins.pins.flat_map(name), ip(WEB_CGR));
         // And it loses its socket's admission, as a pod's connection forwarded by the node
         // never had one: only the copied flow can carry it across.
         forget_admitted(&pins.pins.flat_map(names::ADMITTED));

@@ -24,7 +24,10 @@
 use std::{path::PathBuf, time::Instant};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
-use egress_common::maps::{Config, FlowKey, FlowValue, NAME_PERMANENT, NameValue, names};
+use egress_common::maps::{
+    Config, FLOW_CAPACITY, FlowKey, FlowValue, NAME_PERMANENT, NAMES_EXACT_CAPACITY, NameValue,
+    names,
+};
 use thiserror::Error;
 
 use super::{
@@ -501,7 +504,7 @@ impl Migration {
                 continue;
             };
             let mut new: HashMap<MapData, FlowKey, FlowValue> = self.open_new(name)?;
-            for (key, v) in snapshot(&old) {
+            for (key, v) in snapshot(&old, FLOW_CAPACITY) {
                 let value = FlowValue::by_address(v.last_seen_ns);
                 if insert_new(&mut new, &key, &value, name)? {
                     self.copied.flows += 1;
@@ -510,7 +513,7 @@ impl Migration {
         }
         if let Some(old) = self.open_old::<HashMap<MapData, u64, NameValue>>(names::NAMES_EXACT)? {
             let mut new: HashMap<MapData, u64, NameValue> = self.open_new(names::NAMES_EXACT)?;
-            for (key, v) in snapshot(&old) {
+            for (key, v) in snapshot(&old, NAMES_EXACT_CAPACITY) {
                 if v.expires_ns != NAME_PERMANENT
                     && insert_new(&mut new, &key, &v, names::NAMES_EXACT)?
                 {
@@ -592,9 +595,11 @@ impl Migration {
 /// The entries of a hash map the old programs may still be writing. A key walk of a churning
 /// table restarts from the first bucket when its current key vanished, so the walk is bounded by
 /// twice the map's capacity; an entry missed here is copied by the pass after the swap.
-fn snapshot<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
-    let bound = 2 * 262_144;
-    map.iter().take(bound).filter_map(|r| r.ok()).collect()
+fn snapshot<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>, capacity: u32) -> Vec<(K, V)> {
+    map.iter()
+        .take(2 * capacity as usize)
+        .filter_map(|r| r.ok())
+        .collect()
 }
 
 /// Inserts unless the key is there (`BPF_NOEXIST`): true if inserted.

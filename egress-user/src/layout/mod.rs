@@ -162,7 +162,7 @@ pub fn fingerprint(text: &str) -> u64 {
 
 /// This build's fingerprint (of the embedded object's definitions).
 pub fn current_fingerprint() -> Result<u64, LayoutError> {
-    Ok(fingerprint(&text(&ebpf::object_defs()?)))
+    Ok(fingerprint(&text(ebpf::object_defs()?)))
 }
 
 /// What a start finds under the pin directory.
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn the_layout_text_is_the_committed_one() {
-        let now = text(&ebpf::object_defs().unwrap());
+        let now = text(ebpf::object_defs().unwrap());
         if std::env::var_os("EGRESS_BLESS_LAYOUT").is_some() {
             let path = format!("{}/layouts/v{VERSION}.txt", env!("CARGO_MANIFEST_DIR"));
             std::fs::write(&path, &now).unwrap();
