@@ -251,10 +251,7 @@ impl Agent {
 
         // What is pinned decides: a first start, a restart, or an upgrade from an older layout
         // (docs/design.md, *Layouts and upgrades*). Every refusal comes before any change.
-        let mut migration = match layout::migrate::prepare(&pins)? {
-            layout::migrate::Start::Plain => None,
-            layout::migrate::Start::Migrate(m) => Some(m),
-        };
+        let mut migration = layout::migrate::prepare(&pins)?;
         ebpf::check_pinned(&pins)?;
         let mut ebpf = ebpf::load(&pins).map_err(|source| AgentErrorKind::Load {
             pin_dir: pin_dir.clone(),
@@ -268,9 +265,10 @@ impl Agent {
             prog.load()
                 .map_err(|source| AgentErrorKind::Verifier { name, source })?;
         }
-        if let Some(cgroup) = &dns_cgroup {
-            sockets::verify(&mut ebpf, cgroup)?;
-        }
+        let cgroup = match &dns_cgroup {
+            Some(path) => Some((path, sockets::verify(&mut ebpf, path)?)),
+            None => None,
+        };
         let ring = |ebpf: &mut aya::Ebpf, name: &'static str| {
             let map = ebpf
                 .take_map(name)
@@ -287,9 +285,7 @@ impl Agent {
         let applied = match migration.as_mut() {
             None => apply(&mut dp, &policy, &overrides),
             Some(m) => {
-                let mut recorded = pins.linked_interfaces();
-                recorded.extend(dp.attached_interfaces()?);
-                m.built(&recorded, &ifaces)?;
+                m.built(&dp.recorded_interfaces(&pins)?, &ifaces)?;
                 m.fill()?;
                 // The carried key: a fresh one would change every rule hash and revoke every
                 // learned address.
@@ -310,8 +306,8 @@ impl Agent {
 
         // Learning before enforcement: the socket programs first (or the links of a previous
         // run that learned there removed), then the interfaces.
-        match &dns_cgroup {
-            Some(cgroup) => sockets::attach(&mut ebpf, cgroup, &pins)?,
+        match &cgroup {
+            Some((path, dir)) => sockets::attach(&mut ebpf, dir, path, &pins)?,
             None => sockets::detach(&pins)?,
         }
 

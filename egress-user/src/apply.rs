@@ -90,15 +90,19 @@ pub fn kernel_config(policy: &Policy, overrides: &Overrides, key: (u64, u64)) ->
 /// The name-hash key of these maps: kept if the maps were configured before (a restart must
 /// not invalidate the name maps), otherwise 128 fresh random bits.
 fn hash_key(dp: &Datapath) -> Result<(u64, u64), ApplyError> {
-    let cfg = dp.config()?;
+    key_of(&dp.config()?)
+}
+
+/// The name-hash key a configuration slot stands for: its own if a policy was ever applied
+/// there, otherwise 128 fresh random bits.
+pub fn key_of(cfg: &Config) -> Result<(u64, u64), ApplyError> {
     if cfg.mode != egress_common::mode::UNSET {
         return Ok((cfg.hash_k0, cfg.hash_k1));
     }
     random_key()
 }
 
-/// 128 fresh random bits for the name hash.
-pub fn random_key() -> Result<(u64, u64), ApplyError> {
+fn random_key() -> Result<(u64, u64), ApplyError> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))

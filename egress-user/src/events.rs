@@ -81,14 +81,10 @@ pub async fn drain_ring(
         };
         // Readiness is cleared before reading, so a wake-up that comes while the records are
         // handled is not lost; a timed read leaves it alone.
-        let ring = match woken {
-            Some(mut guard) => {
-                guard.clear_ready();
-                drop(guard);
-                fd.get_mut()
-            }
-            None => fd.get_mut(),
-        };
+        if let Some(mut guard) = woken {
+            guard.clear_ready();
+        }
+        let ring = fd.get_mut();
         let mut handled = 0usize;
         while let Some(item) = ring.next() {
             handle(&item);

@@ -363,6 +363,6 @@ fn remember(msg: &Message, allowed: bool, dp: &mut Datapath, stats: &LearnStats)
 }
 
 /// Lowercase, without the trailing dot.
-fn normalize(name: &str) -> String {
+pub(crate) fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }

@@ -237,13 +237,10 @@ fn detach(pins: &PinDir, ifaces: Vec<String>, all: bool) -> anyhow::Result<()> {
     };
     let record_known = dp.is_some() || !pins.root().exists();
     let recorded = |dp: &Option<egress_user::datapath::Datapath>| -> anyhow::Result<Vec<String>> {
-        let mut out = pins.linked_interfaces();
-        if let Some(dp) = dp {
-            out.extend(dp.attached_interfaces()?);
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(match dp {
+            Some(dp) => dp.recorded_interfaces(pins)?,
+            None => pins.linked_interfaces(),
+        })
     };
     let ifaces = if all {
         // Every interface of this namespace too: a clsact filter egress left without a record
@@ -303,10 +300,7 @@ fn detach(pins: &PinDir, ifaces: Vec<String>, all: bool) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(pins.flat_map(name));
         }
         for path in [pins.layout_record(), pins.guard()] {
-            let _ = std::fs::remove_file(path.with_file_name(format!(
-                "{}_next",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            )));
+            let _ = std::fs::remove_file(PinDir::staging(&path));
             let _ = std::fs::remove_file(path);
         }
         for hook in egress_user::pins::Hook::ALL {

@@ -105,16 +105,7 @@ impl PinDir {
 
     /// Where this version's maps are pinned: `v<N>/` of [`crate::layout::VERSION`].
     pub fn maps_dir(&self) -> PathBuf {
-        self.layout_dir(crate::layout::VERSION)
-    }
-
-    /// Where the maps of layout `version` are pinned (layout 0: the directory itself).
-    pub fn layout_dir(&self, version: u32) -> PathBuf {
-        if version == 0 {
-            self.root.clone()
-        } else {
-            self.root.join(format!("v{version}"))
-        }
+        self.root.join(format!("v{}", crate::layout::VERSION))
     }
 
     /// This version's pin of the map `name`.
@@ -136,6 +127,14 @@ impl PinDir {
     /// layout-0 build finds a map of another size there and refuses before it attaches.
     pub fn guard(&self) -> PathBuf {
         self.root.join(egress_common::maps::names::CONFIG)
+    }
+
+    /// Where a pin for `path` is made before it is renamed over `path` (so that `path` is never
+    /// missing or half-written).
+    pub fn staging(path: &Path) -> PathBuf {
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push("_next");
+        path.with_file_name(name)
     }
 
     pub fn program(&self, hook: Hook) -> PathBuf {

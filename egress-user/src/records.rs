@@ -211,6 +211,16 @@ impl Datapath {
         out.sort();
         Ok(out)
     }
+
+    /// Every interface egress is attached to as far as the pins under `pins` tell: TCX link pins
+    /// and the attachment record (clsact filters), sorted, without repeats.
+    pub fn recorded_interfaces(&self, pins: &crate::pins::PinDir) -> Result<Vec<String>> {
+        let mut out = pins.linked_interfaces();
+        out.extend(self.attached_interfaces()?);
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
 }
 
 fn iface_key(iface: &str) -> [u8; IFACE_BYTES] {

@@ -104,39 +104,41 @@ fn open_cgroup(cgroup: &Path) -> Result<std::fs::File, SocketsError> {
     Ok(dir)
 }
 
-/// Checks the cgroup and loads (verifies) both socket programs, attaching nothing: an upgrade
-/// does this before its point of no return. [`attach`] does it too if it was not done.
-pub fn verify(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), SocketsError> {
-    open_cgroup(cgroup)?;
+/// Opens the cgroup (checked) and loads (verifies) both socket programs, attaching nothing:
+/// the agent does this before anything in force changes (an upgrade's point of no return comes
+/// after). The cgroup is for [`attach`].
+pub fn verify(ebpf: &mut Ebpf, cgroup: &Path) -> Result<std::fs::File, SocketsError> {
+    let dir = open_cgroup(cgroup)?;
     for hook in SockHook::ALL {
-        load(ebpf, hook.name())?;
+        let name = hook.name();
+        program(ebpf, name)?
+            .load()
+            .map_err(|source| SocketsError::Load { name, source })?;
     }
-    Ok(())
+    Ok(dir)
 }
 
-fn load<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, SocketsError> {
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(name)
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, SocketsError> {
+    ebpf.program_mut(name)
         .ok_or(SocketsError::Program { name, source: None })?
         .try_into()
         .map_err(|source| SocketsError::Program {
             name,
             source: Some(source),
-        })?;
-    if prog.fd().is_err() {
-        prog.load()
-            .map_err(|source| SocketsError::Load { name, source })?;
-    }
-    Ok(prog)
+        })
 }
 
-/// Attaches both socket programs of `ebpf` to the cgroup at `cgroup` and pins their links,
-/// replacing the links of a previous run.
-pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), SocketsError> {
-    let dir = open_cgroup(cgroup)?;
+/// Attaches both socket programs of `ebpf`, loaded by [`verify`], to the cgroup `dir` (at
+/// `cgroup`) and pins their links, replacing the links of a previous run.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    dir: &std::fs::File,
+    cgroup: &Path,
+    pins: &PinDir,
+) -> Result<(), SocketsError> {
     for hook in SockHook::ALL {
         let name = hook.name();
-        let prog = load(ebpf, name)?;
+        let prog = program(ebpf, name)?;
         let attach_type = match hook {
             SockHook::Query => CgroupSkbAttachType::Egress,
             SockHook::Answer => CgroupSkbAttachType::Ingress,
@@ -150,7 +152,7 @@ pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, pins: &PinDir) -> Result<(), Socke
             source,
         };
         let id = prog
-            .attach(&dir, attach_type, CgroupAttachMode::Single)
+            .attach(dir, attach_type, CgroupAttachMode::Single)
             .map_err(attach_err)?;
         let link: FdLink = prog
             .take_link(id)

@@ -187,13 +187,7 @@ pub fn collect(pins: &PinDir) -> Result<Status, StatusError> {
             mode::AUDIT => "audit",
             _ => "unset",
         },
-        interfaces: {
-            let mut i = pins.linked_interfaces();
-            i.extend(dp.attached_interfaces().map_err(read)?);
-            i.sort();
-            i.dedup();
-            i
-        },
+        interfaces: dp.recorded_interfaces(pins).map_err(read)?,
         ports: dp.ports().map_err(read)?,
         tls: TlsStatus {
             sni: match cfg.sni() {
@@ -355,7 +349,7 @@ fn flows_by_name(
     }
     let mut names: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
     for a in dp.answers()? {
-        let lower = a.name.trim_end_matches('.').to_ascii_lowercase();
+        let lower = crate::learn::normalize(&a.name);
         let (full, suffixes) = egress_common::hash::name_hashes(cfg.hash_k0, cfg.hash_k1, &lower);
         names.entry(full).or_insert_with(|| lower.clone());
         let labels: Vec<&str> = lower.split('.').collect();

@@ -44,20 +44,19 @@ impl Harness {
         let mut dp = Datapath::from_ebpf(&mut ebpf).expect("maps");
         let p = policy::parse(policy_text, "t.yaml".as_ref()).expect("policy");
         apply::apply(&mut dp, &p, &apply::Overrides::default()).expect("apply");
+        let mut h = Self {
+            ebpf,
+            dp,
+            _pins: pins,
+        };
         for name in [
             Hook::Ingress.name(),
             Hook::Egress.name(),
             ebpf::EMPTY_PROGRAM,
         ] {
-            let prog: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            prog.load()
-                .unwrap_or_else(|e| panic!("verifier rejects {name}: {e:?}"));
+            h.load_classifier(name);
         }
-        Self {
-            ebpf,
-            dp,
-            _pins: pins,
-        }
+        h
     }
 
     /// Applies another policy to the same maps, as a reload does.

@@ -46,10 +46,7 @@ fn json_of(cmd: &mut Command) -> anyhow::Result<Value> {
 
 pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
     if opts.report_only {
-        let root = run::target_dir()?
-            .parent()
-            .context("workspace root")?
-            .join("bench");
+        let root = run::workspace_root()?.join("bench");
         let results: Value = serde_json::from_str(
             &std::fs::read_to_string(root.join("results.json"))
                 .context("no bench/results.json: run `cargo xtask bench` first")?,
@@ -81,10 +78,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         "egress-race",
     ]))?;
     let bin = run::target_dir()?.join("release");
-    let root = run::target_dir()?
-        .parent()
-        .context("workspace root")?
-        .join("bench");
+    let root = run::workspace_root()?.join("bench");
     std::fs::create_dir_all(&root)?;
 
     eprintln!(

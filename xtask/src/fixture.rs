@@ -32,10 +32,7 @@ fn build(commit: &str) -> anyhow::Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
-    let root = run::target_dir()?
-        .parent()
-        .context("workspace root")?
-        .to_owned();
+    let root = run::workspace_root()?;
     if !has_commit(&root, commit) {
         // A shallow clone (CI) may lack it.
         eprintln!("fixture: fetching {commit}");

@@ -36,10 +36,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         run::status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
             .context("cannot install cargo-fuzz")?;
     }
-    let root = run::target_dir()?
-        .parent()
-        .context("workspace root")?
-        .to_owned();
+    let root = run::workspace_root()?;
     let fuzz = root.join("fuzz");
     let targets: Vec<&str> = if opts.targets.is_empty() {
         TARGETS.to_vec()

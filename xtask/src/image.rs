@@ -60,7 +60,7 @@ pub(crate) fn run(opts: &Options) -> anyhow::Result<()> {
         )
         .context("cannot install buildah")?;
     }
-    let root = target.parent().context("workspace root")?.to_owned();
+    let root = run::workspace_root()?;
     let buildah = || {
         let mut c = Command::new("buildah");
         c.args(["--storage-driver", "vfs"]).current_dir(&root);

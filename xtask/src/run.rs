@@ -38,11 +38,19 @@ pub(crate) fn on_path(program: &str) -> bool {
 
 /// The workspace's target directory.
 pub(crate) fn target_dir() -> anyhow::Result<std::path::PathBuf> {
-    let meta = cargo_metadata::MetadataCommand::new()
+    Ok(metadata()?.target_directory.into_std_path_buf())
+}
+
+/// The workspace's root directory.
+pub(crate) fn workspace_root() -> anyhow::Result<std::path::PathBuf> {
+    Ok(metadata()?.workspace_root.into_std_path_buf())
+}
+
+fn metadata() -> anyhow::Result<cargo_metadata::Metadata> {
+    cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
-        .context("cargo metadata")?;
-    Ok(meta.target_directory.into_std_path_buf())
+        .context("cargo metadata")
 }
 
 /// Root is needed to load eBPF programs and to create network namespaces.

@@ -309,11 +309,7 @@ pub(crate) fn run(kernels: Kernels, filter: &[String], old: &Path) -> anyhow::Re
     ]))?;
     let target = run::target_dir()?.join("debug");
     let bins = test_binaries()?;
-    let root = target
-        .parent()
-        .and_then(Path::parent)
-        .context("workspace root")?
-        .to_owned();
+    let root = run::workspace_root()?;
     let script = cache().join("guest.sh");
     std::fs::create_dir_all(cache())?;
     std::fs::write(&script, guest_script(&root, &target, &bins, filter, old))

@@ -170,6 +170,25 @@ pub(crate) struct FamilyHash<V> {
 /// `BPF_NOEXIST`: insert only if the key is absent.
 pub(crate) const NOEXIST: u64 = 1;
 
+/// Inserts or replaces (`flags` 0), or only inserts ([`NOEXIST`]: `Ok(false)` if the key was
+/// there).
+pub(crate) fn insert<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    value: &V,
+    flags: u64,
+) -> std::result::Result<bool, MapError> {
+    match map.insert(key, value, flags) {
+        Ok(()) => Ok(true),
+        Err(MapError::SyscallError(e))
+            if flags == NOEXIST && e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl<V: Pod> FamilyHash<V> {
     pub(crate) fn new(
         v4: HashMap<MapData, [u8; 4], V>,
@@ -195,19 +214,11 @@ impl<V: Pod> FamilyHash<V> {
     /// was there).
     pub(crate) fn insert(&mut self, addr: IpAddr, value: V, flags: u64) -> Result<bool> {
         let name = self.name(addr);
-        let r = match addr {
-            IpAddr::V4(a) => self.v4.insert(a.octets(), value, flags),
-            IpAddr::V6(a) => self.v6.insert(a.octets(), value, flags),
-        };
-        match r {
-            Ok(()) => Ok(true),
-            Err(MapError::SyscallError(e))
-                if flags == NOEXIST && e.io_error.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(false)
-            }
-            Err(source) => Err(op(name, "insert")(source)),
+        match addr {
+            IpAddr::V4(a) => insert(&mut self.v4, &a.octets(), &value, flags),
+            IpAddr::V6(a) => insert(&mut self.v6, &a.octets(), &value, flags),
         }
+        .map_err(op(name, "insert"))
     }
 
     /// Removes `addr` and returns the value that was removed, atomically.

@@ -28,7 +28,13 @@ use egress_common::{
     packet::IPPROTO_TCP,
 };
 
-use super::{Datapath, Result, family::NOEXIST, mapped, op, take::lookup_and_delete, unmapped};
+use super::{
+    Datapath, Result,
+    family::{NOEXIST, insert},
+    mapped, op,
+    take::lookup_and_delete,
+    unmapped,
+};
 
 /// A learned address as stored in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,12 +209,8 @@ impl Datapath {
                     };
                     // Insert-if-absent: a justification under this rule written meanwhile (by
                     // the kernel or the agent's learning) is fresher than this snapshot's.
-                    match self.learned_by.insert(key, seen.expires_ns, NOEXIST) {
-                        Ok(()) => {}
-                        Err(MapError::SyscallError(e))
-                            if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                        Err(e) => return Err(op(names::LEARNED_BY, "insert")(e)),
-                    }
+                    insert(&mut self.learned_by, &key, &seen.expires_ns, NOEXIST)
+                        .map_err(op(names::LEARNED_BY, "insert"))?;
                     keep_until = seen.expires_ns;
                     done.rejustified += 1;
                 }
@@ -317,11 +319,7 @@ impl Datapath {
                 stale.push(k);
             }
         }
-        // A flow already gone (LRU eviction, a racing collection) is not counted.
-        let flows = stale.iter().filter(|k| self.forget_flow(k)).count();
-        if flows > 0 {
-            self.flows_removed()?;
-        }
+        let flows = self.forget_flows(&stale)?;
         Ok((done, flows))
     }
 
@@ -352,7 +350,7 @@ impl Datapath {
             }
         }
         let revoked: std::collections::HashSet<&IpAddr> = revoked.iter().collect();
-        let mut cut = 0;
+        let mut cut = Vec::new();
         for (k, _) in self.flows()? {
             let dst = unmapped(k.daddr);
             if !revoked.contains(&dst) && !removed.iter().any(|n| n.contains(&dst)) {
@@ -371,14 +369,9 @@ impl Datapath {
             self.revoked
                 .insert(k.daddr, now_ns, 0)
                 .map_err(op(names::REVOKED, "insert"))?;
-            if self.forget_flow(&k) {
-                cut += 1;
-            }
+            cut.push(k);
         }
-        if cut > 0 {
-            self.flows_removed()?;
-        }
-        Ok(cut)
+        self.forget_flows(&cut)
     }
 
     /// Every flow, TCP and UDP.
@@ -394,25 +387,31 @@ impl Datapath {
         tcp.chain(udp).collect()
     }
 
-    /// Changes the flow epoch after flows were removed, so that no CPU passes a removed flow
-    /// from its cache (`egress_common::maps::FlowCache`). The new epoch is the `CLOCK_BOOTTIME`
-    /// time read after the removal, as the programs write it: a value never written before, so
-    /// no write, however late, brings back an epoch an entry carries (see `flow_cache.rs` in
-    /// `egress-ebpf`). One store, no read-modify-write to race with the programs or with the
-    /// agent's other map handle.
-    fn flows_removed(&mut self) -> Result<()> {
-        self.flow_epoch
-            .set(0, crate::clock::boot_ns(), 0)
-            .map_err(op(names::FLOW_EPOCH, "write"))
-    }
-
-    /// Removes a flow from its table; whether it was there.
-    fn forget_flow(&mut self, k: &FlowKey) -> bool {
-        if k.proto == IPPROTO_TCP {
-            self.flows.remove(k).is_ok()
-        } else {
-            self.flows_udp.remove(k).is_ok()
+    /// Removes flows from their tables and returns how many were there (a flow already gone,
+    /// by LRU eviction or a racing collection, is not counted). If any was, changes the flow
+    /// epoch afterwards, so that no CPU passes a removed flow from its cache
+    /// (`egress_common::maps::FlowCache`). The new epoch is the `CLOCK_BOOTTIME` time read after
+    /// the removal, as the programs write it: a value never written before, so no write, however
+    /// late, brings back an epoch an entry carries (see `flow_cache.rs` in `egress-ebpf`). One
+    /// store, no read-modify-write to race with the programs or with the agent's other map
+    /// handle.
+    fn forget_flows(&mut self, keys: &[FlowKey]) -> Result<usize> {
+        let removed = keys
+            .iter()
+            .filter(|k| {
+                if k.proto == IPPROTO_TCP {
+                    self.flows.remove(k).is_ok()
+                } else {
+                    self.flows_udp.remove(k).is_ok()
+                }
+            })
+            .count();
+        if removed > 0 {
+            self.flow_epoch
+                .set(0, crate::clock::boot_ns(), 0)
+                .map_err(op(names::FLOW_EPOCH, "write"))?;
         }
+        Ok(removed)
     }
 
     /// Forgets the `REVOKED` destinations recorded before `before_ns` (a cut connection idle

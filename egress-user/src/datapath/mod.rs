@@ -9,7 +9,7 @@
 //! - `crate::records`: the agent's records (`ANSWERS`, `DENIED`).
 
 mod family;
-pub(crate) use family::NOEXIST;
+pub(crate) use family::{NOEXIST, insert};
 mod learned;
 mod policy;
 mod take;

@@ -141,14 +141,6 @@ impl From<LayoutError> for MigrateError {
 
 type Result<T> = std::result::Result<T, MigrateError>;
 
-/// What the start found and what it must do about it.
-pub enum Start {
-    /// Nothing to migrate: this build's layout (or nothing) is pinned.
-    Plain,
-    /// A migration to carry out around the start.
-    Migrate(Migration),
-}
-
 /// A migration from layout 0 under way.
 pub struct Migration {
     pins: PinDir,
@@ -180,110 +172,106 @@ fn fail(point: &str) {
 /// Reads what is pinned and prepares the pin directory for this build's load: a first start
 /// records the layout; layout 0 (or a migration stopped before `guarded`) begins a migration;
 /// one stopped at `guarded` or later resumes. Everything that refuses does so before any change.
-pub fn prepare(pins: &PinDir) -> Result<Start> {
+/// `None`: nothing to migrate, this build's layout (or nothing) is pinned.
+pub fn prepare(pins: &PinDir) -> Result<Option<Migration>> {
     let ours = super::current_fingerprint()?;
     let dir = pins.root().to_owned();
-    let found = super::detect(pins)?;
-    if let OnDisk::Recorded(r) = &found
-        && !super::guarded(pins)
-    {
-        if pins.flat_map(names::CONFIG).exists() {
-            // A layout-0 build runs on these pins again: its own `CONFIG` where the guard was
-            // (it detached and started afresh after a roll back, or took over a start that was
-            // killed before the guard). Its flat maps are the live datapath; whatever `v1/` holds
-            // is stale: migrate them afresh, with its key.
-            tracing::warn!(
-                state = r.state,
-                step = Step::name(r.step),
-                "a layout-0 build has pinned its maps again beside a layout record; migrating them afresh"
-            );
-            return begin(pins, ours, None);
-        }
-        if r.state == super::state::MIGRATING && r.step < Step::Guarded as u32 {
-            // The old datapath went (detached) before the point of no return: nothing is left
-            // to migrate, and `v1/` was never in force.
-            tracing::warn!("layout 0's maps are gone: starting afresh");
-            clear_dir(&pins.maps_dir())?;
-            super::write(pins, &super::stable(ours, (0, 0)))?;
-            super::guard(pins)?;
-            return Ok(Start::Plain);
-        }
+    let guarded = super::guarded(pins);
+    let r = match super::detect(pins)? {
+        OnDisk::Empty => return fresh(pins, ours),
+        OnDisk::Flat => return begin(pins, ours, guarded, None),
+        OnDisk::Recorded(r) => r,
+    };
+    if !guarded && pins.flat_map(names::CONFIG).exists() {
+        // A layout-0 build runs on these pins again: its own `CONFIG` where the guard was (it
+        // detached and started afresh after a roll back, or took over a start that was killed
+        // before the guard). Its flat maps are the live datapath; whatever `v1/` holds is
+        // stale: migrate them afresh, with its key.
+        tracing::warn!(
+            state = r.state,
+            step = Step::name(r.step),
+            "a layout-0 build has pinned its maps again beside a layout record; migrating them afresh"
+        );
+        return begin(pins, ours, guarded, None);
     }
-    match found {
-        OnDisk::Empty => {
-            super::write(pins, &super::stable(ours, (0, 0)))?;
-            super::guard(pins)?;
-            Ok(Start::Plain)
-        }
-        OnDisk::Flat => begin(pins, ours, None),
-        OnDisk::Recorded(r) if r.state == super::state::STABLE => {
-            if r.version > super::VERSION {
-                return Err(MigrateError::Newer {
-                    dir,
-                    found: r.version,
-                });
-            }
-            if r.version < super::VERSION {
-                // A layout ≥ 1 older than this build: no such layout exists yet.
-                return Err(MigrateError::OtherMigration {
-                    dir,
-                    from: r.version,
-                    to: super::VERSION,
-                });
-            }
-            if r.fingerprint != ours {
-                return Err(MigrateError::Fingerprint {
-                    dir,
-                    found: r.version,
-                    have: r.fingerprint,
-                    want: ours,
-                });
-            }
-            if !super::guarded(pins) {
-                super::guard(pins)?;
-            }
-            Ok(Start::Plain)
-        }
-        OnDisk::Recorded(r) => {
-            if r.target > super::VERSION {
-                return Err(MigrateError::Newer {
-                    dir,
-                    found: r.target,
-                });
-            }
-            if r.version != 0 || r.target != super::VERSION || r.target_fingerprint != ours {
-                return Err(MigrateError::OtherMigration {
-                    dir,
-                    from: r.version,
-                    to: r.target,
-                });
-            }
-            if r.step < Step::Guarded as u32 {
-                return begin(pins, ours, Some(r));
-            }
-            tracing::info!(
-                step = Step::name(r.step),
-                "resuming the migration from layout 0 to {} (a previous start stopped after the point of no return)",
-                super::VERSION
-            );
-            Ok(Start::Migrate(Migration {
-                pins: pins.clone(),
-                record: r,
-                began: Instant::now(),
-                copied: Copied::default(),
-            }))
-        }
+    if r.state == super::state::MIGRATING && r.step < Step::Guarded as u32 && !guarded {
+        // The old datapath went (detached) before the point of no return: nothing is left to
+        // migrate, and `v1/` was never in force.
+        tracing::warn!("layout 0's maps are gone: starting afresh");
+        clear_dir(&pins.maps_dir())?;
+        return fresh(pins, ours);
     }
+    if r.state == super::state::STABLE {
+        if r.version > super::VERSION {
+            return Err(MigrateError::Newer {
+                dir,
+                found: r.version,
+            });
+        }
+        if r.version < super::VERSION {
+            // A layout ≥ 1 older than this build: no such layout exists yet.
+            return Err(MigrateError::OtherMigration {
+                dir,
+                from: r.version,
+                to: super::VERSION,
+            });
+        }
+        if r.fingerprint != ours {
+            return Err(MigrateError::Fingerprint {
+                dir,
+                found: r.version,
+                have: r.fingerprint,
+                want: ours,
+            });
+        }
+        if !guarded {
+            super::guard(pins)?;
+        }
+        return Ok(None);
+    }
+    if r.target > super::VERSION {
+        return Err(MigrateError::Newer {
+            dir,
+            found: r.target,
+        });
+    }
+    if r.version != 0 || r.target != super::VERSION || r.target_fingerprint != ours {
+        return Err(MigrateError::OtherMigration {
+            dir,
+            from: r.version,
+            to: r.target,
+        });
+    }
+    if r.step < Step::Guarded as u32 {
+        return begin(pins, ours, guarded, Some(r));
+    }
+    tracing::info!(
+        step = Step::name(r.step),
+        "resuming the migration from layout 0 to {} (a previous start stopped after the point of no return)",
+        super::VERSION
+    );
+    Ok(Some(Migration::new(pins, r)))
+}
+
+/// A first start: this build's layout recorded, and guarded.
+fn fresh(pins: &PinDir, ours: u64) -> Result<Option<Migration>> {
+    super::write(pins, &super::stable(ours, (0, 0)))?;
+    super::guard(pins)?;
+    Ok(None)
 }
 
 /// Steps 1 and the first half of 2: check layout 0, record the migration, make `v1/` afresh
 /// with the shared maps pinned into it. `stopped` is the record of a migration stopped before
-/// `guarded`: it carries the key (layout 0's `CONFIG` may be the guard already).
-fn begin(pins: &PinDir, ours: u64, stopped: Option<Record>) -> Result<Start> {
+/// `guarded` but after the guard's rename (`guarded`): layout 0's `CONFIG` is the guard, and
+/// the key is in the record.
+fn begin(
+    pins: &PinDir,
+    ours: u64,
+    guarded: bool,
+    stopped: Option<Record>,
+) -> Result<Option<Migration>> {
     let mut old = v0::defs();
-    let guarded = super::guarded(pins);
     if guarded {
-        // Renamed over by the guard before a crash; its key is in the record.
         old.remove(names::CONFIG);
     }
     ebpf::check_dir(pins.root(), &old).map_err(|source| MigrateError::UnknownFlat {
@@ -307,8 +295,8 @@ fn begin(pins: &PinDir, ours: u64, stopped: Option<Record>) -> Result<Start> {
     // Layout 0's `CONFIG` holds the key until the guard replaced it; from then on only the
     // record does.
     let key = match stopped {
-        Some(r) if guarded => (r.hash_k0, r.hash_k1),
-        _ => old_key(pins)?,
+        Some(r) => (r.hash_k0, r.hash_k1),
+        None => old_key(pins)?,
     };
     let record = Record {
         version: 0,
@@ -354,12 +342,7 @@ fn begin(pins: &PinDir, ours: u64, stopped: Option<Record>) -> Result<Start> {
                 source,
             })?;
     }
-    Ok(Start::Migrate(Migration {
-        pins: pins.clone(),
-        record,
-        began: Instant::now(),
-        copied: Copied::default(),
-    }))
+    Ok(Some(Migration::new(pins, record)))
 }
 
 /// Empties and removes `dir` (pins only; bpffs holds nothing else) and makes it again.
@@ -396,13 +379,19 @@ fn old_key(pins: &PinDir) -> Result<(u64, u64)> {
         aya::maps::Array::try_from(open(names::CONFIG)?).map_err(|e| read(names::CONFIG, e))?;
     let slot = active.get(&0, 0).map_err(|e| read(names::ACTIVE, e))?;
     let cfg = config.get(&slot, 0).map_err(|e| read(names::CONFIG, e))?;
-    if cfg.mode == egress_common::mode::UNSET {
-        return Ok(crate::apply::random_key()?);
-    }
-    Ok((cfg.hash_k0, cfg.hash_k1))
+    Ok(crate::apply::key_of(&cfg)?)
 }
 
 impl Migration {
+    fn new(pins: &PinDir, record: Record) -> Self {
+        Self {
+            pins: pins.clone(),
+            record,
+            began: Instant::now(),
+            copied: Copied::default(),
+        }
+    }
+
     /// The name-hash key of the maps being migrated: the policy must be applied with it.
     pub fn key(&self) -> (u64, u64) {
         (self.record.hash_k0, self.record.hash_k1)
@@ -609,17 +598,13 @@ fn insert_new<K: aya::Pod, V: aya::Pod>(
     value: &V,
     name: &'static str,
 ) -> Result<bool> {
-    match map.insert(key, value, crate::datapath::NOEXIST) {
-        Ok(()) => Ok(true),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-            Ok(false)
-        }
-        Err(source) => Err(MigrateError::Write {
+    crate::datapath::insert(map, key, value, crate::datapath::NOEXIST).map_err(|source| {
+        MigrateError::Write {
             name,
             layout: super::VERSION,
             source,
-        }),
-    }
+        }
+    })
 }
 
 /// Waits until no run of a program swapped out can still be in flight: TC and cgroup programs

@@ -239,7 +239,7 @@ pub fn write(pins: &PinDir, record: &Record) -> Result<(), RecordError> {
                 source,
             })?;
         // Written before it is pinned: nobody ever reads a record without magic.
-        let pin_at = path.with_file_name(format!("{RECORD_PIN}_next"));
+        let pin_at = PinDir::staging(&path);
         let _ = std::fs::remove_file(&pin_at);
         map.pin(&pin_at).map_err(|source| RecordError::Pin {
             path: pin_at.clone(),
@@ -259,9 +259,7 @@ pub fn write(pins: &PinDir, record: &Record) -> Result<(), RecordError> {
 /// name is never missing (a layout-0 build finding no `CONFIG` would create an empty one and
 /// adopt the rest).
 pub fn guard(pins: &PinDir) -> Result<(), RecordError> {
-    let next = pins
-        .root()
-        .join(format!("{}_next", egress_common::maps::names::CONFIG));
+    let next = PinDir::staging(&pins.guard());
     let _ = std::fs::remove_file(&next);
     let data = MapData::from_pin(pins.layout_record()).map_err(|source| RecordError::Open {
         path: pins.layout_record(),
