@@ -532,6 +532,13 @@ impl NameValue {
     pub const fn matches(&self, g: u32, now_ns: u64) -> bool {
         self.generations & generation::bit(g) != 0 && self.expires_ns > now_ns
     }
+
+    /// Whether the entry is a policy name of generation `g` (one that never expires, not a
+    /// CNAME target).
+    #[inline(always)]
+    pub const fn permanent_in(&self, g: u32) -> bool {
+        self.generations & generation::bit(g) != 0 && self.expires_ns == NAME_PERMANENT
+    }
 }
 
 /// Key of [`names::NAMES_WILD`].
@@ -927,9 +934,15 @@ impl FlowValue {
     /// A flow admitted by its address.
     #[inline(always)]
     pub const fn by_address(now_ns: u64) -> Self {
+        Self::by_rule(now_ns, 0)
+    }
+
+    /// A flow admitted by the policy rule `rule` (its TLS server name; 0: by address).
+    #[inline(always)]
+    pub const fn by_rule(now_ns: u64, rule: u64) -> Self {
         Self {
             last_seen_ns: now_ns,
-            rule: 0,
+            rule,
         }
     }
 }

@@ -10,7 +10,7 @@
 //! the window: the bound there is [`FLOW_CACHE_JIFFIES`], not the epoch (BPF has load-acquire
 //! only since Linux 6.15). x86 does not reorder loads with loads.
 
-use egress_common::maps::{FLOW_CACHE_JIFFIES, FlowKey};
+use egress_common::maps::{FLOW_CACHE_JIFFIES, FlowCache, FlowKey};
 
 use crate::{
     maps::{FLOW_CACHE, FLOW_EPOCH},
@@ -23,17 +23,20 @@ pub(crate) fn epoch() -> u64 {
     FLOW_EPOCH.get(0).map_or(0, |e| *e)
 }
 
-/// Whether `key` is the flow this CPU's cache holds, found in the flow table less than
+/// This CPU's cache slot: looked up once per packet, for [`hit`] and then [`remember`].
+#[inline(always)]
+pub(crate) fn slot() -> Option<*mut FlowCache> {
+    FLOW_CACHE.get_ptr_mut(0)
+}
+
+/// Whether `key` is the flow this CPU's cache `slot` holds, found in the flow table less than
 /// [`FLOW_CACHE_JIFFIES`] before `tick` and in epoch `epoch`.
 #[inline(always)]
-pub(crate) fn hit(key: &FlowKey, tick: u64, epoch: u64) -> bool {
-    let Some(c) = FLOW_CACHE.get_ptr(0) else {
-        return false;
-    };
+pub(crate) fn hit(slot: *mut FlowCache, key: &FlowKey, tick: u64, epoch: u64) -> bool {
     let w = key.words();
-    // SAFETY: this CPU's slot, from a successful lookup; only this program writes it, and TC
-    // programs do not nest on a CPU.
-    let c = unsafe { &*c };
+    // SAFETY: this CPU's slot, from a successful lookup ([`slot`]); only this program writes
+    // it, and TC programs do not nest on a CPU.
+    let c = unsafe { &*slot };
     // One branch for the five words: the comparison is the whole cost of a hit.
     let differ = (c.key[0] ^ w[0])
         | (c.key[1] ^ w[1])
@@ -46,18 +49,16 @@ pub(crate) fn hit(key: &FlowKey, tick: u64, epoch: u64) -> bool {
     differ == 0 && tick.wrapping_sub(c.tick) < FLOW_CACHE_JIFFIES
 }
 
-/// Remembers `key` as found in the flow table at `tick`, by a lookup that started in `epoch`.
+/// Remembers `key` in `slot` as found in the flow table at `tick`, by a lookup that started in
+/// `epoch`.
 #[inline(always)]
-pub(crate) fn remember(key: &FlowKey, tick: u64, epoch: u64) {
-    let Some(c) = FLOW_CACHE.get_ptr_mut(0) else {
-        return;
-    };
+pub(crate) fn remember(slot: *mut FlowCache, key: &FlowKey, tick: u64, epoch: u64) {
     // SAFETY: as in `hit`. Only this CPU uses the slot and TC programs do not nest on a CPU,
     // so nothing reads it half-written.
     unsafe {
-        (*c).key = key.words();
-        (*c).epoch = epoch;
-        (*c).tick = tick;
+        (*slot).key = key.words();
+        (*slot).epoch = epoch;
+        (*slot).tick = tick;
     }
 }
 

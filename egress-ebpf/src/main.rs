@@ -28,7 +28,7 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_get_socket_cookie, bpf_sk_fullsock},
     macros::{cgroup_skb, classifier},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::{SkBuffContext, TcContext},
 };
 use egress_common::{
@@ -266,16 +266,16 @@ fn enforce(
     let cached = if syn {
         None
     } else {
-        let (tick, epoch) = (jiffies(), flow_cache::epoch());
-        if flow_cache::hit(&key, tick, epoch) {
+        let (slot, tick, epoch) = (flow_cache::slot(), jiffies(), flow_cache::epoch());
+        if slot.is_some_and(|c| flow_cache::hit(c, &key, tick, epoch)) {
             count(counters::PASS_FLOW);
             return PASS;
         }
-        Some((tick, epoch))
+        Some((slot, tick, epoch))
     };
     let now = now();
     let flows = if tcp { &FLOWS } else { &FLOWS_UDP };
-    if let Some((tick, epoch)) = cached
+    if let Some((slot, tick, epoch)) = cached
         && let Some(flow) = flows.get_ptr_mut(&key)
     {
         let idle = if tcp {
@@ -292,16 +292,20 @@ fn enforce(
                 // SAFETY: as above.
                 unsafe { (*flow).last_seen_ns = now };
             }
-            flow_cache::remember(&key, tick, epoch);
+            if let Some(c) = slot {
+                flow_cache::remember(c, &key, tick, epoch);
+            }
             count(counters::PASS_FLOW);
             return PASS;
         }
     }
-    // A connection to a learned address on a TLS port is admitted by its ClientHello's server
-    // name, not by its SYN (learned hits count the SYN, or each UDP flow).
-    let tls = cfg.sni() != tls_mode::OFF && policy::tls_port(cfg, u16::from_be_bytes(dport));
     let counter = match allowed(cfg, p, now, syn || !tcp) {
-        Some(counters::PASS_LEARNED) if tls => {
+        // A connection to a learned address on a TLS port is admitted by its ClientHello's
+        // server name, not by its SYN (learned hits count the SYN, or each UDP flow). The TLS
+        // ports are looked up only for such a destination.
+        Some(counters::PASS_LEARNED)
+            if cfg.sni() != tls_mode::OFF && policy::tls_port(cfg, u16::from_be_bytes(dport)) =>
+        {
             if tls::stash(ctx, &key, p, tcp_flags) {
                 return JUDGE_TLS;
             }
@@ -324,15 +328,7 @@ fn enforce(
         // the address expired meanwhile; dropping them would let one workload cut another's
         // connections. Not for connections opened before egress, in audit mode, or to a
         // destination a reload revoked with `revoked_connections: cut`.
-        None if tcp
-            && !syn
-            && cfg.mode == mode::ENFORCE
-            && local_established(ctx)
-            && admitted(ctx)
-            && !revoked(&p.daddr) =>
-        {
-            counters::PASS_SOCKET
-        }
+        None if tcp && !syn && socket_admitted(ctx, cfg, &p.daddr) => counters::PASS_SOCKET,
         None => {
             if tcp && !syn {
                 count(counters::DENY_NOT_SYN);
@@ -340,12 +336,32 @@ fn enforce(
             return deny(cfg, Some((p, proto, dport)), reason::NOT_ALLOWED);
         }
     };
-    if flows.insert(&key, &FlowValue::by_address(now), 0).is_err() {
-        // The packet still passes: its destination is allowed right now.
-        count(counters::FLOW_INSERT_FAILED);
-    }
+    // The packet passes even if the flow cannot be recorded: its destination is allowed now.
+    record_flow(flows, &key, &FlowValue::by_address(now));
     count(counter);
     PASS
+}
+
+/// Records a flow that passes now. The packet passes even if the table refuses the entry
+/// (counted: `FLOW_INSERT_FAILED`); its next packet is judged again.
+#[inline(always)]
+pub(crate) fn record_flow(
+    flows: &LruHashMap<FlowKey, FlowValue>,
+    key: &FlowKey,
+    value: &FlowValue,
+) {
+    if flows.insert(key, value, 0).is_err() {
+        count(counters::FLOW_INSERT_FAILED);
+    }
+}
+
+/// Fail-open for this node's own established connection whose SYN (or ClientHello) egress
+/// passed (`ADMITTED`): its state was lost (flow evicted by other traffic, address expired
+/// meanwhile); dropping it would let one workload cut another's connections. Not in audit
+/// mode, and not to a destination a reload revoked with `revoked_connections: cut`.
+#[inline(always)]
+pub(crate) fn socket_admitted(ctx: &TcContext, cfg: &Config, daddr: &[u8; 16]) -> bool {
+    cfg.mode == mode::ENFORCE && local_established(ctx) && admitted(ctx) && !revoked(daddr)
 }
 
 /// `TCP_ESTABLISHED` .. `TCP_CLOSING` without `SYN_SENT`, `SYN_RECV`, `TIME_WAIT`, `CLOSE` and

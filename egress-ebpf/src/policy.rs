@@ -4,9 +4,9 @@
 //! reload that is half written (or whose agent was killed) is never seen: its entries belong to
 //! the other generation until the one write that switches.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, lpm_trie::Key};
 use egress_common::maps::{
-    Config, NAME_PERMANENT, PORT_WORDS, Rule, WildKey, generation, port_bit, static_v4, static_v6,
+    Config, PORT_WORDS, Rule, WildKey, generation, port_bit, static_v4, static_v6,
 };
 
 use crate::maps::{
@@ -23,15 +23,20 @@ pub(crate) fn config() -> Option<&'static Config> {
 /// Whether `port` is enforced under `cfg`'s policy.
 #[inline(always)]
 pub(crate) fn port_enforced(cfg: &Config, port: u16) -> bool {
-    let (word, bit) = port_bit(port);
-    matches!(PORTS.get((cfg.generation & 1) * PORT_WORDS + word), Some(w) if w & bit != 0)
+    in_port_set(&PORTS, cfg, port)
 }
 
 /// Whether `port` is a TLS port (`tls.ports`) under `cfg`'s policy.
 #[inline(always)]
 pub(crate) fn tls_port(cfg: &Config, port: u16) -> bool {
+    in_port_set(&TLS_PORTS, cfg, port)
+}
+
+/// Whether `port` is in the port set `map` (bit arrays, one per generation) of `cfg`'s policy.
+#[inline(always)]
+fn in_port_set(map: &Array<u32>, cfg: &Config, port: u16) -> bool {
     let (word, bit) = port_bit(port);
-    matches!(TLS_PORTS.get((cfg.generation & 1) * PORT_WORDS + word), Some(w) if w & bit != 0)
+    matches!(map.get((cfg.generation & 1) * PORT_WORDS + word), Some(w) if w & bit != 0)
 }
 
 /// Whether `hash` is a name of `cfg`'s policy: an exact name of the generation in force that
@@ -40,9 +45,7 @@ pub(crate) fn tls_port(cfg: &Config, port: u16) -> bool {
 #[inline(always)]
 pub(crate) fn policy_name(cfg: &Config, hash: u64) -> bool {
     // SAFETY: a read-only lookup of a plain value.
-    matches!(unsafe { NAMES_EXACT.get(&hash) },
-        Some(v) if v.generations & generation::bit(cfg.generation) != 0
-            && v.expires_ns == NAME_PERMANENT)
+    matches!(unsafe { NAMES_EXACT.get(&hash) }, Some(v) if v.permanent_in(cfg.generation))
 }
 
 /// Whether `addr` (IPv4-mapped for IPv4) is a trusted resolver under `cfg`'s policy.

@@ -18,7 +18,6 @@ use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcCon
 use egress_common::{
     counters, dns,
     maps::{Config, FlowKey, FlowValue, TlsFlow, TlsScratch, action, quic_mode, reason, tls_state},
-    mode,
     packet::{IPPROTO_TCP, IPPROTO_UDP, IpPacket, TCP_ACK, TCP_DOFF_OFF, TCP_SEQ_OFF, TCP_SYN},
     tls::{self, Segment, TlsError, hello_flag},
 };
@@ -95,16 +94,11 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
     let now = now();
     if key.proto == IPPROTO_UDP {
         if cfg.quic() == quic_mode::DENY {
-            return refuse(cfg, s, reason::QUIC, counters::DENY_QUIC);
+            return refuse(cfg, s, reason::QUIC, counters::DENY_QUIC, now);
         }
         // `tls.quic: address`: judged by the address alone, as without `tls` (the datagram
         // passes even if the flow cannot be recorded, as in `enforce`).
-        if FLOWS_UDP
-            .insert(&key, &FlowValue::by_address(now), 0)
-            .is_err()
-        {
-            count(counters::FLOW_INSERT_FAILED);
-        }
+        crate::record_flow(&FLOWS_UDP, &key, &FlowValue::by_address(now));
         count(counters::PASS_LEARNED);
         return TLS_PASS;
     }
@@ -127,7 +121,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
     if raw_socket(&ctx) {
         // A raw or packet socket of this host: it could drive the state with SYNs and payload
         // its own TCP stack never sends (fail-closed).
-        return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN);
+        return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN, now);
     }
     let mut seq = s.seg.seq;
     if syn {
@@ -151,16 +145,12 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         // enforcement, crafted): only a socket of this node admitted earlier goes on (fail-open
         // for that socket, as in `enforce`: its SYN or ClientHello was judged); anything else
         // is refused (fail-closed).
-        if cfg.mode == mode::ENFORCE
-            && crate::local_established(&ctx)
-            && crate::admitted(&ctx)
-            && !crate::revoked(&key.daddr)
-        {
+        if crate::socket_admitted(&ctx, cfg, &key.daddr) {
             let _ = FLOWS.insert(&key, &FlowValue::by_address(now), 0);
             count(counters::PASS_SOCKET);
             return TLS_PASS;
         }
-        return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN);
+        return refuse(cfg, s, reason::TLS_UNKNOWN, counters::DENY_TLS_UNKNOWN, now);
     };
     let f = &mut f;
     match f.state {
@@ -178,13 +168,7 @@ pub(crate) extern "C" fn egress_tls(skb: *mut __sk_buff) -> i32 {
         tls_state::ADMITTED => {
             // Admitted by its server name, but its flow is gone (evicted, or removed by a
             // retransmitted SYN of a TCP Fast Open connection): recorded again, passed.
-            let flow = FlowValue {
-                last_seen_ns: now,
-                rule: f.rule,
-            };
-            if FLOWS.insert(&key, &flow, 0).is_err() {
-                count(counters::FLOW_INSERT_FAILED);
-            }
+            crate::record_flow(&FLOWS, &key, &FlowValue::by_rule(now, f.rule));
             count(counters::PASS_TLS_SNI);
             return TLS_PASS;
         }
@@ -340,14 +324,9 @@ fn save(key: &FlowKey, f: &TlsFlow) {
 /// connections do; its entry stays, marked admitted, for a retransmitted SYN and a lost flow.
 #[inline(always)]
 fn admit(ctx: &TcContext, key: &FlowKey, f: &mut TlsFlow, now: u64) {
-    let flow = FlowValue {
-        last_seen_ns: now,
-        rule: f.rule,
-    };
-    if FLOWS.insert(key, &flow, 0).is_err() {
-        // The packet still passes (its name is allowed): the entry below admits the rest.
-        count(counters::FLOW_INSERT_FAILED);
-    }
+    // The packet passes even if the flow cannot be recorded (its name is allowed): the entry
+    // below admits the rest.
+    crate::record_flow(&FLOWS, key, &FlowValue::by_rule(now, f.rule));
     f.state = tls_state::ADMITTED;
     save(key, f);
     crate::admit_socket(ctx, now);
@@ -364,7 +343,7 @@ fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32
     }
     count(counter);
     if crate::tls_audit(cfg) {
-        report(cfg, s, why, action::AUDITED);
+        report(cfg, s, why, action::AUDITED, now);
         count(counters::AUDIT_DENIED);
         f.state = tls_state::ADMITTED;
         f.rule = 0;
@@ -376,7 +355,7 @@ fn deny(cfg: &Config, s: &mut TlsScratch, f: &mut TlsFlow, why: u8, counter: u32
     f.state = tls_state::DENIED;
     f.reason = why;
     save(&key, f);
-    report(cfg, s, why, action::DROPPED);
+    report(cfg, s, why, action::DROPPED, now);
     count(counters::DROP_DENIED);
     TLS_DROP
 }
@@ -401,31 +380,37 @@ fn unjudgeable(cfg: &Config, s: &mut TlsScratch, key: &FlowKey, now: u64) -> i32
     // SAFETY: a read-only lookup; the value is copied at once (see `egress_tls`).
     match (unsafe { TLS_PENDING.get(key) }).copied() {
         Some(mut f) if f.state != tls_state::ADMITTED => malformed(cfg, s, &mut f, now),
-        _ => refuse(cfg, s, reason::TLS_MALFORMED, counters::DENY_TLS_MALFORMED),
+        _ => refuse(
+            cfg,
+            s,
+            reason::TLS_MALFORMED,
+            counters::DENY_TLS_MALFORMED,
+            now,
+        ),
     }
 }
 
 /// Denies a packet of a connection with no judgment state (QUIC, unknown connections, raw
 /// sockets): counted and reported; passed in audit.
 #[inline(always)]
-fn refuse(cfg: &Config, s: &mut TlsScratch, why: u8, counter: u32) -> i32 {
+fn refuse(cfg: &Config, s: &mut TlsScratch, why: u8, counter: u32, now: u64) -> i32 {
     s.event.name_len = 0;
     count(counter);
     if crate::tls_audit(cfg) {
-        report(cfg, s, why, action::AUDITED);
+        report(cfg, s, why, action::AUDITED, now);
         count(counters::AUDIT_DENIED);
         return TLS_PASS;
     }
-    report(cfg, s, why, action::DROPPED);
+    report(cfg, s, why, action::DROPPED, now);
     count(counters::DROP_DENIED);
     TLS_DROP
 }
 
 #[inline(always)]
-fn report(cfg: &Config, s: &mut TlsScratch, why: u8, act: u8) {
+fn report(cfg: &Config, s: &mut TlsScratch, why: u8, act: u8, now: u64) {
     let key = s.seg.key;
     let e = &mut s.event.event;
-    e.ts_ns = now();
+    e.ts_ns = now;
     e.daddr = key.daddr;
     e.dport = key.dport;
     e.family = key.family;
