@@ -694,10 +694,24 @@ fn wait_until_enforced(topo: &Topology, agent: &Agent, what: &str) {
 fn policy_maps_rewritten_by_someone_else_are_restored_from_the_policy() {
     let (topo, _s, _p, agent) = setup(&static_policy("enforce"), &[]);
     let mut dp = agent.datapath();
+    let repairs = |map: &str| {
+        egress_tests::metric(
+            &topo.client,
+            &format!("egress_tamper_repairs_total{{map=\"{map}\"}}"),
+        )
+    };
     // What a root process with the host's bpffs could do: audit mode, and allow everything.
+    // One map at a time: the repair of one rewrites the whole policy into the other generation,
+    // which would put a second change out of force before any check saw it (seen under qemu).
     let mut cfg = dp.config().unwrap();
     cfg.mode = mode::AUDIT;
     dp.write_config(&cfg).unwrap();
+    assert!(
+        topo.connect(DENIED_V4, 443, CONNECT).is_ok(),
+        "the tampering had no effect; the test proves nothing"
+    );
+    wait_until_enforced(&topo, &agent, "the configuration to be restored");
+    assert_eq!(dp.config().unwrap().mode, mode::ENFORCE);
     let active = dp.active().unwrap();
     dp.write_static(active, &["0.0.0.0/0".parse().unwrap()])
         .unwrap();
@@ -705,8 +719,7 @@ fn policy_maps_rewritten_by_someone_else_are_restored_from_the_policy() {
         topo.connect(DENIED_V4, 443, CONNECT).is_ok(),
         "the tampering had no effect; the test proves nothing"
     );
-    wait_until_enforced(&topo, &agent, "the policy maps to be restored");
-    assert_eq!(dp.config().unwrap().mode, mode::ENFORCE);
+    wait_until_enforced(&topo, &agent, "the static CIDRs to be restored");
     // A key the agent never writes: prefix 0 covers the generation byte too, so it matches
     // every address under every generation.
     let mut trie = aya::maps::LpmTrie::<_, [u8; 5], egress_common::maps::StaticValue>::try_from(
@@ -728,12 +741,7 @@ fn policy_maps_rewritten_by_someone_else_are_restored_from_the_policy() {
     wait_until_enforced(&topo, &agent, "the foreign key to be removed");
     assert_eq!(dp.foreign_static_keys().unwrap(), 0);
     for map in ["CONFIG", "STATIC_V4"] {
-        assert!(
-            egress_tests::metric(
-                &topo.client,
-                &format!("egress_tamper_repairs_total{{map=\"{map}\"}}")
-            ) >= 1.0
-        );
+        assert!(repairs(map) >= 1.0, "{map} not counted");
     }
 }
 
