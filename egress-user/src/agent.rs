@@ -191,6 +191,8 @@ pub struct Agent {
     health: Health,
     /// The loaded programs, to attach again what was detached or overtaken.
     ebpf: aya::Ebpf,
+    /// The pin directory's lock, held while the agent runs.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     /// What the policy maps hold since the last apply, to find and undo others' writes.
     written: crate::apply::Written,
 }
@@ -245,9 +247,12 @@ impl Agent {
             }
             .into());
         }
-        let listener = http::bind(metrics_addr).await?;
         let pins = PinDir::new(&pin_dir);
         pins.ensure()?;
+        // One agent per pin directory: taken before the metrics port and the pins, held until
+        // the process ends.
+        let lock = pins.lock()?;
+        let listener = http::bind(metrics_addr).await?;
 
         // What is pinned decides: a first start, a restart, or an upgrade from an older layout
         // (docs/design.md, *Layouts and upgrades*). Every refusal comes before any change.
@@ -285,7 +290,15 @@ impl Agent {
         let applied = match migration.as_mut() {
             None => apply(&mut dp, &policy, &overrides),
             Some(m) => {
-                m.built(&dp.recorded_interfaces(&pins)?, &ifaces)?;
+                let recorded: Vec<(String, u32)> = dp
+                    .recorded_interfaces(&pins)?
+                    .into_iter()
+                    .map(|i| {
+                        let kinds = dp.attachment_kinds(&pins, &i);
+                        (i, kinds)
+                    })
+                    .collect();
+                m.built(&recorded, &ifaces, attach_mode.record())?;
                 m.fill()?;
                 // The carried key: a fresh one would change every rule hash and revoke every
                 // learned address.
@@ -437,6 +450,7 @@ impl Agent {
                 attached: true,
             },
             ebpf,
+            _lock: lock,
             written: applied.written,
         };
         // Not ready yet: `run` publishes readiness once it watches the policy file and handles

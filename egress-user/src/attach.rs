@@ -91,6 +91,26 @@ pub enum AttachError {
     },
 }
 
+impl AttachMode {
+    /// Whether this mode attaches with TCX on this kernel.
+    fn tcx(self) -> bool {
+        match self {
+            AttachMode::Auto => tcx_available(),
+            AttachMode::Tcx => true,
+            AttachMode::Netlink => false,
+        }
+    }
+
+    /// The bit of the `ATTACHED` record this mode writes on this kernel.
+    pub fn record(self) -> u32 {
+        if self.tcx() {
+            egress_common::maps::attached::TCX
+        } else {
+            egress_common::maps::attached::CLSACT
+        }
+    }
+}
+
 fn tcx_available() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
@@ -114,12 +134,7 @@ pub fn attach(
     mode: AttachMode,
 ) -> Result<Attached, AttachError> {
     check_iface(iface)?;
-    let tcx = match mode {
-        AttachMode::Auto => tcx_available(),
-        AttachMode::Tcx => true,
-        AttachMode::Netlink => false,
-    };
-    if tcx {
+    if mode.tcx() {
         attach_tcx(prog, hook, iface, pins)
     } else {
         attach_netlink(prog, hook, iface)

@@ -38,6 +38,10 @@ pub enum PinError {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "another egress agent runs with the pin directory {path} (it holds its lock): stop it first. Two agents on one datapath would undo each other's writes; on Kubernetes keep the DaemonSet's maxSurge at 0"
+    )]
+    Locked { path: PathBuf },
     #[error("cannot inspect or create {path}")]
     Io {
         path: PathBuf,
@@ -161,6 +165,26 @@ impl PinDir {
             .collect();
         ifaces.sort();
         ifaces
+    }
+
+    /// An exclusive lock on the directory, for an agent's life: released by the kernel when the
+    /// process ends, even on `kill -9`. Fails at once if another agent holds it.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, PinError> {
+        let dir = std::fs::File::open(&self.root).map_err(|source| PinError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+            |(_, e)| match e {
+                nix::errno::Errno::EWOULDBLOCK => PinError::Locked {
+                    path: self.root.clone(),
+                },
+                e => PinError::Io {
+                    path: self.root.clone(),
+                    source: e.into(),
+                },
+            },
+        )
     }
 
     /// Makes sure the directory exists on a BPF filesystem. If `/sys/fs/bpf` itself is not one

@@ -201,6 +201,20 @@ impl Datapath {
         }
     }
 
+    /// The kinds of attachment (bits of `egress_common::maps::attached`) egress has on `iface`
+    /// as far as the pins under `pins` tell: the record, and a TCX link pin.
+    pub fn attachment_kinds(&self, pins: &crate::pins::PinDir, iface: &str) -> u32 {
+        let recorded = self.attached.get(&iface_key(iface), 0).unwrap_or(0);
+        let linked = pins.link(crate::pins::Hook::Egress, iface).exists()
+            || pins.link(crate::pins::Hook::Ingress, iface).exists();
+        recorded
+            | if linked {
+                egress_common::maps::attached::TCX
+            } else {
+                0
+            }
+    }
+
     /// The interfaces egress is recorded as attached to, sorted.
     pub fn attached_interfaces(&self) -> Result<Vec<String>> {
         let mut out = self

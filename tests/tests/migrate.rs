@@ -37,11 +37,31 @@ fn policy() -> String {
 const ECHO_PORT: u16 = 8443;
 
 /// A TCP connection to a learned address that sends 64 bytes every 10 ms and waits for their
-/// echo, from before the upgrade until stopped: the largest gap between two echoes, and the
-/// first error.
+/// echo, from before the upgrade until stopped: the largest gap between two echoes, the first
+/// error, and the segments TCP sent again (a packet dropped on the way).
 struct Stream {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<(usize, Duration, Option<String>)>,
+    thread: JoinHandle<(usize, Duration, Option<String>, u32)>,
+}
+
+/// The segments the socket sent again over its life (`tcpi_total_retrans`).
+fn retransmitted(conn: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_total_retrans
 }
 
 impl Stream {
@@ -62,23 +82,30 @@ impl Stream {
                     .write_all(&msg)
                     .and_then(|()| conn.read_exact(&mut back))
                 {
-                    return (echoed, max_gap, Some(e.to_string()));
+                    return (echoed, max_gap, Some(e.to_string()), retransmitted(&conn));
                 }
                 echoed += 1;
                 max_gap = max_gap.max(last.elapsed());
                 last = Instant::now();
                 std::thread::sleep(Duration::from_millis(10));
             }
-            (echoed, max_gap, None)
+            (echoed, max_gap, None, retransmitted(&conn))
         });
         Self { stop, thread }
     }
 
-    /// Stops the stream and asserts that every message came back, none later than `max`.
+    /// Stops the stream and asserts that every message came back, none later than `max`, and
+    /// that no segment was dropped on the way (none sent again). The gap bound catches a stall;
+    /// the retransmissions catch a drop even where scheduling alone makes gaps long (qemu
+    /// without KVM while an agent verifies its programs).
     fn finish(self, max: Duration) {
         self.stop.store(true, Ordering::Relaxed);
-        let (echoed, gap, err) = self.thread.join().unwrap();
-        eprintln!("stream: {echoed} echoes, largest gap {gap:?}");
+        let (echoed, gap, err, resent) = self.thread.join().unwrap();
+        eprintln!("stream: {echoed} echoes, largest gap {gap:?}, {resent} segments sent again");
+        assert_eq!(
+            resent, 0,
+            "segments of the established connection were dropped"
+        );
         assert_eq!(
             err, None,
             "the established connection broke ({echoed} echoes)"
@@ -488,4 +515,66 @@ fn migration_time_at_100k_learned_addresses_and_100k_flows() {
     assert!(!log.contains("were revoked"), "{log}");
     let flows = status(&pins)["flows"].as_u64().unwrap();
     assert!(flows >= u64::from(N), "{flows} flows after the upgrade");
+}
+
+/// An upgrade that would attach by another kind than layout 0 did (a TCX link for a clsact
+/// filter, or the reverse) is refused before the point of no return: the old attachment would
+/// go on running the old program on maps nobody updates. The old build then takes its pins
+/// back, and the established connection never stopped.
+#[test]
+fn an_upgrade_that_would_change_the_attachment_kind_is_refused() {
+    let (w, _servers) = world();
+    let pins = TestPins::new();
+    let mut agent = old_agent(&w, &pins);
+    let stream = Stream::open(&w);
+    assert!(agent.terminate().unwrap().success());
+    agent.set_bin(None);
+    let other = if kernel_has_tcx() { "netlink" } else { "tcx" };
+    agent.spawn(&["--attach", other]).unwrap();
+    let status = agent
+        .wait_exit(Duration::from_secs(60))
+        .expect("the agent ran with another attachment kind");
+    assert!(!status.success());
+    let log = agent.log_text();
+    assert!(log.contains("and this start would attach with"), "{log}");
+    enforcing(&w);
+    agent.set_bin(Some(old_bin()));
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&w.topo.client).unwrap();
+    stream.finish(Duration::from_millis(200));
+}
+
+/// A narrower policy with `revoked_connections: cut` given together with the upgrade cuts the
+/// connections it revokes, and they stay cut: the copy of layout 0's flows after the swap does
+/// not bring back the flows the new policy cut.
+#[test]
+fn a_narrower_policy_with_cut_given_with_the_upgrade_stays_cut() {
+    let (w, _servers) = world();
+    let pins = TestPins::new();
+    let mut agent = old_agent(&w, &pins);
+    let mut conn = w
+        .topo
+        .connect(WEB_CGR, ECHO_PORT, Duration::from_secs(3))
+        .unwrap();
+    egress_tests::echo_once(&mut conn, b"before").expect("the connection to cgr.dev");
+    assert!(agent.terminate().unwrap().success());
+    agent.write_policy(&format!(
+        "mode: enforce\nports: [443, 8443]\nresolvers: [{RESOLVER_V4}]\n\
+         revoked_connections: cut\nallow:\n  names: [\"*.race.test\"]\n"
+    ));
+    agent.set_bin(None);
+    agent.spawn(&[]).unwrap();
+    agent.wait_ready(&w.topo.client).unwrap();
+    let log = agent.log_text();
+    assert!(log.contains("were revoked"), "{log}");
+    let cgr = egress_user::datapath::mapped(ip(WEB_CGR));
+    let flows = agent.datapath().flows().unwrap();
+    assert!(
+        !flows.iter().any(|(k, _)| k.daddr == cgr),
+        "a flow to the revoked cgr.dev is back"
+    );
+    assert!(
+        egress_tests::echo_once(&mut conn, b"after").is_err(),
+        "the revoked connection still passes"
+    );
 }

@@ -553,3 +553,41 @@ fn an_agent_refuses_pinned_maps_of_another_type_or_flags() {
             .is_err()
     );
 }
+
+/// One agent per pin directory: a second `egress run` on the same pins exits at once, naming the
+/// lock, and the first goes on enforcing.
+#[test]
+fn a_second_agent_on_the_same_pin_directory_is_refused() {
+    let topo = Topology::new().unwrap();
+    let _servers = Servers::start(&topo.server, &[443]);
+    let pins = TestPins::new();
+    let mut first =
+        Agent::start(&topo, &pins, &egress_tests::static_policy("enforce"), &[]).unwrap();
+    // Bounded: a second agent that ran would never exit on its own (`timeout` ends it: 124).
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg("nsenter")
+        .arg(format!("--net=/run/netns/{}", topo.client.name))
+        .arg(egress_tests::egress_bin())
+        .args(["run", "--iface", &topo.iface, "--policy"])
+        .arg(&first.policy)
+        .arg("--pin-dir")
+        .arg(pins.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(124), "the second agent ran: {err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("another egress agent runs with the pin directory"),
+        "{err}"
+    );
+    assert!(
+        topo.connect(DENIED_V4, 443, Duration::from_millis(800))
+            .is_err()
+    );
+    assert!(
+        first.wait_exit(Duration::from_millis(100)).is_none(),
+        "the first agent stopped"
+    );
+}

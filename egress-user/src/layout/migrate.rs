@@ -102,6 +102,19 @@ pub enum MigrateError {
         "the pinned datapath is attached to {iface}, which is not among this start's interfaces: an upgrade must replace the program in every hook (an old program left there would enforce a frozen policy). Start with --iface {iface} too, or `egress detach {iface}` first with the old build. Nothing was changed"
     )]
     Unlisted { iface: String },
+    #[error(
+        "the pinned datapath is attached to {iface} with both a TCX link and a clsact filter (an --attach change in the past left both): an upgrade can replace the program in only one of them. Run `egress detach {iface}` with the old build first (the interface is not enforced until this agent is ready). Nothing was changed"
+    )]
+    BothKinds { iface: String },
+    #[error(
+        "the pinned datapath is attached to {iface} with {had}, and this start would attach with {now}: an upgrade must replace the program in the same hook (the old {had} attachment would go on running the old program on maps nobody updates). Upgrade with the attachment of before (--attach {had_flag}) and change it afterwards. Nothing was changed"
+    )]
+    AttachKind {
+        iface: String,
+        had: &'static str,
+        had_flag: &'static str,
+        now: &'static str,
+    },
     #[error("cannot read layout 0's {name} at {path}")]
     Read {
         name: &'static str,
@@ -192,7 +205,7 @@ pub fn prepare(pins: &PinDir) -> Result<Option<Migration>> {
             step = Step::name(r.step),
             "a layout-0 build has pinned its maps again beside a layout record; migrating them afresh"
         );
-        return begin(pins, ours, guarded, None);
+        return begin(pins, ours, guarded, Some(r));
     }
     if r.state == super::state::MIGRATING && r.step < Step::Guarded as u32 && !guarded {
         // The old datapath went (detached) before the point of no return: nothing is left to
@@ -261,14 +274,14 @@ fn fresh(pins: &PinDir, ours: u64) -> Result<Option<Migration>> {
 }
 
 /// Steps 1 and the first half of 2: check layout 0, record the migration, make `v1/` afresh
-/// with the shared maps pinned into it. `stopped` is the record of a migration stopped before
-/// `guarded` but after the guard's rename (`guarded`): layout 0's `CONFIG` is the guard, and
-/// the key is in the record.
+/// with the shared maps pinned into it. `prior` is the record found, if any: once the guard
+/// was renamed over layout 0's `CONFIG` (`guarded`) the key is only there, and a migration it
+/// records as under way keeps its start time (its apply may have cut flows already).
 fn begin(
     pins: &PinDir,
     ours: u64,
     guarded: bool,
-    stopped: Option<Record>,
+    prior: Option<Record>,
 ) -> Result<Option<Migration>> {
     let mut old = v0::defs();
     if guarded {
@@ -294,9 +307,9 @@ fn begin(
     }
     // Layout 0's `CONFIG` holds the key until the guard replaced it; from then on only the
     // record does.
-    let key = match stopped {
-        Some(r) => (r.hash_k0, r.hash_k1),
-        None => old_key(pins)?,
+    let key = match prior {
+        Some(r) if guarded => (r.hash_k0, r.hash_k1),
+        _ => old_key(pins)?,
     };
     let record = Record {
         version: 0,
@@ -309,6 +322,9 @@ fn begin(
         started_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        began_ns: prior
+            .filter(|r| r.state == super::state::MIGRATING)
+            .map_or_else(crate::clock::boot_ns, |r| r.began_ns),
         ..super::stable(ours, key)
     };
     super::write(pins, &record)?;
@@ -406,13 +422,45 @@ impl Migration {
     }
 
     /// Step 2 done: the object is loaded and its programs verified. Refuses if layout 0 is
-    /// attached somewhere this start will not attach (an old program left in a hook would
-    /// enforce a frozen policy on maps nobody updates).
-    pub fn built(&mut self, recorded: &[String], ifaces: &[String]) -> Result<()> {
-        if let Some(iface) = recorded.iter().find(|i| !ifaces.contains(i)) {
-            return Err(MigrateError::Unlisted {
-                iface: iface.clone(),
-            });
+    /// attached somewhere this start will not attach, or by another kind of attachment than
+    /// `kind` (an old program left in a hook would enforce a frozen policy on maps nobody
+    /// updates). `recorded`: every interface with its attachment kinds (`attached` bits).
+    pub fn built(
+        &mut self,
+        recorded: &[(String, u32)],
+        ifaces: &[String],
+        kind: u32,
+    ) -> Result<()> {
+        use egress_common::maps::attached::{CLSACT, TCX};
+        let name = |bits: u32| if bits & TCX != 0 { "tcx" } else { "netlink" };
+        for (iface, had) in recorded {
+            if !ifaces.contains(iface) {
+                return Err(MigrateError::Unlisted {
+                    iface: iface.clone(),
+                });
+            }
+            if had & TCX != 0 && had & CLSACT != 0 {
+                return Err(MigrateError::BothKinds {
+                    iface: iface.clone(),
+                });
+            }
+            let other = had & (TCX | CLSACT) & !kind;
+            if other != 0 {
+                return Err(MigrateError::AttachKind {
+                    iface: iface.clone(),
+                    had: if other & TCX != 0 {
+                        "a TCX link"
+                    } else {
+                        "a clsact filter"
+                    },
+                    had_flag: name(other),
+                    now: if kind & TCX != 0 {
+                        "a TCX link"
+                    } else {
+                        "a clsact filter"
+                    },
+                });
+            }
         }
         self.record_step(Step::Built)?;
         fail("built");
@@ -493,7 +541,16 @@ impl Migration {
                 continue;
             };
             let mut new: HashMap<MapData, FlowKey, FlowValue> = self.open_new(name)?;
+            // Shared: the destinations this start's apply cut, which layout 0's table still
+            // holds flows to.
+            let revoked: HashMap<MapData, [u8; 16], u64> = self.open_new(names::REVOKED)?;
             for (key, v) in snapshot(&old, FLOW_CAPACITY) {
+                if revoked
+                    .get(&key.daddr, 0)
+                    .is_ok_and(|at| at >= self.record.began_ns)
+                {
+                    continue;
+                }
                 let value = FlowValue::by_address(v.last_seen_ns);
                 if insert_new(&mut new, &key, &value, name)? {
                     self.copied.flows += 1;

@@ -68,7 +68,10 @@ pub struct Record {
     pub hash_k1: u64,
     /// When the migration began (seconds since the epoch), for `egress status`.
     pub started_unix_s: u64,
-    pub _reserved: [u64; 8],
+    /// When the migration began, `CLOCK_BOOTTIME` ns: `REVOKED` stamps from then on are the
+    /// migration's own cuts (`revoked_connections: cut`), kept across a crash and a rebuild.
+    pub began_ns: u64,
+    pub _reserved: [u64; 7],
 }
 
 // SAFETY: plain old data, `repr(C)`, no padding (asserted below).
