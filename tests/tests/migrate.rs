@@ -141,8 +141,17 @@ fn race(w: &World, count: u32, offset: u32) -> serde_json::Value {
     v
 }
 
+/// Answers live an hour: the tests check that what layout 0 learned is still allowed after the
+/// migration without resolving again, and under qemu without KVM a crash point's old agent,
+/// stream and new agent can outlast a 60 s TTL plus the grace (6.1, four migrations at once:
+/// "the learned address is no longer allowed" at `built`). Expiry across the upgrade is tested
+/// by expiring on purpose (`expire_pinned`).
 fn world() -> (World, Servers) {
-    let w = World::new(WorldOptions::default()).expect("world");
+    let w = World::new(WorldOptions {
+        ttl: 3600,
+        ..WorldOptions::default()
+    })
+    .expect("world");
     let servers = Servers::start(&w.topo.server, &[ECHO_PORT]);
     (w, servers)
 }
