@@ -170,7 +170,7 @@ const LEARNING: [(u32, u32); 2] = [(100_000, 1), (20_000, 8)];
 mod target {
     /// A known-flow packet, as a multiple of the empty program's run.
     pub(super) const KNOWN_FLOW_RATIO: f64 = 1.5;
-    /// A new allowed SYN at 1,000,000 learned prefixes, in ns.
+    /// A new allowed SYN at 1,000,000 learned prefixes, in ns of program time.
     pub(super) const SYN_1M_NS: f64 = 150.0;
     /// A known-flow packet with server names enforced, against the same with them off.
     pub(super) const SNI_KNOWN_FLOW_RATIO: f64 = 1.05;
@@ -353,7 +353,7 @@ fn per_packet(o: &mut String, r: &Value) {
         .map_or(Value::Null, |row| row["runs"].clone());
     let _ = writeln!(
         o,
-        "## Per-packet cost\n\n`BPF_PROG_TEST_RUN`, {} repetitions per case (`target/release/egress-bench packet {} {}`); the baseline is an empty TC program (`empty` in the object) on the same frame. Each case checks the verdict it returned and that its path's counter rose once per run. DNS answers run once per fresh query ({} answers, each with fresh addresses) and are compared with the empty program run the same way.\n",
+        "## Per-packet cost\n\n`BPF_PROG_TEST_RUN`, {} repetitions per case (`target/release/egress-bench packet {} {}`); the baseline is an empty TC program (`empty` in the object) on the same frame. Each case checks the verdict it returned and that its path's counter rose once per run. Cases that must not repeat one frame run once per frame ({} runs) and are compared with the empty program run the same way: DNS answers (each a fresh query with fresh addresses), new SYNs (each a new connection) and the flow-cache miss (two flows in turn).\n",
         text(&repeat),
         text(&repeat),
         text(&answers),
@@ -391,15 +391,32 @@ fn per_packet(o: &mut String, r: &Value) {
         target::KNOWN_FLOW_RATIO,
         verdict(worst <= target::KNOWN_FLOW_RATIO)
     );
-    let syn_1m = rows
-        .iter()
-        .find(|row| row["case"] == "new allowed SYN" && row["learned_prefixes"] == 1_000_000)
-        .map_or(f64::NAN, |row| f(&row["ns_per_packet"]));
+    let at_1m = |case: &str| {
+        rows.iter()
+            .find(|row| row["case"] == case && row["learned_prefixes"] == 1_000_000)
+            .map_or((f64::NAN, f64::NAN), |row| {
+                (f(&row["ns_per_packet"]), f(&row["empty_ns"]))
+            })
+    };
+    // A new connection's SYN is timed one run at a time (a repeated frame would be the same
+    // connection's SYN resent), so its figure carries the test-run overhead that the empty
+    // program, run the same way, measures: the program's own time is the difference.
+    let net = |case: &str| {
+        let (ns, empty) = at_1m(case);
+        ns - empty
+    };
+    let (syn, syn_empty) = at_1m("new allowed SYN");
+    let new = net("new allowed SYN");
+    let again = net("new allowed SYN: the same SYNs again, one run each");
+    let off = net("new allowed SYN, tls.sni off");
+    let off_again = net("new allowed SYN, tls.sni off: the same SYNs again, one run each");
+    let (resent, _) = at_1m("allowed SYN again (the same connection's SYN, resent)");
     let _ = writeln!(
         o,
-        "**Target: a new allowed SYN at 1,000,000 learned prefixes in at most {} ns. Measured: {syn_1m:.0} ns: {}.** With server names enforced (the default), a SYN to a learned address on 443 does more than find its address: it opens the connection's `TLS_PENDING` entry (an LRU insert) for the ClientHello's judgment, and the learned lookup at a million entries misses the CPU caches.\n",
+        "**Target: a new allowed SYN at 1,000,000 learned prefixes in at most {} ns. Measured: {new:.0} ns of program time ({syn:.0} ns a run, a new connection each run, against {syn_empty:.0} ns for the empty program run the same way): {}.** One run at a time, the program starts with cold caches, as a connection's first packet does on a node. The same SYNs run again one at a time, their connections' state now in place, take {again:.0} ns: the rest, {:.0} ns, is the new connection's state, an LRU insert (its `TLS_PENDING` entry, and the removal of any earlier flow of the 5-tuple; with `tls.sni: off`, its `FLOWS` entry: {off:.0} ns in the same run). An LRU update takes a new element from the LRU's free lists under their locks even for a key it holds (with `tls.sni: off`, the same SYNs again: {off_again:.0} ns). Where the time goes, and why no hash-table design meets the target for a connection's first packet: design.md, *The cost of a new connection*. At full repetition (warm caches) the same connection's SYN resent costs {resent:.0} ns; the previous report timed that resent SYN as the new one.\n",
         target::SYN_1M_NS,
-        verdict(syn_1m <= target::SYN_1M_NS)
+        verdict(new <= target::SYN_1M_NS),
+        new - again,
     );
     tls_cost(o, &rows);
 }

@@ -3,7 +3,7 @@
 //! prefixes. Prints one JSON document (the `cargo xtask bench` report is built from it).
 //!
 //! Usage: egress-bench packet [REPEAT] [DNS_ANSWERS] | race COUNT | iperf SECONDS ROUNDS [nft]
-//!        | pps SECONDS ROUNDS | control | scrape | classic COUNT
+//!        | pps SECONDS ROUNDS | control | scrape | classic COUNT | syn RUNS
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -169,6 +169,17 @@ fn main() {
         Some("pps") => pps(arg(2, 3), arg(3, 3)),
         Some("control") => control(),
         Some("scrape") => scrape(arg(2, SCRAPE_LEARNED as u64) as u32),
+        Some("syn") => {
+            // New connections' SYNs alone, for a profile (`perf record`): RUNS a setup.
+            let runs = arg(2, 20_000) as usize;
+            let mut rows = Vec::new();
+            for extra in ["", "tls:\n  sni: off\n"] {
+                let mut h = packet_harness(extra);
+                fill(&mut h, 10);
+                rows.extend(new_syns(&h, "new allowed SYN", 10, runs));
+            }
+            Value::Array(rows)
+        }
         _ => packet(arg(2, 1_000_000) as u32, arg(3, 20_000) as usize),
     };
     println!("{out}");
@@ -748,20 +759,25 @@ fn scrape(learned: u32) -> Value {
 /// address of every timed answer (1 + 8 + 32 per answer, 20,000 answers by default).
 const LEARNED_ROOM: u32 = 2_000_000;
 
+/// The per-packet harness's policy: `*.bench.test` allowed, `extra` appended.
+fn packet_harness(extra: &str) -> Harness {
+    Harness::with_capacities(
+        // One client, far faster than a real one: the per-client query bound is lifted.
+        &format!(
+            "resolvers: [{RESOLVER}]\nallow:\n  names: [\"*.bench.test\"]\ndns:\n  client_query_rate: 4000000000\n{extra}"
+        ),
+        &[
+            (names::LEARNED_V4, LEARNED_ROOM),
+            (names::LEARNED_V6, LEARNED_ROOM),
+            (names::LEARNED_BY, 2 * LEARNED_ROOM),
+        ],
+    )
+}
+
 fn packet(repeat: u32, dns_answers: usize) -> Value {
     let mut rows = Vec::new();
     for prefixes in [10usize, 100_000, 1_000_000] {
-        let mut h = Harness::with_capacities(
-            // One client, far faster than a real one: the per-client query bound is lifted.
-            &format!(
-                "resolvers: [{RESOLVER}]\nallow:\n  names: [\"*.bench.test\"]\ndns:\n  client_query_rate: 4000000000\n"
-            ),
-            &[
-                (names::LEARNED_V4, LEARNED_ROOM),
-                (names::LEARNED_V6, LEARNED_ROOM),
-                (names::LEARNED_BY, 2 * LEARNED_ROOM),
-            ],
-        );
+        let mut h = packet_harness("");
         fill(&mut h, prefixes);
         for prog in ebpf::FLOOR_PROGRAMS {
             h.load_classifier(prog);
@@ -800,7 +816,12 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
             rows.push(json!({"case": name, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": repeat, "counter": counters::NAMES[counter as usize]}));
         };
         case("known flow (ACK)", &ack, PASS, counters::PASS_FLOW);
-        case("new allowed SYN", &syn, PASS, counters::PASS_LEARNED);
+        case(
+            "allowed SYN again (the same connection's SYN, resent)",
+            &syn,
+            PASS,
+            counters::PASS_LEARNED,
+        );
         case("denied SYN", &denied, DROP, counters::DROP_DENIED);
         case(
             "non-enforced port",
@@ -808,6 +829,19 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
             PASS,
             counters::PASS_NOT_ENFORCED,
         );
+        rows.extend(new_syns(&h, "new allowed SYN", prefixes, dns_answers));
+        if prefixes == 1_000_000 {
+            // The same SYNs without the server-name judgment's state: what the TLS part of a
+            // new connection costs, in the same run.
+            let mut off = packet_harness("tls:\n  sni: off\n");
+            fill(&mut off, prefixes);
+            rows.extend(new_syns(
+                &off,
+                "new allowed SYN, tls.sni off",
+                prefixes,
+                dns_answers,
+            ));
+        }
         if prefixes == 10 {
             rows.extend(tls_rows(&h, repeat, dns_answers.min(5_000)));
             rows.push(known_flow_without_sni(repeat, empty));
@@ -818,6 +852,45 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         }
     }
     Value::Array(rows)
+}
+
+/// `runs` SYNs to an allowed destination on 443, each opening a connection of its own (a new
+/// source port each run: a repeated frame would time the same connection's SYN resent, which
+/// finds its state and does less), one run each (`repeat` 1, as the DNS rows, against the
+/// empty program run the same way); then the same SYNs again, one run each: what a run costs
+/// with caches as cold but no new state, so the difference is the new connection's state.
+fn new_syns(h: &Harness, case: &str, prefixes: usize, runs: usize) -> [Value; 2] {
+    let (client, dst) = (ip(CLIENT), ip(ALLOWED));
+    let syns: Vec<Vec<u8>> = (0..runs)
+        .map(|i| {
+            let mut syn = Packet::tcp(client, dst, 443);
+            syn.sport = 10_000 + (i % 50_000) as u16;
+            syn.seq = 1_000 + i as u32;
+            syn.build()
+        })
+        .collect();
+    let row = |case: String| {
+        let before = h.counter(counters::PASS_LEARNED);
+        let (mut total, mut base) = (0.0, 0.0);
+        for syn in &syns {
+            let (ns, ret) = per_run(h, "egress", syn, 1);
+            assert_eq!(ret, PASS, "{case}: another verdict");
+            total += ns;
+            base += per_run(h, "empty", syn, 1).0;
+        }
+        assert_eq!(
+            h.counter(counters::PASS_LEARNED) - before,
+            runs as u64,
+            "{case}: another path was timed"
+        );
+        let (ns, empty) = (total / runs as f64, base / runs as f64);
+        json!({"case": case, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": 1, "runs": runs, "counter": "pass_learned"})
+    };
+    let new = row(case.to_owned());
+    [
+        new,
+        row(format!("{case}: the same SYNs again, one run each")),
+    ]
 }
 
 /// A known flow the CPU's flow cache does not hold: two flows' ACKs in turn, one run each
