@@ -423,7 +423,19 @@ pub(crate) fn forget_socket(ctx: &TcContext) {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
     if cookie != 0 {
-        let _ = ADMITTED.remove(&cookie);
+        forget(&ADMITTED, &cookie);
+    }
+}
+
+/// Removes `key` from `map` if it is there. A delete takes the bucket's lock before it looks
+/// (`htab_lru_map_delete_elem`, kernel/bpf/hashtab.c) even for a key that is absent, as a new
+/// connection's tuple or socket cookie usually is; a lookup takes no lock. A racing insert of
+/// the key is no more possible than after an unconditional delete (it may land just after the
+/// delete as well as between the lookup and the skipped delete).
+#[inline(always)]
+pub(crate) fn forget<K, V>(map: &LruHashMap<K, V>, key: &K) {
+    if map.get_ptr(key).is_some() {
+        let _ = map.remove(key);
     }
 }
 

@@ -14,9 +14,7 @@
 //! Every path ends in an explicit verdict: fail-closed wherever the bytes the server would
 //! read cannot be judged.
 
-use aya_ebpf::{
-    bindings::__sk_buff, helpers::bpf_skb_load_bytes, maps::LruHashMap, programs::TcContext,
-};
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcContext};
 use egress_common::{
     counters, dns,
     maps::{Config, FlowKey, FlowValue, TlsFlow, TlsScratch, action, quic_mode, reason, tls_state},
@@ -297,22 +295,10 @@ fn open(key: &FlowKey, isn: u32, now: u64) -> bool {
     // payload must reach the judgment, not pass as the old connection's. The epoch changes
     // even if the table no longer held the flow: LRU eviction removes flows without changing
     // it, and a CPU may still cache the evicted one.
-    forget(&FLOWS, key);
+    crate::forget(&FLOWS, key);
     crate::flow_cache::removed();
-    forget(&TLS_PARTIAL, key);
+    crate::forget(&TLS_PARTIAL, key);
     true
-}
-
-/// Removes `key` from `map` if it is there. A delete takes the bucket's lock before it looks
-/// (`htab_lru_map_delete_elem`, kernel/bpf/hashtab.c) even for a key that is absent, as a new
-/// connection's tuple usually is; a lookup takes no lock. A racing insert of the key is no
-/// more possible than after an unconditional delete.
-#[inline(always)]
-fn forget<V>(map: &LruHashMap<FlowKey, V>, key: &FlowKey) {
-    // SAFETY: a read-only lookup; the value is not read.
-    if unsafe { map.get(key) }.is_some() {
-        let _ = map.remove(key);
-    }
 }
 
 /// Writes the judgment's copy `f` back to the connection's entry, if the entry is still this
