@@ -3,7 +3,7 @@
 //! prefixes. Prints one JSON document (the `cargo xtask bench` report is built from it).
 //!
 //! Usage: egress-bench packet [REPEAT] [DNS_ANSWERS] | race COUNT | iperf SECONDS ROUNDS [nft]
-//!        | pps SECONDS ROUNDS | control | scrape | classic COUNT | syn RUNS
+//!        | pps SECONDS ROUNDS | control | scrape | classic COUNT | syn RUNS | hold SECONDS
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -169,14 +169,18 @@ fn main() {
         Some("pps") => pps(arg(2, 3), arg(3, 3)),
         Some("control") => control(),
         Some("scrape") => scrape(arg(2, SCRAPE_LEARNED as u64) as u32),
+        Some("hold") => hold(arg(2, 20)),
         Some("syn") => {
             // New connections' SYNs alone, for a profile (`perf record`): RUNS a setup.
             let runs = arg(2, 20_000) as usize;
             let mut rows = Vec::new();
-            for extra in ["", "tls:\n  sni: off\n"] {
+            for (case, extra) in [
+                ("new allowed SYN", ""),
+                ("new allowed SYN, tls.sni off", "tls:\n  sni: off\n"),
+            ] {
                 let mut h = packet_harness(extra);
                 fill(&mut h, 10);
-                rows.extend(new_syns(&h, "new allowed SYN", 10, runs));
+                rows.extend(new_syns(&h, case, 10, runs));
             }
             Value::Array(rows)
         }
@@ -784,19 +788,9 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         }
         let (client, dst) = (ip(CLIENT), ip(ALLOWED));
         let syn = Packet::tcp(client, dst, 443).build();
-        let mut ack = Packet::tcp(client, dst, 443);
-        ack.tcp_flags = TCP_ACK;
-        let ack = ack.build();
         let denied = Packet::tcp(client, ip("198.51.100.99"), 443).build();
         let other_port = Packet::tcp(client, ip("198.51.100.99"), 80).build();
-        // Creates the flow the ACK case hits: its SYN, then a ClientHello naming an allowed
-        // server (`tls.sni: enforce`, the default).
-        assert_eq!(h.egress(&syn), PASS);
-        let mut hello = Packet::tcp(client, dst, 443);
-        hello.tcp_flags = TCP_ACK;
-        hello.seq = 2;
-        hello.payload_bytes = Some(ClientHello::new("flow.bench.test").build());
-        assert_eq!(h.egress(&hello.build()), PASS);
+        let ack = open_known_flow(&h);
         let empty = timed_path(&h, "empty", "empty", &ack, repeat, PASS, None);
         // The floor: the same ACK through the path cut short after the parse, and after the
         // parse and one flow-table lookup (`egress-ebpf/src/floor.rs`).
@@ -817,7 +811,7 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         };
         case("known flow (ACK)", &ack, PASS, counters::PASS_FLOW);
         case(
-            "allowed SYN again (the same connection's SYN, resent)",
+            "the same connection's SYN resent",
             &syn,
             PASS,
             counters::PASS_LEARNED,
@@ -829,6 +823,10 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
             PASS,
             counters::PASS_NOT_ENFORCED,
         );
+        if prefixes == 10 {
+            rows.extend(tls_rows(&h, repeat, dns_answers.min(5_000)));
+            rows.push(known_flow_without_sni(repeat, empty));
+        }
         rows.extend(new_syns(&h, "new allowed SYN", prefixes, dns_answers));
         if prefixes == 1_000_000 {
             // The same SYNs without the server-name judgment's state: what the TLS part of a
@@ -842,10 +840,6 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
                 dns_answers,
             ));
         }
-        if prefixes == 10 {
-            rows.extend(tls_rows(&h, repeat, dns_answers.min(5_000)));
-            rows.push(known_flow_without_sni(repeat, empty));
-        }
         for addresses in [1usize, 8, 32] {
             let (ns, base) = dns_answer_cost(&h, addresses, dns_answers);
             rows.push(json!({"case": format!("DNS answer, {addresses} address(es)"), "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": base, "ratio_to_empty": ns / base, "repeat": 1, "runs": dns_answers}));
@@ -854,17 +848,64 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
     Value::Array(rows)
 }
 
+/// Opens the flow the known-flow case hits (its SYN, then a ClientHello naming an allowed
+/// server: `tls.sni: enforce`, the default) and returns the ACK that hits it.
+fn open_known_flow(h: &Harness) -> Vec<u8> {
+    let (client, dst) = (ip(CLIENT), ip(ALLOWED));
+    assert_eq!(h.egress(&Packet::tcp(client, dst, 443).build()), PASS);
+    let mut hello = Packet::tcp(client, dst, 443);
+    hello.tcp_flags = TCP_ACK;
+    hello.seq = 2;
+    hello.payload_bytes = Some(ClientHello::new("flow.bench.test").build());
+    assert_eq!(h.egress(&hello.build()), PASS);
+    let mut ack = Packet::tcp(client, dst, 443);
+    ack.tcp_flags = TCP_ACK;
+    ack.build()
+}
+
+/// The known-flow case run for `seconds`, the programs loaded all along: the subject of a
+/// profile by instruction (`perf record` beside `bpftool prog dump jited`; docs/design.md,
+/// *The per-CPU flow cache*).
+fn hold(seconds: u64) -> Value {
+    let mut h = packet_harness("");
+    fill(&mut h, 10);
+    let ack = open_known_flow(&h);
+    eprintln!("egress-bench: the known-flow case runs for {seconds} s");
+    let (start, mut ns, mut rounds) = (Instant::now(), 0.0, 0u32);
+    while start.elapsed().as_secs() < seconds {
+        ns += timed_path(
+            &h,
+            "known flow (ACK)",
+            "egress",
+            &ack,
+            1_000_000,
+            PASS,
+            Some(counters::PASS_FLOW),
+        );
+        rounds += 1;
+    }
+    json!({"case": "known flow (ACK)", "seconds": seconds, "ns_per_packet": ns / f64::from(rounds), "repeat": 1_000_000, "rounds": rounds})
+}
+
 /// `runs` SYNs to an allowed destination on 443, each opening a connection of its own (a new
 /// source port each run: a repeated frame would time the same connection's SYN resent, which
 /// finds its state and does less), one run each (`repeat` 1, as the DNS rows, against the
-/// empty program run the same way); then the same SYNs again, one run each: what a run costs
+/// empty program run the same way); then each SYN a second time, one run each: what a run costs
 /// with caches as cold but no new state, so the difference is the new connection's state.
 fn new_syns(h: &Harness, case: &str, prefixes: usize, runs: usize) -> [Value; 2] {
+    // Source ports of their own (the other cases use 40,000 to 41,001 and from 10,001 up), one
+    // per run: more runs would reopen tuples, and `TLS_PENDING` (65,536 entries) would evict.
+    const FIRST_PORT: u16 = 45_000;
+    assert!(
+        runs <= usize::from(u16::MAX - FIRST_PORT),
+        "{case}: at most {} new connections",
+        u16::MAX - FIRST_PORT
+    );
     let (client, dst) = (ip(CLIENT), ip(ALLOWED));
     let syns: Vec<Vec<u8>> = (0..runs)
         .map(|i| {
             let mut syn = Packet::tcp(client, dst, 443);
-            syn.sport = 10_000 + (i % 50_000) as u16;
+            syn.sport = FIRST_PORT + i as u16;
             syn.seq = 1_000 + i as u32;
             syn.build()
         })
@@ -889,7 +930,7 @@ fn new_syns(h: &Harness, case: &str, prefixes: usize, runs: usize) -> [Value; 2]
     let new = row(case.to_owned());
     [
         new,
-        row(format!("{case}: the same SYNs again, one run each")),
+        row(format!("{case}: each SYN a second time, one run each")),
     ]
 }
 
