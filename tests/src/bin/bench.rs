@@ -790,7 +790,7 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         let syn = Packet::tcp(client, dst, 443).build();
         let denied = Packet::tcp(client, ip("198.51.100.99"), 443).build();
         let other_port = Packet::tcp(client, ip("198.51.100.99"), 80).build();
-        let ack = open_known_flow(&h);
+        let ack = open_known_flow(&h, 40_000);
         let empty = timed_path(&h, "empty", "empty", &ack, repeat, PASS, None);
         // The floor: the same ACK through the path cut short after the parse, and after the
         // parse and one flow-table lookup (`egress-ebpf/src/floor.rs`).
@@ -850,17 +850,44 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
 
 /// Opens the flow the known-flow case hits (its SYN, then a ClientHello naming an allowed
 /// server: `tls.sni: enforce`, the default) and returns the ACK that hits it.
-fn open_known_flow(h: &Harness) -> Vec<u8> {
-    let (client, dst) = (ip(CLIENT), ip(ALLOWED));
-    assert_eq!(h.egress(&Packet::tcp(client, dst, 443).build()), PASS);
-    let mut hello = Packet::tcp(client, dst, 443);
+fn open_known_flow(h: &Harness, sport: u16) -> Vec<u8> {
+    let mut syn = Packet::tcp(ip(CLIENT), ip(ALLOWED), 443);
+    syn.sport = sport;
+    assert_eq!(h.egress(&syn.build()), PASS);
+    let mut hello = syn.clone();
     hello.tcp_flags = TCP_ACK;
     hello.seq = 2;
     hello.payload_bytes = Some(ClientHello::new("flow.bench.test").build());
     assert_eq!(h.egress(&hello.build()), PASS);
-    let mut ack = Packet::tcp(client, dst, 443);
+    let mut ack = syn;
     ack.tcp_flags = TCP_ACK;
     ack.build()
+}
+
+/// Mean ns of one run of `egress` on each of `frames` (`repeat` 1), and of the empty program
+/// run the same way on each; every run must pass and count `counter` once (`case` names a
+/// failure).
+fn one_run_each<'a>(
+    h: &Harness,
+    case: &str,
+    frames: impl Iterator<Item = &'a Vec<u8>>,
+    counter: u32,
+) -> (f64, f64) {
+    let before = h.counter(counter);
+    let (mut total, mut base, mut runs) = (0.0, 0.0, 0u32);
+    for frame in frames {
+        let (ns, ret) = per_run(h, "egress", frame, 1);
+        assert_eq!(ret, PASS, "{case}: another verdict");
+        total += ns;
+        base += per_run(h, "empty", frame, 1).0;
+        runs += 1;
+    }
+    assert_eq!(
+        h.counter(counter) - before,
+        u64::from(runs),
+        "{case}: another path was timed"
+    );
+    (total / f64::from(runs), base / f64::from(runs))
 }
 
 /// The known-flow case run for `seconds`, the programs loaded all along: the subject of a
@@ -869,7 +896,7 @@ fn open_known_flow(h: &Harness) -> Vec<u8> {
 fn hold(seconds: u64) -> Value {
     let mut h = packet_harness("");
     fill(&mut h, 10);
-    let ack = open_known_flow(&h);
+    let ack = open_known_flow(&h, 40_000);
     eprintln!("egress-bench: the known-flow case runs for {seconds} s");
     let (start, mut ns, mut rounds) = (Instant::now(), 0.0, 0u32);
     while start.elapsed().as_secs() < seconds {
@@ -911,20 +938,7 @@ fn new_syns(h: &Harness, case: &str, prefixes: usize, runs: usize) -> [Value; 2]
         })
         .collect();
     let row = |case: String| {
-        let before = h.counter(counters::PASS_LEARNED);
-        let (mut total, mut base) = (0.0, 0.0);
-        for syn in &syns {
-            let (ns, ret) = per_run(h, "egress", syn, 1);
-            assert_eq!(ret, PASS, "{case}: another verdict");
-            total += ns;
-            base += per_run(h, "empty", syn, 1).0;
-        }
-        assert_eq!(
-            h.counter(counters::PASS_LEARNED) - before,
-            runs as u64,
-            "{case}: another path was timed"
-        );
-        let (ns, empty) = (total / runs as f64, base / runs as f64);
+        let (ns, empty) = one_run_each(h, &case, syns.iter(), counters::PASS_LEARNED);
         json!({"case": case, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": 1, "runs": runs, "counter": "pass_learned"})
     };
     let new = row(case.to_owned());
@@ -938,38 +952,13 @@ fn new_syns(h: &Harness, case: &str, prefixes: usize, runs: usize) -> [Value; 2]
 /// (`repeat` 1, as the DNS rows, against the empty program run the same way), so every run
 /// misses the cache and takes the flow table.
 fn known_flow_cache_miss(h: &Harness, prefixes: usize, runs: usize) -> Value {
-    let (client, dst) = (ip(CLIENT), ip(ALLOWED));
-    let acks: Vec<Vec<u8>> = [41_000u16, 41_001]
-        .iter()
-        .map(|&sport| {
-            let mut syn = Packet::tcp(client, dst, 443);
-            syn.sport = sport;
-            assert_eq!(h.egress(&syn.build()), PASS);
-            let mut hello = syn.clone();
-            hello.tcp_flags = TCP_ACK;
-            hello.seq = 2;
-            hello.payload_bytes = Some(ClientHello::new("flow.bench.test").build());
-            assert_eq!(h.egress(&hello.build()), PASS);
-            let mut ack = syn;
-            ack.tcp_flags = TCP_ACK;
-            ack.build()
-        })
-        .collect();
-    let before = h.counter(counters::PASS_FLOW);
-    let (mut total, mut base) = (0.0, 0.0);
-    for i in 0..runs {
-        let ack = &acks[i % 2];
-        let (ns, ret) = per_run(h, "egress", ack, 1);
-        assert_eq!(ret, PASS, "known flow, cache miss: another verdict");
-        total += ns;
-        base += per_run(h, "empty", ack, 1).0;
-    }
-    assert_eq!(
-        h.counter(counters::PASS_FLOW) - before,
-        runs as u64,
-        "known flow, cache miss: another path was timed"
+    let acks = [open_known_flow(h, 41_000), open_known_flow(h, 41_001)];
+    let (ns, empty) = one_run_each(
+        h,
+        "known flow, cache miss",
+        acks.iter().cycle().take(runs),
+        counters::PASS_FLOW,
     );
-    let (ns, empty) = (total / runs as f64, base / runs as f64);
     json!({"case": "known flow (ACK), flow cache miss", "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": 1, "runs": runs, "counter": "pass_flow"})
 }
 
