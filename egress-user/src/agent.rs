@@ -290,15 +290,11 @@ impl Agent {
         let applied = match migration.as_mut() {
             None => apply(&mut dp, &policy, &overrides),
             Some(m) => {
-                let recorded: Vec<(String, u32)> = dp
-                    .recorded_interfaces(&pins)?
-                    .into_iter()
-                    .map(|i| {
-                        let kinds = dp.attachment_kinds(&pins, &i);
-                        (i, kinds)
-                    })
-                    .collect();
-                m.built(&recorded, &ifaces, attach_mode.record())?;
+                m.built(
+                    &dp.recorded_attachments(&pins)?,
+                    &ifaces,
+                    attach_mode.record(),
+                )?;
                 m.fill()?;
                 // The carried key: a fresh one would change every rule hash and revoke every
                 // learned address.

@@ -203,7 +203,7 @@ impl Datapath {
 
     /// The kinds of attachment (bits of `egress_common::maps::attached`) egress has on `iface`
     /// as far as the pins under `pins` tell: the record, and a TCX link pin.
-    pub fn attachment_kinds(&self, pins: &crate::pins::PinDir, iface: &str) -> u32 {
+    fn attachment_kinds(&self, pins: &crate::pins::PinDir, iface: &str) -> u32 {
         let recorded = self.attached.get(&iface_key(iface), 0).unwrap_or(0);
         let linked = pins.link(crate::pins::Hook::Egress, iface).exists()
             || pins.link(crate::pins::Hook::Ingress, iface).exists();
@@ -234,6 +234,19 @@ impl Datapath {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// [`Datapath::recorded_interfaces`], each with its attachment kinds
+    /// ([`Datapath::attachment_kinds`]).
+    pub fn recorded_attachments(&self, pins: &crate::pins::PinDir) -> Result<Vec<(String, u32)>> {
+        Ok(self
+            .recorded_interfaces(pins)?
+            .into_iter()
+            .map(|i| {
+                let kinds = self.attachment_kinds(pins, &i);
+                (i, kinds)
+            })
+            .collect())
     }
 }
 

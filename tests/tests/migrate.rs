@@ -171,6 +171,16 @@ fn old_agent(w: &World, pins: &TestPins) -> Agent {
     agent
 }
 
+/// The layout-0 agent after it ran and stopped, set to start this tree's build next, and an
+/// established stream opened while it enforced.
+fn stopped_with_stream(w: &World, pins: &TestPins) -> (Agent, Stream) {
+    let mut agent = old_agent(w, pins);
+    let stream = Stream::open(w);
+    assert!(agent.terminate().unwrap().success());
+    agent.set_bin(None);
+    (agent, stream)
+}
+
 /// A denied destination is dropped and a learned one (`allowed`) connects.
 fn enforcing_with(w: &World, allowed: &str) {
     assert!(
@@ -417,11 +427,7 @@ fn a_crash_at_any_migration_step_leaves_a_datapath_enforcing_and_the_next_start_
         eprintln!("crash point {point}");
         let (w, _servers) = world();
         let pins = TestPins::new();
-        let mut agent = old_agent(&w, &pins);
-        let stream = Stream::open(&w);
-        assert!(agent.terminate().unwrap().success());
-
-        agent.set_bin(None);
+        let (mut agent, stream) = stopped_with_stream(&w, &pins);
         let fail = format!("migrate:{point}");
         agent.set_env(&[("EGRESS_TEST_FAIL", &fail)]);
         agent.spawn(&[]).unwrap();
@@ -542,10 +548,7 @@ fn migration_time_at_100k_learned_addresses_and_100k_flows() {
 fn an_upgrade_that_would_change_the_attachment_kind_is_refused() {
     let (w, _servers) = world();
     let pins = TestPins::new();
-    let mut agent = old_agent(&w, &pins);
-    let stream = Stream::open(&w);
-    assert!(agent.terminate().unwrap().success());
-    agent.set_bin(None);
+    let (mut agent, stream) = stopped_with_stream(&w, &pins);
     let other = if kernel_has_tcx() { "netlink" } else { "tcx" };
     agent.spawn(&["--attach", other]).unwrap();
     let status = agent

@@ -432,7 +432,14 @@ impl Migration {
         kind: u32,
     ) -> Result<()> {
         use egress_common::maps::attached::{CLSACT, TCX};
-        let name = |bits: u32| if bits & TCX != 0 { "tcx" } else { "netlink" };
+        // The attachment of `bits` (one kind), as the error says it and as `--attach` names it.
+        let text = |bits: u32| {
+            if bits & TCX != 0 {
+                ("a TCX link", "tcx")
+            } else {
+                ("a clsact filter", "netlink")
+            }
+        };
         for (iface, had) in recorded {
             if !ifaces.contains(iface) {
                 return Err(MigrateError::Unlisted {
@@ -446,19 +453,12 @@ impl Migration {
             }
             let other = had & (TCX | CLSACT) & !kind;
             if other != 0 {
+                let (had, had_flag) = text(other);
                 return Err(MigrateError::AttachKind {
                     iface: iface.clone(),
-                    had: if other & TCX != 0 {
-                        "a TCX link"
-                    } else {
-                        "a clsact filter"
-                    },
-                    had_flag: name(other),
-                    now: if kind & TCX != 0 {
-                        "a TCX link"
-                    } else {
-                        "a clsact filter"
-                    },
+                    had,
+                    had_flag,
+                    now: text(kind).0,
                 });
             }
         }

@@ -174,14 +174,13 @@ fn main() {
             // New connections' SYNs alone, for a profile (`perf record`): RUNS a setup.
             let runs = arg(2, 20_000) as usize;
             let mut rows = Vec::new();
-            for (case, extra) in [
-                ("new allowed SYN", ""),
-                ("new allowed SYN, tls.sni off", "tls:\n  sni: off\n"),
-            ] {
-                let mut h = packet_harness(extra);
-                fill(&mut h, 10);
-                rows.extend(new_syns(&h, case, 10, runs));
-            }
+            rows.extend(new_syns_in("", "new allowed SYN", 10, runs));
+            rows.extend(new_syns_in(
+                SNI_OFF,
+                "new allowed SYN, tls.sni off",
+                10,
+                runs,
+            ));
             Value::Array(rows)
         }
         _ => packet(arg(2, 1_000_000) as u32, arg(3, 20_000) as usize),
@@ -763,6 +762,9 @@ fn scrape(learned: u32) -> Value {
 /// address of every timed answer (1 + 8 + 32 per answer, 20,000 answers by default).
 const LEARNED_ROOM: u32 = 2_000_000;
 
+/// Policy text that turns the server-name judgment off.
+const SNI_OFF: &str = "tls:\n  sni: off\n";
+
 /// The per-packet harness's policy: `*.bench.test` allowed, `extra` appended.
 fn packet_harness(extra: &str) -> Harness {
     Harness::with_capacities(
@@ -831,10 +833,8 @@ fn packet(repeat: u32, dns_answers: usize) -> Value {
         if prefixes == 1_000_000 {
             // The same SYNs without the server-name judgment's state: what the TLS part of a
             // new connection costs, in the same run.
-            let mut off = packet_harness("tls:\n  sni: off\n");
-            fill(&mut off, prefixes);
-            rows.extend(new_syns(
-                &off,
+            rows.extend(new_syns_in(
+                SNI_OFF,
                 "new allowed SYN, tls.sni off",
                 prefixes,
                 dns_answers,
@@ -864,15 +864,15 @@ fn open_known_flow(h: &Harness, sport: u16) -> Vec<u8> {
     ack.build()
 }
 
-/// Mean ns of one run of `egress` on each of `frames` (`repeat` 1), and of the empty program
-/// run the same way on each; every run must pass and count `counter` once (`case` names a
-/// failure).
+/// One run of `egress` on each of `frames` (`repeat` 1), and of the empty program run the same
+/// way on each: the row of `case`. Every run must pass and count `counter` once.
 fn one_run_each<'a>(
     h: &Harness,
     case: &str,
+    prefixes: usize,
     frames: impl Iterator<Item = &'a Vec<u8>>,
     counter: u32,
-) -> (f64, f64) {
+) -> Value {
     let before = h.counter(counter);
     let (mut total, mut base, mut runs) = (0.0, 0.0, 0u32);
     for frame in frames {
@@ -887,12 +887,13 @@ fn one_run_each<'a>(
         u64::from(runs),
         "{case}: another path was timed"
     );
-    (total / f64::from(runs), base / f64::from(runs))
+    let (ns, empty) = (total / f64::from(runs), base / f64::from(runs));
+    json!({"case": case, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": 1, "runs": runs, "counter": counters::NAMES[counter as usize]})
 }
 
 /// The known-flow case run for `seconds`, the programs loaded all along: the subject of a
-/// profile by instruction (`perf record` beside `bpftool prog dump jited`; docs/design.md,
-/// *The per-CPU flow cache*).
+/// profile by source line (`perf record` samples mapped through the program's JIT line info;
+/// docs/design.md, *Where a known flow's time goes*).
 fn hold(seconds: u64) -> Value {
     let mut h = packet_harness("");
     fill(&mut h, 10);
@@ -937,15 +938,19 @@ fn new_syns(h: &Harness, case: &str, prefixes: usize, runs: usize) -> [Value; 2]
             syn.build()
         })
         .collect();
-    let row = |case: String| {
-        let (ns, empty) = one_run_each(h, &case, syns.iter(), counters::PASS_LEARNED);
-        json!({"case": case, "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": 1, "runs": runs, "counter": "pass_learned"})
-    };
-    let new = row(case.to_owned());
+    let row = |case: &str| one_run_each(h, case, prefixes, syns.iter(), counters::PASS_LEARNED);
+    let new = row(case);
     [
         new,
-        row(format!("{case}: each SYN a second time, one run each")),
+        row(&format!("{case}: each SYN a second time, one run each")),
     ]
+}
+
+/// [`new_syns`] in a harness of its own (`extra` policy text), filled with `prefixes`.
+fn new_syns_in(extra: &str, case: &str, prefixes: usize, runs: usize) -> [Value; 2] {
+    let mut h = packet_harness(extra);
+    fill(&mut h, prefixes);
+    new_syns(&h, case, prefixes, runs)
 }
 
 /// A known flow the CPU's flow cache does not hold: two flows' ACKs in turn, one run each
@@ -953,13 +958,13 @@ fn new_syns(h: &Harness, case: &str, prefixes: usize, runs: usize) -> [Value; 2]
 /// misses the cache and takes the flow table.
 fn known_flow_cache_miss(h: &Harness, prefixes: usize, runs: usize) -> Value {
     let acks = [open_known_flow(h, 41_000), open_known_flow(h, 41_001)];
-    let (ns, empty) = one_run_each(
+    one_run_each(
         h,
-        "known flow, cache miss",
+        "known flow (ACK), flow cache miss",
+        prefixes,
         acks.iter().cycle().take(runs),
         counters::PASS_FLOW,
-    );
-    json!({"case": "known flow (ACK), flow cache miss", "learned_prefixes": prefixes, "ns_per_packet": ns, "empty_ns": empty, "ratio_to_empty": ns / empty, "repeat": 1, "runs": runs, "counter": "pass_flow"})
+    )
 }
 
 /// The TLS server-name judgment: a new connection's ClientHello (517 B, 1.9 KB with the name
